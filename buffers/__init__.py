@@ -1,0 +1,1 @@
+"""Memory: block allocation, per-kind metadata buffers and assembly; knows no rooms."""

@@ -1,0 +1,1 @@
+"""embxfer: resumable transfer of multimodal embeddings from encoder to language workers."""

@@ -1,0 +1,1 @@
+"""The embxfer protocol as sans-I/O state machines: events in, actions out."""

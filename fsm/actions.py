@@ -1,0 +1,59 @@
+"""Outputs of a room machine, carried out in order by the runtime before the next event."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from embxfer.transport.messages import Message
+
+
+@dataclass(frozen=True, slots=True)
+class SendMessage:
+    """Send a control message to ``peer``."""
+
+    peer: str
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class StorePayload:
+    """Sender: copy the scheduler's payload into the room's source ``blocks``."""
+
+    blocks: tuple[int, ...]
+    payload: object
+
+
+@dataclass(frozen=True, slots=True)
+class WritePiece:
+    """Sender: write ``tokens`` tokens starting at ``sent_tokens`` to ``receiver``.
+
+    Pieces start on block boundaries: source tokens come from slot 0 of
+    ``src_blocks`` (the room's blocks covering the piece) and land from slot 0
+    of ``dst_blocks``. ``with_aux`` writes the room's aux record into the first
+    destination block (first piece only). The runtime reports back with
+    ``WriteFinished``.
+    """
+
+    receiver: str
+    sent_tokens: int
+    tokens: int
+    src_blocks: tuple[int, ...]
+    dst_blocks: tuple[int, ...]
+    with_aux: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SpillPiece:
+    """Receiver: copy a received piece out of ``blocks`` into staging memory.
+
+    The room frees those blocks right after; the runtime must copy before it
+    handles the next event (actions run in order, writes start only after the
+    next request is sent).
+    """
+
+    sent_tokens: int
+    tokens: int
+    blocks: tuple[int, ...]
+
+
+Action = SendMessage | StorePayload | WritePiece | SpillPiece

@@ -1,0 +1,97 @@
+"""Inputs to a room machine: messages received, local completions, scheduler calls, time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from embxfer.transport.messages import PieceRequest, PieceWritten
+
+
+@dataclass(frozen=True, slots=True)
+class PeerReady:
+    """Receiver: the sender accepted this engine's registration."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestReceived:
+    """Sender: a receiver asked for a piece (initial or resume)."""
+
+    receiver: str
+    request: PieceRequest
+
+
+@dataclass(frozen=True, slots=True)
+class PayloadReady:
+    """Sender: the scheduler handed over the embedding of ``total_tokens`` tokens."""
+
+    total_tokens: int
+    payload: object
+
+
+@dataclass(frozen=True, slots=True)
+class WriteFinished:
+    """Sender: the data transport finished the write of a piece (``ok`` or not)."""
+
+    receiver: str
+    sent_tokens: int
+    ok: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PieceArrived:
+    """Receiver: the sender reported a piece written into this room's blocks."""
+
+    message: PieceWritten
+
+
+@dataclass(frozen=True, slots=True)
+class AbortReceived:
+    """A peer aborted the room (``peer`` names it)."""
+
+    peer: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class AbortAckReceived:
+    """Receiver: the sender confirmed no write for this room is in flight."""
+
+
+@dataclass(frozen=True, slots=True)
+class AbortRequested:
+    """The local scheduler aborted the room."""
+
+    reason: str = "aborted by scheduler"
+
+
+@dataclass(frozen=True, slots=True)
+class PeerLost:
+    """The runtime stopped hearing from ``peer`` (heartbeats or transport failure)."""
+
+    peer: str
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    """The scheduler is done with the room: free what it still holds once safe."""
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passed: deadlines, back-pressure retries and quarantine ends."""
+
+
+Event = (
+    PeerReady
+    | RequestReceived
+    | PayloadReady
+    | WriteFinished
+    | PieceArrived
+    | AbortReceived
+    | AbortAckReceived
+    | AbortRequested
+    | PeerLost
+    | Released
+    | Tick
+)

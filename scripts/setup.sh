@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Creates .venv with everything embxfer needs. torch is pinned and installed
+# first: any other torch spec may pull a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Mooncake's wheel links against these; graphviz renders the SVG diagrams.
+need=()
+for pkg in libibverbs1 librdmacm1 libnuma1 graphviz; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ "${#need[@]}" -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    else
+        echo "setup: please install Debian packages: ${need[*]}" >&2
+    fi
+fi
+
+python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q torch==2.13.0
+.venv/bin/python -m pip install -q -e '.[mooncake,metrics,plot,dev]'

@@ -1,0 +1,1 @@
+"""Bytes and messages: control channels, data transports and the wire codec; no protocol rules."""

@@ -1,0 +1,80 @@
+"""Control messages exchanged by sender and receiver engines.
+
+Pure data (the schema): ``wire`` frames, versions and
+validates them. Each message names its room; the sending peer is known from the
+channel, never taken from the message body.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+PROTOCOL_VERSION = 1
+
+
+class BufferRegion(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One registered buffer kind on a receiver: where block 0 starts and how big a block is."""
+
+    kind: str
+    base_address: int
+    block_bytes: int
+
+
+class Register(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="register"):
+    """Receiver -> sender, once per peer: the receiver's buffer geometry for one-sided writes."""
+
+    session_id: str
+    block_size: int
+    num_blocks: int
+    regions: tuple[BufferRegion, ...]
+
+
+class RegisterAck(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="register_ack"):
+    """Sender -> receiver: the geometry was accepted (or not, with a reason)."""
+
+    accepted: bool
+    reason: str = ""
+
+
+class PieceRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="piece_request"):
+    """Receiver -> sender: write tokens from ``sent_tokens`` on into ``blocks``.
+
+    ``sent_tokens == 0`` is the initial request (the seeds' "init"); larger values are
+    resumes. ``sent_tokens`` only grows, so it identifies duplicates and stale copies.
+    """
+
+    room: int
+    sent_tokens: int
+    blocks: tuple[int, ...]
+    allocated_tokens: int
+    required_receivers: int
+
+
+class PieceWritten(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="piece_written"):
+    """Sender -> receiver: tokens ``[sent_tokens, sent_tokens + tokens)`` have landed."""
+
+    room: int
+    sent_tokens: int
+    tokens: int
+    total_tokens: int
+
+
+class Abort(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="abort"):
+    """Either direction: the room is over. A sender sends it only with no write in flight."""
+
+    room: int
+    reason: str
+
+
+class AbortAck(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="abort_ack"):
+    """Sender -> receiver: no write for this room is in flight or will be started."""
+
+    room: int
+
+
+class Heartbeat(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="heartbeat"):
+    """Either direction: the peer is alive."""
+
+
+Message = Register | RegisterAck | PieceRequest | PieceWritten | Abort | AbortAck | Heartbeat
+RoomMessage = PieceRequest | PieceWritten | Abort | AbortAck
