@@ -40,8 +40,9 @@ class WriteFinished:
 
 @dataclass(frozen=True, slots=True)
 class PieceArrived:
-    """Receiver: the sender reported a piece written into this room's blocks."""
+    """Receiver: ``peer`` reported a piece written into this room's blocks."""
 
+    peer: str
     message: PieceWritten
 
 
@@ -55,7 +56,9 @@ class AbortReceived:
 
 @dataclass(frozen=True, slots=True)
 class AbortAckReceived:
-    """Receiver: the sender confirmed no write for this room is in flight."""
+    """Receiver: ``peer`` confirmed no write for this room is in flight."""
+
+    peer: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,342 @@
+"""The receiver room: one request's embedding, received in as many pieces as needed.
+
+The receiver allocates (a hint, or the adaptive default), asks for a piece at
+``sent_tokens`` and, when a piece lands short of ``T``, allocates the rest and asks
+again: the resume. ``T`` is learned from the first piece and kept here. Pieces stay
+in their blocks unless memory is short (then they are spilled to staging memory).
+Blocks a write may still target are freed only once the sender has confirmed no
+write is in flight, or after a grace period longer than any write can take.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from embxfer.buffers.allocator import BlockAllocator
+from embxfer.fsm.actions import SendMessage, SpillPiece
+from embxfer.fsm.events import (
+    AbortAckReceived,
+    AbortReceived,
+    AbortRequested,
+    Event,
+    PeerLost,
+    PeerReady,
+    PieceArrived,
+    Released,
+    Tick,
+)
+from embxfer.fsm.policy import ResumePolicy, SpillMode
+from embxfer.fsm.room import (
+    ACTIVE,
+    BOOTSTRAPPING,
+    FAILED,
+    SUCCESS,
+    TERMINAL,
+    TRANSFERRING,
+    WAITING,
+    Room,
+    Timeouts,
+    Verdict,
+    build_machine,
+    verdict_table,
+)
+from embxfer.transport.messages import Abort, PieceRequest
+
+B, W, T, OK, F = BOOTSTRAPPING, WAITING, TRANSFERRING, SUCCESS, FAILED
+
+# (trigger, source, dest, condition, callback); see SENDER_TABLE for how rows are read.
+RECEIVER_TABLE = verdict_table(
+    [
+        # The sender accepted this engine's registration: allocate and ask.
+        ("peer_ready", B, W, "", "_request_next"),
+        ("peer_ready", [W, T, *TERMINAL], None, "", "_ignore"),
+        # The sender reports a piece written (keyed by its sent_tokens offset).
+        ("piece", ACTIVE, None, "stale", "_ignore"),
+        ("piece", ACTIVE, F, "violation", ""),
+        ("piece", [W, T], OK, "all_done", "_take_piece"),
+        ("piece", [W, T], T, "more_owed", "_take_piece_and_resume"),
+        ("piece", TERMINAL, None, "", "_ignore"),
+        # The sender aborted (it has no write in flight) or confirmed our abort.
+        ("peer_abort", ACTIVE, F, "act", ""),
+        ("peer_abort", F, None, "settle", "_free_quarantine"),
+        ("peer_abort", [*ACTIVE, *TERMINAL], None, "", "_ignore"),
+        ("abort_ack", F, None, "settle", "_free_quarantine"),
+        ("abort_ack", [*ACTIVE, *TERMINAL], None, "", "_ignore"),
+        # The scheduler aborts; the sender is lost.
+        ("abort", ACTIVE, F, "", ""),
+        ("abort", TERMINAL, None, "", "_ignore"),
+        ("peer_lost", ACTIVE, F, "violation", ""),
+        ("peer_lost", [*ACTIVE, *TERMINAL], None, "", "_ignore"),
+        # Time passes: deadlines, memory retries, end of quarantine.
+        ("tick", ACTIVE, F, "deadline_passed", ""),
+        ("tick", [W, T], None, "retry_due", "_request_next"),
+        ("tick", F, None, "settle", "_free_quarantine"),
+        ("tick", [*ACTIVE, *TERMINAL], None, "", "_ignore"),
+        # The scheduler lets go of the room (after taking the result).
+        ("release", ACTIVE, F, "", "_mark_released"),
+        ("release", TERMINAL, None, "", "_mark_released"),
+    ]
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """Tokens ``[sent_tokens, sent_tokens + tokens)``: in ``blocks``, or spilled when empty."""
+
+    sent_tokens: int
+    tokens: int
+    blocks: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Outstanding:
+    """The request the sender may be writing for right now."""
+
+    sent_tokens: int
+    blocks: tuple[int, ...]
+    allocated_tokens: int
+
+
+class ReceiverRoom(Room):
+    """One request on the language side; see the module docstring and RECEIVER_TABLE."""
+
+    __slots__ = (
+        "allocator",
+        "initial_tokens",
+        "outstanding",
+        "pieces",
+        "policy",
+        "quarantine",
+        "quarantine_until",
+        "received",
+        "released",
+        "required_receivers",
+        "sender",
+        "total_tokens",
+        "waiting_for_memory",
+    )
+
+    TRIGGERS = {
+        PeerReady: "peer_ready",
+        PieceArrived: "piece",
+        AbortReceived: "peer_abort",
+        AbortAckReceived: "abort_ack",
+        AbortRequested: "abort",
+        PeerLost: "peer_lost",
+        Tick: "tick",
+        Released: "release",
+    }
+
+    def __init__(
+        self,
+        room_id: int,
+        sender: str,
+        allocator: BlockAllocator,
+        initial_tokens: int,
+        timeouts: Timeouts,
+        now: float,
+        policy: ResumePolicy | None = None,
+        required_receivers: int = 1,
+    ) -> None:
+        super().__init__(room_id, timeouts, now)
+        if initial_tokens <= 0:
+            raise ValueError(f"initial_tokens must be positive, got {initial_tokens}")
+        self.sender = sender
+        self.allocator = allocator
+        self.initial_tokens = initial_tokens
+        self.policy = policy or ResumePolicy()
+        self.required_receivers = required_receivers
+        self.total_tokens = 0  # T, learned from the first piece
+        self.received = 0
+        self.pieces: list[Piece] = []
+        self.outstanding: Outstanding | None = None
+        self.waiting_for_memory = False
+        self.quarantine: tuple[int, ...] = ()
+        self.quarantine_until = 0.0
+        self.released = False
+
+    @property
+    def finished(self) -> bool:
+        """Released, terminal, and holding no block: the runtime may forget the room."""
+        return self.released and self.terminal and not self.held_blocks()
+
+    def held_blocks(self) -> list[int]:
+        """Every block this room owns right now."""
+        held = [b for piece in self.pieces for b in piece.blocks]
+        if self.outstanding is not None:
+            held.extend(self.outstanding.blocks)
+        held.extend(self.quarantine)
+        return held
+
+    @property
+    def wakeup(self) -> float:
+        """When this room next needs a Tick."""
+        if self.state in ACTIVE:
+            if self.waiting_for_memory:
+                return min(self.deadline, self.now + self.timeouts.retry_s)
+            return self.deadline
+        return self.quarantine_until if self.quarantine else float("inf")
+
+    # -- classification: what each event means in the current state ------------------
+    def _classify(self, event: Event) -> None:
+        if isinstance(event, PieceArrived):
+            self._classify_piece(event)
+        elif isinstance(event, (AbortReceived, AbortAckReceived, PeerLost)):
+            if event.peer != self.sender:
+                self._decide(Verdict.STALE, f"{event.peer} is not this room's sender")
+            elif self.state == FAILED:
+                self._decide(Verdict.SETTLE)
+            elif isinstance(event, AbortReceived):
+                self._decide(Verdict.ACT, f"aborted by sender: {event.reason}")
+            elif isinstance(event, PeerLost):
+                self._decide(Verdict.VIOLATION, f"sender {event.peer} lost")
+            else:
+                self._decide(Verdict.STALE, "no abort to acknowledge")
+        elif isinstance(event, Tick):
+            self._classify_tick()
+        elif isinstance(event, AbortRequested):
+            self._decide(Verdict.ACT, f"aborted by scheduler: {event.reason}")
+        elif isinstance(event, Released):
+            self._decide(Verdict.ACT, "released before completion")
+        else:
+            self._decide(Verdict.ACT)
+
+    def _classify_piece(self, event: PieceArrived) -> None:
+        msg = event.message
+        out = self.outstanding
+        end = msg.sent_tokens + msg.tokens
+        if event.peer != self.sender:
+            self._decide(Verdict.STALE, f"{event.peer} is not this room's sender")
+        elif out is None or msg.sent_tokens < out.sent_tokens:
+            self._decide(Verdict.STALE, f"piece at sent_tokens={msg.sent_tokens} not awaited")
+        elif msg.sent_tokens > out.sent_tokens:
+            self._decide(
+                Verdict.VIOLATION,
+                f"piece at sent_tokens={msg.sent_tokens} but {out.sent_tokens} requested",
+            )
+        elif not 0 < msg.tokens <= out.allocated_tokens or end > msg.total_tokens:
+            self._decide(
+                Verdict.VIOLATION,
+                f"piece of {msg.tokens} tokens at {msg.sent_tokens} of {msg.total_tokens} "
+                f"does not fit {out.allocated_tokens} allocated",
+            )
+        elif self.total_tokens and msg.total_tokens != self.total_tokens:
+            self._decide(
+                Verdict.VIOLATION, f"total changed from {self.total_tokens} to {msg.total_tokens}"
+            )
+        elif msg.tokens < out.allocated_tokens and end != msg.total_tokens:
+            self._decide(Verdict.VIOLATION, "short piece that is not the last")
+        elif end == msg.total_tokens:
+            self._decide(Verdict.ALL_DONE)
+        else:
+            self._decide(Verdict.MORE_OWED)
+
+    def _classify_tick(self) -> None:
+        if self.state in ACTIVE and self.now >= self.deadline:
+            self._decide(Verdict.DEADLINE, f"deadline passed in {self.state}")
+        elif self.state in ACTIVE and self.waiting_for_memory:
+            self._decide(Verdict.RETRY_DUE)
+        elif self.quarantine and self.now >= self.quarantine_until:
+            self._decide(Verdict.SETTLE)
+        else:
+            self._decide(Verdict.STALE, "nothing due")
+
+    # -- callbacks -------------------------------------------------------------------
+    def _request_next(self, _event: Event) -> None:
+        """Allocate for the next piece and ask for it; wait for memory if there is none."""
+        if self.received:
+            wanted = self.total_tokens - self.received
+            cap = self.policy.max_resume_tokens
+            wanted = min(wanted, cap) if cap else wanted
+        else:
+            wanted = self.initial_tokens
+        blocks = self._allocate(wanted)
+        self.waiting_for_memory = blocks is None
+        if blocks is None:
+            return  # back-pressure: Tick retries until the deadline
+        allocated = len(blocks) * self.allocator.block_size
+        self.outstanding = Outstanding(self.received, tuple(blocks), allocated)
+        self._progressed()
+        self._actions.append(
+            SendMessage(
+                self.sender,
+                PieceRequest(
+                    self.room_id, self.received, tuple(blocks), allocated, self.required_receivers
+                ),
+            )
+        )
+
+    def _allocate(self, wanted: int) -> list[int] | None:
+        spill = self.policy.spill
+        if spill is SpillMode.ALWAYS_SPILL:
+            self._spill_pieces()
+        blocks = self.allocator.alloc(wanted)
+        if blocks is None and spill is SpillMode.KEEP_THEN_SPILL and self._spill_pieces():
+            blocks = self.allocator.alloc(wanted)
+        free = self.allocator.free_blocks
+        if blocks is None and self.policy.allow_partial and free:
+            blocks = self.allocator.alloc(free * self.allocator.block_size)
+        return blocks
+
+    def _spill_pieces(self) -> bool:
+        """Copy kept pieces to staging memory and free their blocks; True if any were."""
+        kept = [p for p in self.pieces if p.blocks]
+        for piece in kept:
+            self._actions.append(SpillPiece(piece.sent_tokens, piece.tokens, piece.blocks))
+            self.allocator.free(piece.blocks)
+        self.pieces = [Piece(p.sent_tokens, p.tokens, ()) for p in self.pieces]
+        return bool(kept)
+
+    def _take_piece(self, event: PieceArrived) -> None:
+        msg = event.message
+        out = self.outstanding
+        assert out is not None
+        used = -(-msg.tokens // self.allocator.block_size)
+        if used < len(out.blocks):
+            self.allocator.free(out.blocks[used:])  # over-allocated: give back at once
+        self.total_tokens = msg.total_tokens
+        self.pieces.append(Piece(msg.sent_tokens, msg.tokens, out.blocks[:used]))
+        self.received += msg.tokens
+        self.outstanding = None
+        self._progressed()
+
+    def _take_piece_and_resume(self, event: PieceArrived) -> None:
+        self._take_piece(event)
+        self.resumes += 1
+        self._request_next(event)
+
+    def _free_quarantine(self, _event: Event) -> None:
+        if self.quarantine:
+            self.allocator.free(self.quarantine)
+            self.quarantine = ()
+
+    def _mark_released(self, _event: Event) -> None:
+        self.released = True
+        if self.state == SUCCESS:
+            self._free_pieces()
+
+    def _free_pieces(self) -> None:
+        for piece in self.pieces:
+            if piece.blocks:
+                self.allocator.free(piece.blocks)
+        self.pieces = []
+
+    def _enter_failed(self, event: Event) -> None:
+        """Free what no write can target; hold the outstanding blocks until it is safe."""
+        self._record_failure()
+        self.waiting_for_memory = False
+        self._free_pieces()
+        sender_quiet = isinstance(event, AbortReceived)
+        if self.outstanding is not None:
+            self.quarantine = self.outstanding.blocks
+            self.quarantine_until = self.now + self.timeouts.write_grace_s
+            self.outstanding = None
+        if sender_quiet:
+            self._free_quarantine(event)
+        else:
+            self._actions.append(SendMessage(self.sender, Abort(self.room_id, self.reason)))
+
+
+RECEIVER_MACHINE = build_machine("receiver", RECEIVER_TABLE, {FAILED: "_enter_failed"})
+
+ReceiverRoom.MACHINE = RECEIVER_MACHINE

@@ -1,0 +1,199 @@
+"""What sender and receiver rooms share: the flyweight machine driver, verdicts, deadlines.
+
+A room is a plain object; its role's class-level ``transitions.Machine`` (built with
+``model=None`` and never told about rooms) moves it. ``handle`` runs one event: the
+role's classifier decides what the event means in the room's current state (a
+``Verdict``), the transition table picks the edge whose condition names that verdict,
+and the edge's callbacks queue actions. Nothing else changes a room's state.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from transitions import Machine
+
+from embxfer.fsm.actions import Action
+from embxfer.fsm.events import Event
+from embxfer.fsm.poll import STATE_NAMES, KVPoll
+
+LOG = logging.getLogger("embxfer.room")
+
+BOOTSTRAPPING = KVPoll.Bootstrapping.name
+WAITING = KVPoll.WaitingForInput.name
+TRANSFERRING = KVPoll.Transferring.name
+SUCCESS = KVPoll.Success.name
+FAILED = KVPoll.Failed.name
+ACTIVE = [BOOTSTRAPPING, WAITING, TRANSFERRING]
+TERMINAL = [SUCCESS, FAILED]
+
+
+class Verdict(enum.Enum):
+    """What an event means for a room in its current state. The transition tables'
+    conditions are the lower-case names of these members."""
+
+    ACT = "act"
+    STALE = "stale"  # duplicate or out-of-date: ignored, counted
+    VIOLATION = "violation"  # the peer broke the protocol, or a local failure: room fails
+    LAST_RECEIVER = "last_receiver"  # sender: the final receiver of the room joined
+    ALL_DONE = "all_done"  # every token is where it belongs
+    MORE_OWED = "more_owed"  # a piece landed and a resume must follow
+    RETRY_DUE = "retry_due"  # waiting for memory: try to allocate again
+    DEADLINE = "deadline_passed"  # a deadline passed: room fails
+    SETTLE = "settle"  # a terminal room can give memory back
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Deadlines, in seconds of the injected clock."""
+
+    bootstrap_s: float = 30.0  # in Bootstrapping: waiting for the peer(s)
+    progress_s: float = 30.0  # in WaitingForInput/Transferring: without any progress
+    retry_s: float = 0.002  # back-pressure: how soon to retry an allocation
+    # Receiver: how long blocks that a write may still target are held after a failure
+    # without the sender's acknowledgement. Must exceed the longest write a sender can
+    # have in flight (a stalled Mooncake write returns after about 60 s).
+    write_grace_s: float = 65.0
+
+
+def verdict_table(
+    table: list[tuple[str, str | list[str], str | None, str, str]],
+) -> list[dict[str, Any]]:
+    """Expand ``(trigger, source, dest, verdict, callback)`` rows into transitions' dicts.
+
+    A ``dest`` of None is an internal transition (no exit/enter); ``verdict`` "" means
+    the row matches any verdict (rows are tried in order, so it comes last)."""
+    rows: list[dict[str, Any]] = []
+    for trigger, source, dest, verdict, callback in table:
+        row: dict[str, Any] = {"trigger": trigger, "source": source, "dest": dest}
+        if verdict:
+            row["conditions"] = verdict
+        if callback:
+            row["after"] = callback
+        rows.append(row)
+    return rows
+
+
+def build_machine(name: str, table: list[dict[str, Any]], on_enter: dict[str, str]) -> Machine:
+    """The flyweight machine for one role: shared by all its rooms, which it never holds."""
+    states = [{"name": s, "on_enter": on_enter[s]} if s in on_enter else s for s in STATE_NAMES]
+    return Machine(
+        model=None,
+        name=name,
+        states=states,
+        transitions=table,
+        initial=BOOTSTRAPPING,
+        auto_transitions=False,
+        prepare_event="_classify",
+    )
+
+
+class Room:
+    """State, verdict and outbox common to both roles."""
+
+    __slots__ = (
+        "_actions",
+        "_verdict",
+        "deadline",
+        "now",
+        "reason",
+        "resumes",
+        "room_id",
+        "state",
+        "timeouts",
+        "verdict_reason",
+    )
+
+    MACHINE: ClassVar[Machine]
+    TRIGGERS: ClassVar[dict[type, str]]
+
+    def __init__(self, room_id: int, timeouts: Timeouts, now: float) -> None:
+        self.room_id = room_id
+        self.timeouts = timeouts
+        self.state = BOOTSTRAPPING
+        self.now = now
+        self.deadline = now + timeouts.bootstrap_s
+        self.reason = ""
+        self.resumes = 0
+        self._actions: list[Action] = []
+        self._verdict = Verdict.ACT
+        self.verdict_reason = ""
+
+    # -- driving -------------------------------------------------------------------
+    def handle(self, event: Event, now: float) -> list[Action]:
+        """Run one event at time ``now``; return the actions to carry out, in order."""
+        self.now = now
+        trigger = self.TRIGGERS[type(event)]
+        self.MACHINE.events[trigger].trigger(self, event)
+        actions, self._actions = self._actions, []
+        return actions
+
+    @property
+    def poll(self) -> KVPoll:
+        return KVPoll[self.state]
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
+    # -- verdicts (the tables' conditions) -------------------------------------------
+    def _decide(self, verdict: Verdict, reason: str = "") -> None:
+        self._verdict = verdict
+        self.verdict_reason = reason
+
+    @property
+    def act(self) -> bool:
+        return self._verdict is Verdict.ACT
+
+    @property
+    def stale(self) -> bool:
+        return self._verdict is Verdict.STALE
+
+    @property
+    def violation(self) -> bool:
+        return self._verdict is Verdict.VIOLATION
+
+    @property
+    def last_receiver(self) -> bool:
+        return self._verdict is Verdict.LAST_RECEIVER
+
+    @property
+    def all_done(self) -> bool:
+        return self._verdict is Verdict.ALL_DONE
+
+    @property
+    def more_owed(self) -> bool:
+        return self._verdict is Verdict.MORE_OWED
+
+    @property
+    def retry_due(self) -> bool:
+        return self._verdict is Verdict.RETRY_DUE
+
+    @property
+    def deadline_passed(self) -> bool:
+        return self._verdict is Verdict.DEADLINE
+
+    @property
+    def settle(self) -> bool:
+        return self._verdict is Verdict.SETTLE
+
+    # -- shared callbacks ------------------------------------------------------------
+    def _ignore(self, event: Event) -> None:
+        LOG.debug(
+            "room=%d ignored %s in %s: %s",
+            self.room_id,
+            type(event).__name__,
+            self.state,
+            self.verdict_reason or "nothing to do",
+        )
+
+    def _progressed(self) -> None:
+        """Something moved forward: push the no-progress deadline out."""
+        self.deadline = self.now + self.timeouts.progress_s
+
+    def _record_failure(self) -> None:
+        self.reason = self.verdict_reason
+        LOG.info("room=%d failed: %s", self.room_id, self.reason)

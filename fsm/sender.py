@@ -1,0 +1,371 @@
+"""The sender room: one request's embedding, written to every receiver in pieces.
+
+Each receiver asks for pieces with ``PieceRequest(sent_tokens, blocks)``; the sender
+writes ``min(T - sent_tokens, allocated_tokens)`` tokens into those blocks, then
+reports ``PieceWritten``. ``sent_tokens`` only grows, so a request at or below the
+last one accepted from that receiver is a duplicate or stale copy and is ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from embxfer.buffers.allocator import BlockAllocator
+from embxfer.fsm.actions import SendMessage, StorePayload, WritePiece
+from embxfer.fsm.events import (
+    AbortReceived,
+    AbortRequested,
+    Event,
+    PayloadReady,
+    PeerLost,
+    Released,
+    RequestReceived,
+    Tick,
+    WriteFinished,
+)
+from embxfer.fsm.room import (
+    ACTIVE,
+    BOOTSTRAPPING,
+    FAILED,
+    SUCCESS,
+    TERMINAL,
+    TRANSFERRING,
+    WAITING,
+    Room,
+    Timeouts,
+    Verdict,
+    build_machine,
+    verdict_table,
+)
+from embxfer.transport.messages import Abort, AbortAck, PieceWritten
+
+B, W, T, OK, F = BOOTSTRAPPING, WAITING, TRANSFERRING, SUCCESS, FAILED
+
+# (trigger, source, dest, condition, callback). Per trigger and source state, rows are
+# tried top to bottom; the first whose condition holds fires. dest None: no state change.
+SENDER_TABLE = verdict_table(
+    [
+        # A receiver asks for a piece (sent_tokens 0: joins the room; above: resumes).
+        ("request", [B, W, T], None, "stale", "_ignore"),
+        ("request", [B, W, T], F, "violation", ""),
+        ("request", B, W, "last_receiver", "_accept_request"),
+        ("request", [B, W, T], None, "act", "_accept_request"),
+        ("request", OK, None, "", "_ignore"),
+        ("request", F, None, "", "_answer_late_request"),
+        # The scheduler hands over the embedding.
+        ("payload", [B, W], None, "stale", "_ignore"),
+        ("payload", [B, W], F, "violation", ""),
+        ("payload", [B, W], None, "act", "_take_payload"),
+        ("payload", [T, *TERMINAL], None, "", "_ignore"),
+        # The data transport finished writing a piece.
+        ("write_done", [W, T], None, "stale", "_ignore"),
+        ("write_done", [W, T], F, "violation", "_settle_write"),
+        ("write_done", [W, T], OK, "all_done", "_report_piece"),
+        ("write_done", [W, T], T, "more_owed", "_report_piece"),
+        ("write_done", [W, T], None, "act", "_report_piece"),
+        ("write_done", F, None, "settle", "_settle_write"),
+        ("write_done", [B, *TERMINAL], None, "", "_ignore"),
+        # Aborts: from the scheduler, or from a receiver (answered with AbortAck).
+        ("abort", ACTIVE, F, "", ""),
+        ("abort", TERMINAL, None, "", "_ignore"),
+        ("peer_abort", ACTIVE, F, "", ""),
+        ("peer_abort", TERMINAL, None, "", "_acknowledge_abort"),
+        ("peer_lost", ACTIVE, F, "violation", ""),
+        ("peer_lost", [*ACTIVE, *TERMINAL], None, "", "_ignore"),
+        # Time passes.
+        ("tick", ACTIVE, F, "deadline_passed", ""),
+        ("tick", [B, W], None, "retry_due", "_retry_payload"),
+        ("tick", [*ACTIVE, *TERMINAL], None, "", "_ignore"),
+        # The scheduler lets go of the room.
+        ("release", ACTIVE, F, "", "_mark_released"),
+        ("release", TERMINAL, None, "", "_mark_released"),
+    ]
+)
+
+
+@dataclass(slots=True)
+class ReceiverProgress:
+    """What the sender knows of one receiver of the room."""
+
+    requested_at: int  # sent_tokens of the last accepted request
+    blocks: tuple[int, ...]
+    allocated_tokens: int
+    written: int = 0  # tokens written and confirmed by the transport
+    in_flight: bool = False
+    owed_notice: str = ""  # "abort" or "ack", sent once no write to it is in flight
+
+
+class SenderRoom(Room):
+    """One request on the encoder side; see the module docstring and SENDER_TABLE."""
+
+    __slots__ = (
+        "_pending_payload",
+        "allocator",
+        "receivers",
+        "released",
+        "required_receivers",
+        "src_blocks",
+        "total_tokens",
+        "writes_in_flight",
+    )
+
+    TRIGGERS = {
+        RequestReceived: "request",
+        PayloadReady: "payload",
+        WriteFinished: "write_done",
+        AbortRequested: "abort",
+        AbortReceived: "peer_abort",
+        PeerLost: "peer_lost",
+        Tick: "tick",
+        Released: "release",
+    }
+
+    def __init__(
+        self, room_id: int, allocator: BlockAllocator, timeouts: Timeouts, now: float
+    ) -> None:
+        super().__init__(room_id, timeouts, now)
+        self.allocator = allocator
+        self.receivers: dict[str, ReceiverProgress] = {}
+        self.required_receivers = 0  # learned from the first request
+        self.total_tokens = 0  # known once the payload is in
+        self.src_blocks: tuple[int, ...] = ()
+        self._pending_payload: PayloadReady | None = None  # waiting for source blocks
+        self.writes_in_flight = 0
+        self.released = False
+
+    @property
+    def finished(self) -> bool:
+        """Released, terminal, and holding nothing: the runtime may forget the room."""
+        return self.released and self.terminal and not self.src_blocks and not self.writes_in_flight
+
+    @property
+    def wakeup(self) -> float:
+        """When this room next needs a Tick."""
+        if self.terminal:
+            return float("inf")
+        if self._pending_payload is not None:
+            return min(self.deadline, self.now + self.timeouts.retry_s)
+        return self.deadline
+
+    # -- classification: what each event means in the current state ------------------
+    def _classify(self, event: Event) -> None:
+        if isinstance(event, RequestReceived):
+            self._classify_request(event)
+        elif isinstance(event, PayloadReady):
+            self._classify_payload(event)
+        elif isinstance(event, WriteFinished):
+            self._classify_write(event)
+        elif isinstance(event, (AbortRequested, AbortReceived)):
+            who = "scheduler" if isinstance(event, AbortRequested) else f"receiver {event.peer}"
+            self._decide(Verdict.ACT, f"aborted by {who}: {event.reason}")
+        elif isinstance(event, PeerLost):
+            if event.peer in self.receivers:
+                self._decide(Verdict.VIOLATION, f"receiver {event.peer} lost")
+            else:
+                self._decide(Verdict.STALE, f"{event.peer} is not a receiver of this room")
+        elif isinstance(event, Tick):
+            if self.now >= self.deadline:
+                self._decide(Verdict.DEADLINE, f"deadline passed in {self.state}")
+            elif self._pending_payload is not None:
+                self._decide(Verdict.RETRY_DUE)
+            else:
+                self._decide(Verdict.STALE, "nothing due")
+        else:
+            self._decide(Verdict.ACT, "released before completion")
+
+    def _classify_request(self, event: RequestReceived) -> None:
+        req = event.request
+        known = self.receivers.get(event.receiver)
+        bs = self.allocator.block_size
+        if known is not None and req.sent_tokens <= known.requested_at:
+            self._decide(Verdict.STALE, f"request at sent_tokens={req.sent_tokens} already seen")
+        elif self.required_receivers and req.required_receivers != self.required_receivers:
+            self._decide(
+                Verdict.VIOLATION,
+                f"receiver {event.receiver} says {req.required_receivers} receivers, "
+                f"room has {self.required_receivers}",
+            )
+        elif req.allocated_tokens != len(req.blocks) * bs or not req.blocks:
+            self._decide(
+                Verdict.VIOLATION,
+                f"allocated_tokens={req.allocated_tokens} is not {len(req.blocks)} blocks of {bs}",
+            )
+        elif known is None and req.sent_tokens != 0:
+            self._decide(Verdict.VIOLATION, f"resume from unknown receiver {event.receiver}")
+        elif known is None and len(self.receivers) >= req.required_receivers:
+            self._decide(Verdict.VIOLATION, f"more than {req.required_receivers} receivers")
+        elif known is not None and (known.in_flight or req.sent_tokens != known.written):
+            self._decide(
+                Verdict.VIOLATION,
+                f"resume at sent_tokens={req.sent_tokens} but {known.written} written",
+            )
+        elif self.total_tokens and req.sent_tokens >= self.total_tokens:
+            self._decide(Verdict.VIOLATION, f"resume past the end ({self.total_tokens} tokens)")
+        elif known is None and len(self.receivers) + 1 == req.required_receivers:
+            self._decide(Verdict.LAST_RECEIVER)
+        else:
+            self._decide(Verdict.ACT)
+
+    def _classify_payload(self, event: PayloadReady) -> None:
+        if self.total_tokens or self._pending_payload is not None:
+            self._decide(Verdict.STALE, "payload already handed over")
+        elif event.total_tokens <= 0:
+            self._decide(Verdict.VIOLATION, f"payload of {event.total_tokens} tokens")
+        else:
+            self._decide(Verdict.ACT)
+
+    def _classify_write(self, event: WriteFinished) -> None:
+        progress = self.receivers.get(event.receiver)
+        if progress is None or not progress.in_flight or progress.requested_at != event.sent_tokens:
+            self._decide(Verdict.STALE, "no such write in flight")
+        elif self.state == FAILED:
+            self._decide(Verdict.SETTLE)
+        elif not event.ok:
+            self._decide(Verdict.VIOLATION, f"write to {event.receiver} failed: {event.reason}")
+        else:
+            written = event.sent_tokens + self._piece_tokens(progress)
+            others_done = all(
+                p.written == self.total_tokens and not p.in_flight
+                for peer, p in self.receivers.items()
+                if peer != event.receiver
+            )
+            if written < self.total_tokens:
+                self._decide(Verdict.MORE_OWED)
+            elif others_done and len(self.receivers) == self.required_receivers:
+                self._decide(Verdict.ALL_DONE)
+            else:
+                self._decide(Verdict.ACT)
+
+    # -- callbacks -------------------------------------------------------------------
+    def _accept_request(self, event: RequestReceived) -> None:
+        req = event.request
+        progress = self.receivers.get(event.receiver)
+        if progress is None:
+            self.required_receivers = req.required_receivers
+            progress = self.receivers[event.receiver] = ReceiverProgress(
+                req.sent_tokens, req.blocks, req.allocated_tokens
+            )
+        else:
+            progress.requested_at = req.sent_tokens
+            progress.blocks = req.blocks
+            progress.allocated_tokens = req.allocated_tokens
+            self.resumes += 1
+        self._progressed()
+        self._start_writes()
+
+    def _take_payload(self, event: PayloadReady) -> None:
+        self._pending_payload = event
+        self._progressed()
+        self._retry_payload(event)
+
+    def _retry_payload(self, _event: Event) -> None:
+        pending = self._pending_payload
+        assert pending is not None
+        blocks = self.allocator.alloc(pending.total_tokens)
+        if blocks is None:
+            return  # back-pressure: Tick retries until the deadline
+        self._pending_payload = None
+        self.total_tokens = pending.total_tokens
+        self.src_blocks = tuple(blocks)
+        self._actions.append(StorePayload(self.src_blocks, pending.payload))
+        self._start_writes()
+
+    def _start_writes(self) -> None:
+        """Once every receiver has joined and the payload is stored, serve each
+        receiver whose latest request has no piece yet."""
+        if self.state == BOOTSTRAPPING or not self.src_blocks:
+            return
+        for peer, progress in self.receivers.items():
+            if not progress.in_flight and progress.written == progress.requested_at:
+                self._write(peer, progress)
+
+    def _write(self, peer: str, progress: ReceiverProgress) -> None:
+        bs = self.allocator.block_size
+        start = progress.requested_at
+        tokens = self._piece_tokens(progress)
+        first = start // bs
+        nblocks = -(-tokens // bs)
+        progress.in_flight = True
+        self.writes_in_flight += 1
+        self._actions.append(
+            WritePiece(
+                receiver=peer,
+                sent_tokens=start,
+                tokens=tokens,
+                src_blocks=self.src_blocks[first : first + nblocks],
+                dst_blocks=progress.blocks[:nblocks],
+                with_aux=start == 0,
+            )
+        )
+
+    def _piece_tokens(self, progress: ReceiverProgress) -> int:
+        return min(self.total_tokens - progress.requested_at, progress.allocated_tokens)
+
+    def _report_piece(self, event: WriteFinished) -> None:
+        progress = self.receivers[event.receiver]
+        tokens = self._piece_tokens(progress)
+        self._settle_write(event)
+        progress.written = event.sent_tokens + tokens
+        self._progressed()
+        self._actions.append(
+            SendMessage(
+                event.receiver,
+                PieceWritten(self.room_id, event.sent_tokens, tokens, self.total_tokens),
+            )
+        )
+
+    def _settle_write(self, event: WriteFinished) -> None:
+        """A write is over: send what the receiver is owed, free memory once idle."""
+        progress = self.receivers[event.receiver]
+        progress.in_flight = False
+        self.writes_in_flight -= 1
+        if progress.owed_notice:
+            self._notify(event.receiver, progress.owed_notice)
+        self._free_if_idle()
+
+    def _free_if_idle(self) -> None:
+        if self.src_blocks and not self.writes_in_flight and self.terminal:
+            self.allocator.free(self.src_blocks)
+            self.src_blocks = ()
+
+    def _notify(self, peer: str, notice: str) -> None:
+        """Send abort or ack to ``peer`` now, or once its write in flight is over."""
+        progress = self.receivers.get(peer)
+        if progress is not None and progress.in_flight:
+            progress.owed_notice = notice
+            return
+        if progress is not None:
+            progress.owed_notice = ""
+        message = AbortAck(self.room_id) if notice == "ack" else Abort(self.room_id, self.reason)
+        self._actions.append(SendMessage(peer, message))
+
+    def _acknowledge_abort(self, event: AbortReceived) -> None:
+        self._notify(event.peer, "ack")
+
+    def _answer_late_request(self, event: RequestReceived) -> None:
+        """A receiver that joins a failed room learns at once that it is over."""
+        if event.receiver not in self.receivers:
+            self._notify(event.receiver, "abort")
+
+    def _mark_released(self, _event: Event) -> None:
+        self.released = True
+
+    def _enter_failed(self, event: Event) -> None:
+        self._record_failure()
+        self._pending_payload = None
+        aborter = event.peer if isinstance(event, AbortReceived) else None
+        for peer in self.receivers:
+            self._notify(peer, "ack" if peer == aborter else "abort")
+        if aborter is not None and aborter not in self.receivers:
+            self._notify(aborter, "ack")
+        self._free_if_idle()
+
+    def _enter_success(self, _event: Event) -> None:
+        self._free_if_idle()
+
+
+SENDER_MACHINE = build_machine(
+    "sender", SENDER_TABLE, {FAILED: "_enter_failed", SUCCESS: "_enter_success"}
+)
+
+SenderRoom.MACHINE = SENDER_MACHINE
