@@ -1,1 +1,30 @@
-"""embxfer: resumable transfer of multimodal embeddings from encoder to language workers."""
+"""embxfer: resumable transfer of multimodal embeddings from encoder to language workers.
+
+A scheduler creates one engine per process (``SenderEngine`` on the encoder,
+``ReceiverEngine`` on each language rank) and one room handle per request; handles
+are polled without blocking and report ``KVPoll`` states.
+"""
+
+from embxfer.buffers.payload import EmbeddingPayload
+from embxfer.config import EngineConfig
+from embxfer.fsm.policy import ResumePolicy, SpillMode
+from embxfer.fsm.poll import KVPoll
+from embxfer.fsm.room import Timeouts
+from embxfer.receiver import ReceiverEngine, ReceiverHandle
+from embxfer.runtime import EngineStats, TransferFailed
+from embxfer.sender import SenderEngine, SenderHandle
+
+__all__ = [
+    "EmbeddingPayload",
+    "EngineConfig",
+    "EngineStats",
+    "KVPoll",
+    "ReceiverEngine",
+    "ReceiverHandle",
+    "ResumePolicy",
+    "SenderEngine",
+    "SenderHandle",
+    "SpillMode",
+    "Timeouts",
+    "TransferFailed",
+]

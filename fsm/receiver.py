@@ -11,6 +11,7 @@ write is in flight, or after a grace period longer than any write can take.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from embxfer.buffers.allocator import BlockAllocator
 from embxfer.fsm.actions import SendMessage, SpillPiece
@@ -116,7 +117,7 @@ class ReceiverRoom(Room):
         "waiting_for_memory",
     )
 
-    TRIGGERS = {
+    TRIGGERS: ClassVar[dict[type, str]] = {
         PeerReady: "peer_ready",
         PieceArrived: "piece",
         AbortReceived: "peer_abort",

@@ -139,6 +139,16 @@ class Room:
     def terminal(self) -> bool:
         return self.state in TERMINAL
 
+    @property
+    def wakeup(self) -> float:
+        """When the room next needs a Tick (inf: never)."""
+        raise NotImplementedError
+
+    @property
+    def finished(self) -> bool:
+        """Released, terminal and holding no memory: the runtime may forget the room."""
+        raise NotImplementedError
+
     # -- verdicts (the tables' conditions) -------------------------------------------
     def _decide(self, verdict: Verdict, reason: str = "") -> None:
         self._verdict = verdict

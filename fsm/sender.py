@@ -9,6 +9,7 @@ last one accepted from that receiver is a duplicate or stale copy and is ignored
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from embxfer.buffers.allocator import BlockAllocator
 from embxfer.fsm.actions import SendMessage, StorePayload, WritePiece
@@ -109,7 +110,7 @@ class SenderRoom(Room):
         "writes_in_flight",
     )
 
-    TRIGGERS = {
+    TRIGGERS: ClassVar[dict[type, str]] = {
         RequestReceived: "request",
         PayloadReady: "payload",
         WriteFinished: "write_done",

@@ -1,0 +1,7 @@
+"""``python -m embxfer``: the command line."""
+
+import sys
+
+from embxfer.cli import main
+
+sys.exit(main())

@@ -1,0 +1,239 @@
+"""The language-side engine and the room handle its scheduler uses."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import NoReturn
+
+from embxfer.buffers.assembly import StoredPiece, assemble, stage_piece
+from embxfer.buffers.layout import TOKEN_KINDS
+from embxfer.buffers.payload import EmbeddingPayload
+from embxfer.config import EngineConfig
+from embxfer.fsm.actions import Action, SendMessage, SpillPiece
+from embxfer.fsm.events import (
+    AbortAckReceived,
+    AbortReceived,
+    AbortRequested,
+    Event,
+    PeerReady,
+    PieceArrived,
+    Released,
+)
+from embxfer.fsm.policy import AdaptiveSizer
+from embxfer.fsm.poll import KVPoll
+from embxfer.fsm.receiver import ReceiverRoom
+from embxfer.runtime import Runtime, TransferFailed
+from embxfer.transport.base import ControlChannel, DataTransport
+from embxfer.transport.messages import (
+    Abort,
+    AbortAck,
+    BufferRegion,
+    Message,
+    PieceWritten,
+    Register,
+    RegisterAck,
+)
+
+LOG = logging.getLogger("embxfer.receiver")
+
+
+@dataclass
+class SenderLink:
+    """Registration with one sender: rooms wait in Bootstrapping until it is accepted."""
+
+    ready: bool = False
+    next_register: float = 0.0
+
+
+class ReceiverEngine(Runtime[ReceiverRoom]):
+    """Owns the language side's buffers and rooms; asks senders for pieces."""
+
+    role = "receiver"
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        control: ControlChannel,
+        data: DataTransport,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(config, control, data, clock)
+        self.sizer = AdaptiveSizer(
+            config.default_alloc_tokens,
+            quantile=config.adaptive_quantile,
+            adaptive=config.adaptive_alloc,
+        )
+        self.senders: dict[str, SenderLink] = {}
+        self._staged: dict[int, dict[int, EmbeddingPayload]] = {}
+        self._aux: dict[int, tuple[int, int]] = {}
+        self._token_bytes = sum(self.layout.token_bytes(kind) for kind in TOKEN_KINDS)
+        self._register = Register(
+            session_id=data.session_id,
+            block_size=self.layout.block_size,
+            num_blocks=self.layout.num_blocks,
+            regions=tuple(BufferRegion(k, b, n) for k, b, n in self.buffers.regions()),
+        )
+
+    def create_room(
+        self,
+        room_id: int,
+        sender: str,
+        required_receivers: int = 1,
+        expected_tokens: int | None = None,
+    ) -> ReceiverHandle:
+        """A room receiving from ``sender`` (its control address). ``expected_tokens``,
+        when the scheduler knows the length, is allocated up front: no resume needed."""
+        room = ReceiverRoom(
+            room_id,
+            sender,
+            self.allocator,
+            self.sizer.initial_tokens(expected_tokens),
+            self.config.timeouts,
+            self.clock(),
+            self.config.policy,
+            required_receivers,
+        )
+        self.submit(lambda: self._adopt(room))
+        return ReceiverHandle(self, room)
+
+    def _adopt(self, room: ReceiverRoom) -> None:
+        if not self.adopt(room):
+            return
+        link = self.senders.setdefault(room.sender, SenderLink())
+        if link.ready:
+            self.deliver(room, PeerReady())
+        else:
+            self._send_register(room.sender, link)
+
+    def _send_register(self, sender: str, link: SenderLink) -> None:
+        link.next_register = self.clock() + self.config.heartbeat_s
+        self.control.send(sender, self._register)
+
+    # -- inbound ---------------------------------------------------------------------
+    def on_message(self, peer: str, message: Message) -> None:
+        if isinstance(message, RegisterAck):
+            self._registered(peer, message)
+            return
+        if not isinstance(message, (PieceWritten, Abort, AbortAck)):
+            self.reject("unexpected_kind", peer, type(message).__name__)
+            return
+        room = self.rooms.get(message.room)
+        if room is None:
+            self.reject("closed_room" if self.is_closed(message.room) else "unknown_room", peer)
+            return
+        event: Event
+        if isinstance(message, PieceWritten):
+            event = PieceArrived(peer, message)
+        elif isinstance(message, Abort):
+            event = AbortReceived(peer, message.reason)
+        else:
+            event = AbortAckReceived(peer)
+        self.deliver(room, event)
+
+    def _registered(self, peer: str, message: RegisterAck) -> None:
+        link = self.senders.get(peer)
+        if link is None or link.ready:
+            self.reject("unexpected_register_ack", peer)
+            return
+        waiting = [room for room in self.rooms.values() if room.sender == peer]
+        if message.accepted:
+            link.ready = True
+            for room in waiting:
+                self.deliver(room, PeerReady())
+        else:
+            del self.senders[peer]
+            for room in waiting:
+                self.deliver(room, AbortReceived(peer, f"registration refused: {message.reason}"))
+
+    # -- outbound --------------------------------------------------------------------
+    def carry_out(self, room: ReceiverRoom, action: Action) -> None:
+        if isinstance(action, SendMessage):
+            self.control.send(action.peer, action.message)
+        elif isinstance(action, SpillPiece):
+            if action.sent_tokens == 0:
+                self._aux[room.room_id] = self.buffers.read_aux(action.blocks[0])
+            staged = stage_piece(self.buffers, action.blocks, action.tokens)
+            self._staged.setdefault(room.room_id, {})[action.sent_tokens] = staged
+        else:
+            raise TypeError(f"receiver cannot carry out {action!r}")
+
+    def on_terminal(self, room: ReceiverRoom) -> None:
+        if room.poll is KVPoll.Success:
+            self.sizer.observe(room.total_tokens)
+            self.stats.payload_bytes += room.total_tokens * self._token_bytes
+
+    def on_forget(self, room: ReceiverRoom) -> None:
+        self._staged.pop(room.room_id, None)
+        self._aux.pop(room.room_id, None)
+
+    def result(self, room: ReceiverRoom) -> EmbeddingPayload:
+        """The assembled embedding of a Success room (views into the buffers where the
+        room's blocks are one run: valid until the room is released)."""
+        staged = self._staged.get(room.room_id, {})
+        pieces = [
+            StoredPiece(p.sent_tokens, p.tokens, staged=staged[p.sent_tokens])
+            if not p.blocks
+            else StoredPiece(p.sent_tokens, p.tokens, blocks=p.blocks)
+            for p in room.pieces
+        ]
+        first = room.pieces[0]
+        aux = self._aux.get(room.room_id) or self.buffers.read_aux(first.blocks[0])
+        total, delta = aux
+        if total != room.total_tokens:
+            raise TransferFailed(
+                room.room_id, f"aux says {total} tokens, sender said {room.total_tokens}"
+            )
+        return assemble(self.buffers, pieces, total, delta)
+
+    # -- peers and time --------------------------------------------------------------
+    def active_peers(self) -> Iterable[str]:
+        return {room.sender for room in self.rooms.values() if not room.terminal}
+
+    def forget_peer(self, peer: str) -> None:
+        self.senders.pop(peer, None)
+
+    def housekeeping(self, now: float) -> None:
+        for sender, link in self.senders.items():
+            if not link.ready and now >= link.next_register:
+                self._send_register(sender, link)
+
+
+class ReceiverHandle:
+    """A scheduler's view of one receiver room: non-blocking, safe from any one thread."""
+
+    def __init__(self, engine: ReceiverEngine, room: ReceiverRoom) -> None:
+        self._engine = engine
+        self._room = room
+        self.room_id = room.room_id
+
+    def poll(self) -> KVPoll:
+        return self._room.poll
+
+    @property
+    def reason(self) -> str:
+        return self._room.reason
+
+    @property
+    def resumes(self) -> int:
+        return self._room.resumes
+
+    def result(self) -> EmbeddingPayload:
+        """The embedding, once ``poll()`` is Success; keep it only until ``release``."""
+        if self._room.poll is not KVPoll.Success:
+            raise RuntimeError(f"room {self.room_id} is {self._room.state}, not Success")
+        return self._engine.result(self._room)
+
+    def failure_exception(self) -> NoReturn:
+        """Raise the room's failure, with its reason (SGLang's contract)."""
+        raise TransferFailed(self.room_id, self._room.reason or "room has not failed")
+
+    def abort(self, reason: str = "aborted by scheduler") -> None:
+        self._engine.submit(lambda: self._engine.deliver(self._room, AbortRequested(reason)))
+
+    def release(self) -> None:
+        """The scheduler is done with the result; its blocks go back to the allocator
+        (after a failure: once no write can still land in them)."""
+        self._engine.submit(lambda: self._engine.deliver(self._room, Released()))

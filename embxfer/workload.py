@@ -1,0 +1,71 @@
+"""Synthetic requests for demos and benchmarks: token lengths and reproducible payloads.
+
+A payload is a pure function of (seed, room id, length), so every process can rebuild
+what the encoder sent and check the received bytes without shipping them twice.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import random
+from collections.abc import Iterator
+
+import torch
+
+from embxfer.buffers.layout import BufferLayout
+from embxfer.buffers.payload import EmbeddingPayload, random_payload
+
+
+def token_lengths(spec: str, count: int, seed: int) -> list[int]:
+    """``count`` lengths from a spec: ``"500,2000"`` (cycled), ``"LO:HI"`` (uniform,
+    inclusive) or ``"lognormal:MEDIAN:SIGMA"``."""
+    return list(_lengths(spec, count, random.Random(seed)))
+
+
+def _lengths(spec: str, count: int, rng: random.Random) -> Iterator[int]:
+    parts = spec.split(":")
+    if parts[0] == "lognormal" and len(parts) == 3:
+        median, sigma = float(parts[1]), float(parts[2])
+        for _ in range(count):
+            yield max(1, round(rng.lognormvariate(math.log(median), sigma)))
+    elif len(parts) == 2:
+        low, high = int(parts[0]), int(parts[1])
+        if not 0 < low <= high:
+            raise ValueError(f"bad range {spec!r}: need 0 < LO <= HI")
+        for _ in range(count):
+            yield rng.randint(low, high)
+    elif len(parts) == 1:
+        cycle = [int(x) for x in spec.split(",") if x.strip()]
+        if not cycle or min(cycle) <= 0:
+            raise ValueError(f"bad length list {spec!r}")
+        for i in range(count):
+            yield cycle[i % len(cycle)]
+    else:
+        raise ValueError(
+            f"bad token spec {spec!r}: use 'A,B,...', 'LO:HI' or 'lognormal:MEDIAN:SIGMA'"
+        )
+
+
+_POOL_TOKENS = 1 << 16
+
+
+@functools.lru_cache(maxsize=4)
+def _pool(layout: BufferLayout, seed: int) -> EmbeddingPayload:
+    """Random tokens generated once; each room reads a room-specific window of them,
+    which is as cheap as a copy (generating fresh random data per room is not)."""
+    return random_payload(_POOL_TOKENS, layout, torch.Generator().manual_seed(seed))
+
+
+def payload_for(room_id: int, num_tokens: int, layout: BufferLayout, seed: int) -> EmbeddingPayload:
+    """The embedding the demo encoder produces for ``room_id`` (a pure function)."""
+    pool = _pool(layout, seed)
+    start = (room_id * 7919) % _POOL_TOKENS
+    index = (torch.arange(num_tokens) + start) % _POOL_TOKENS
+    positions = torch.arange(num_tokens, dtype=torch.int32) + room_id % 1000
+    return EmbeddingPayload(
+        embeddings=pool.embeddings.index_select(0, index),
+        fill_ids=(pool.fill_ids.index_select(0, index) + room_id) & 0x7FFFFFFF,
+        mrope_positions=torch.stack([positions, positions // 2, positions // 3], dim=1),
+        mrope_position_delta=room_id % 97 - 48,
+    )
