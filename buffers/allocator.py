@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from embxfer.buffers.blocks import blocks_needed
+
 
 class BlockAllocator(Protocol):
     """What a room needs from an allocator. Implementations need not be thread-safe:
@@ -27,3 +29,94 @@ class BlockAllocator(Protocol):
     def free(self, blocks: Sequence[int]) -> None:
         """Return blocks; raises on a double or foreign free."""
         ...
+
+
+class BlockFreeError(ValueError):
+    """A free of a block that is not allocated (double free) or not ours (foreign free)."""
+
+
+class FreeListAllocator:
+    """A LIFO stack of free block indices.
+
+    The stack top is the next block handed out, so a fresh allocator gives 0, 1, 2, ...
+    (contiguous runs let transfers coalesce) and just-freed blocks come back first, in
+    the order they were freed (warm memory, and the same indices can return to a room,
+    which the protocol must tolerate). Every call costs O(blocks requested or freed).
+    """
+
+    def __init__(self, num_blocks: int, block_size: int = 128) -> None:
+        if num_blocks <= 0 or block_size <= 0:
+            raise ValueError(
+                f"num_blocks and block_size must be positive, got {num_blocks}, {block_size}"
+            )
+        self._block_size = block_size
+        self._stack = list(range(num_blocks - 1, -1, -1))
+        self._allocated = bytearray(num_blocks)
+        self._high_water_mark = 0
+
+    @property
+    def block_size(self) -> int:
+        """Tokens per block."""
+        return self._block_size
+
+    @property
+    def total_blocks(self) -> int:
+        """Blocks this allocator manages."""
+        return len(self._allocated)
+
+    @property
+    def free_blocks(self) -> int:
+        """Blocks available right now."""
+        return len(self._stack)
+
+    @property
+    def used_blocks(self) -> int:
+        """Blocks handed out and not yet freed."""
+        return self.total_blocks - self.free_blocks
+
+    @property
+    def free_tokens(self) -> int:
+        """Tokens that the free blocks can hold."""
+        return self.free_blocks * self._block_size
+
+    @property
+    def high_water_mark(self) -> int:
+        """Most blocks ever in use at once: sizes buffers from real load."""
+        return self._high_water_mark
+
+    def blocks_for(self, num_tokens: int) -> int:
+        """Blocks needed for ``num_tokens`` tokens (whole blocks, rounded up)."""
+        return blocks_needed(num_tokens, self._block_size)
+
+    def is_allocated(self, block: int) -> bool:
+        """Whether ``block`` is handed out; False for indices outside this allocator."""
+        return 0 <= block < self.total_blocks and bool(self._allocated[block])
+
+    def alloc(self, num_tokens: int) -> list[int] | None:
+        """Blocks covering ``num_tokens`` tokens, or None when not enough are free."""
+        if num_tokens <= 0:
+            raise ValueError(f"num_tokens must be positive, got {num_tokens}")
+        count = self.blocks_for(num_tokens)
+        if count > len(self._stack):
+            return None
+        blocks = self._stack[-count:]
+        del self._stack[-count:]
+        blocks.reverse()
+        for block in blocks:
+            self._allocated[block] = 1
+        self._high_water_mark = max(self._high_water_mark, self.used_blocks)
+        return blocks
+
+    def free(self, blocks: Sequence[int]) -> None:
+        """Return blocks; on a double, duplicate or foreign free raises ``BlockFreeError``
+        and changes nothing, so a caller's bug cannot corrupt the free list."""
+        seen: set[int] = set()
+        for block in blocks:
+            if not 0 <= block < self.total_blocks:
+                raise BlockFreeError(f"block {block} is not one of {self.total_blocks} blocks")
+            if not self._allocated[block] or block in seen:
+                raise BlockFreeError(f"block {block} is not allocated (double free)")
+            seen.add(block)
+        for block in blocks:
+            self._allocated[block] = 0
+        self._stack.extend(reversed(blocks))

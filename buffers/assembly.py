@@ -1,0 +1,80 @@
+"""The receiver's side of a multi-piece transfer: pieces kept in blocks or spilled, joined."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from embxfer.buffers.layout import TOKEN_KINDS, TokenKind
+from embxfer.buffers.metadata import MetadataBuffers
+from embxfer.buffers.payload import EmbeddingPayload
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPiece:
+    """Tokens ``[sent_tokens, sent_tokens + tokens)`` of a room: either still in ``blocks``
+    of the receiver's buffers (no copy) or ``staged`` out of them (its delta is unused)."""
+
+    sent_tokens: int
+    tokens: int
+    blocks: tuple[int, ...] | None = None
+    staged: EmbeddingPayload | None = None
+
+    def __post_init__(self) -> None:
+        if self.sent_tokens < 0 or self.tokens <= 0:
+            raise ValueError(f"bad piece range: offset {self.sent_tokens}, {self.tokens} tokens")
+        if (self.blocks is None) == (self.staged is None):
+            raise ValueError("a piece is either kept in blocks or staged, not both or neither")
+        if self.staged is not None and self.staged.num_tokens != self.tokens:
+            raise ValueError(f"staged piece has {self.staged.num_tokens} tokens, not {self.tokens}")
+
+    def tensor(self, buffers: MetadataBuffers, kind: TokenKind) -> torch.Tensor:
+        """This piece's tokens of ``kind``, a view into ``buffers`` when kept in a run."""
+        if self.staged is not None:
+            return self.staged.tensor(kind)
+        assert self.blocks is not None  # __post_init__ guarantees one of the two
+        return buffers.view_tokens(kind, self.blocks, self.tokens)
+
+
+def stage_piece(buffers: MetadataBuffers, blocks: Sequence[int], tokens: int) -> EmbeddingPayload:
+    """Copy a piece out of ``blocks`` into memory of its own, so the blocks can be freed
+    and reused (spilling) while the piece waits for the rest of the room."""
+    embeddings, fill_ids, mrope_positions = (
+        buffers.view_tokens(kind, blocks, tokens, copy=True) for kind in TOKEN_KINDS
+    )
+    return EmbeddingPayload(embeddings, fill_ids, mrope_positions)
+
+
+def assemble(
+    buffers: MetadataBuffers,
+    pieces: Sequence[StoredPiece],
+    total_tokens: int,
+    mrope_position_delta: int,
+) -> EmbeddingPayload:
+    """Join ``pieces`` in offset order into the room's ``total_tokens`` tokens.
+
+    ``total_tokens`` and ``mrope_position_delta`` come from the aux record of the first
+    piece (only the room's first block carries one). A single piece kept in one block
+    run comes back as views into ``buffers``, without a copy: those stay valid only until
+    the room's blocks are released. Raises ValueError unless the pieces tile
+    ``[0, total_tokens)`` exactly.
+    """
+    ordered = sorted(pieces, key=lambda piece: piece.sent_tokens)
+    covered = 0
+    for piece in ordered:
+        if piece.sent_tokens != covered:
+            raise ValueError(f"pieces leave a gap or overlap at token {covered}")
+        covered += piece.tokens
+    if covered != total_tokens or not ordered:
+        raise ValueError(f"pieces cover {covered} tokens, room has {total_tokens}")
+    embeddings, fill_ids, mrope_positions = (
+        _join([piece.tensor(buffers, kind) for piece in ordered]) for kind in TOKEN_KINDS
+    )
+    return EmbeddingPayload(embeddings, fill_ids, mrope_positions, mrope_position_delta)
+
+
+def _join(parts: list[torch.Tensor]) -> torch.Tensor:
+    """One part as is (keeps a view a view), several concatenated."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts)

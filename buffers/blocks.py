@@ -1,0 +1,33 @@
+"""Checks and arithmetic on lists of block indices, shared by buffers, segments and allocator."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def blocks_needed(num_tokens: int, block_size: int) -> int:
+    """Blocks covering ``num_tokens`` tokens (whole blocks, rounded up)."""
+    return -(-num_tokens // block_size)
+
+
+def check_blocks(blocks: Sequence[int], count: int, limit: int, what: str) -> Sequence[int]:
+    """The first ``count`` of ``blocks``, after checking they exist and lie in ``[0, limit)``.
+
+    Tensor indexing would wrap negative indices onto other rooms' blocks, and a remote
+    write outside the peer's declared geometry would corrupt its memory, so both are
+    rejected here with a ValueError naming ``what``.
+    """
+    if len(blocks) < count:
+        raise ValueError(f"{what}: {count} blocks needed, {len(blocks)} given")
+    used = blocks[:count]
+    if count and (min(used) < 0 or max(used) >= limit):
+        raise ValueError(f"{what}: block indices must lie in [0, {limit}), got {list(used)}")
+    return used
+
+
+def contiguous_start(blocks: Sequence[int]) -> int | None:
+    """The first block when ``blocks`` is one ascending run (so one slice covers it), else None."""
+    if not blocks:
+        return None
+    first = blocks[0]
+    return first if list(blocks) == list(range(first, first + len(blocks))) else None

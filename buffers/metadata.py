@@ -1,0 +1,137 @@
+"""The block-based buffers one side of a transfer registers: one tensor per buffer kind."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from embxfer.buffers.blocks import check_blocks, contiguous_start
+from embxfer.buffers.layout import (
+    ALL_KINDS,
+    AUX_FIELDS,
+    AUX_KIND,
+    TOKEN_KINDS,
+    BufferLayout,
+    Kind,
+    Region,
+    TokenKind,
+)
+from embxfer.buffers.payload import EmbeddingPayload
+
+POISON_BYTE = 0xA5
+"""Canary written into blocks a room gave up, to catch writes that land there afterwards."""
+
+
+class MetadataBuffers:
+    """Tensors shaped (num_blocks, block_size, ...) per token kind plus one aux record per
+    block, so block ``b`` of a kind starts at ``base + b * block_bytes`` as peers assume."""
+
+    def __init__(self, layout: BufferLayout) -> None:
+        self.layout = layout
+        self._tensors: dict[Kind, torch.Tensor] = {
+            kind: torch.zeros(
+                self._block_shape(kind), dtype=layout.dtype(kind), device=layout.device
+            )
+            for kind in ALL_KINDS
+        }
+
+    def _block_shape(self, kind: Kind) -> tuple[int, ...]:
+        if kind == AUX_KIND:
+            return (self.layout.num_blocks, AUX_FIELDS)
+        return (self.layout.num_blocks, self.layout.block_size, *self.layout.token_shape(kind))
+
+    def tensor(self, kind: Kind) -> torch.Tensor:
+        """The whole buffer of ``kind``."""
+        return self._tensors[kind]
+
+    def regions(self) -> list[Region]:
+        """(kind, base address, block bytes) per kind, in ``ALL_KINDS`` order: what a peer
+        needs to address any block of ours."""
+        return [
+            Region(kind, tensor.data_ptr(), self.layout.block_bytes(kind))
+            for kind, tensor in self._tensors.items()
+        ]
+
+    def memory_ranges(self) -> list[tuple[int, int]]:
+        """(address, byte length) of every buffer, for transport registration."""
+        return [
+            (tensor.data_ptr(), tensor.numel() * tensor.element_size())
+            for tensor in self._tensors.values()
+        ]
+
+    def _rows(self, blocks: Sequence[int], num_tokens: int) -> slice | torch.Tensor:
+        """Where the first ``num_tokens`` tokens of ``blocks`` sit in a buffer flattened to
+        (num_blocks * block_size, ...): one slice for an ascending run, else a row index."""
+        size = self.layout.block_size
+        used = check_blocks(
+            blocks, self.layout.tokens_to_blocks(num_tokens), self.layout.num_blocks, "blocks"
+        )
+        start = contiguous_start(used)
+        if start is not None:
+            return slice(start * size, start * size + num_tokens)
+        starts = torch.tensor(used, dtype=torch.int64, device=self.layout.device) * size
+        slots = torch.arange(size, dtype=torch.int64, device=self.layout.device)
+        return (starts.unsqueeze(1) + slots).flatten()[:num_tokens]
+
+    def store(self, blocks: Sequence[int], payload: EmbeddingPayload) -> None:
+        """Write the payload's tokens from slot 0 of ``blocks[0]`` on, and its aux record
+        (total tokens, mrope position delta, hidden size, zeros) into ``blocks[0]``."""
+        payload.validate(self.layout)
+        rows = self._rows(blocks, payload.num_tokens)
+        for kind in TOKEN_KINDS:
+            source = payload.tensor(kind).to(self.layout.device)
+            flat = self._tensors[kind].flatten(0, 1)
+            if isinstance(rows, slice):
+                flat[rows].copy_(source)
+            else:
+                flat.index_copy_(0, rows, source)
+        record = [payload.num_tokens, payload.mrope_position_delta, self.layout.hidden_size]
+        record += [0] * (AUX_FIELDS - len(record))
+        self._tensors["aux"][blocks[0]].copy_(torch.tensor(record, dtype=torch.int64))
+
+    def view_tokens(
+        self, kind: TokenKind, blocks: Sequence[int], num_tokens: int, *, copy: bool = False
+    ) -> torch.Tensor:
+        """The first ``num_tokens`` tokens stored in ``blocks``, shaped (num_tokens, ...).
+
+        A view into the buffer (valid while the blocks stay ours) when ``blocks`` is one
+        ascending run, else a gathered copy. ``copy=True`` always returns memory of its
+        own, for data that must outlive the blocks.
+        """
+        rows = self._rows(blocks, num_tokens)
+        flat = self._tensors[kind].flatten(0, 1)
+        if not isinstance(rows, slice):
+            return flat.index_select(0, rows)
+        return flat[rows].clone() if copy else flat[rows]
+
+    def read_aux(self, block: int) -> tuple[int, int]:
+        """(total tokens, mrope position delta) from the aux record of a room's first block."""
+        check_blocks((block,), 1, self.layout.num_blocks, "aux block")
+        total, delta = self._tensors["aux"][block, :2].tolist()
+        return int(total), int(delta)
+
+    def _block_rows(self, blocks: Sequence[int] | None) -> torch.Tensor:
+        """Index of ``blocks`` (default: all), range-checked since tensors wrap negatives."""
+        if blocks is None:
+            blocks = range(self.layout.num_blocks)
+        used = check_blocks(blocks, len(blocks), self.layout.num_blocks, "blocks")
+        return torch.tensor(used, dtype=torch.int64, device=self.layout.device)
+
+    def _bytes(self, kind: Kind) -> torch.Tensor:
+        """The buffer of ``kind`` as raw bytes, shaped (num_blocks, block_bytes)."""
+        return self._tensors[kind].flatten(1).view(torch.uint8)
+
+    def poison(self, blocks: Sequence[int] | None = None) -> None:
+        """Fill ``blocks`` (default: every block) of every kind with ``POISON_BYTE``."""
+        index = self._block_rows(blocks)
+        for kind in ALL_KINDS:
+            self._bytes(kind).index_fill_(0, index, POISON_BYTE)
+
+    def is_poisoned(self, blocks: Sequence[int]) -> bool:
+        """Whether every byte of ``blocks`` in every kind still holds ``POISON_BYTE``."""
+        index = self._block_rows(blocks)
+        return all(
+            bool((self._bytes(kind).index_select(0, index) == POISON_BYTE).all())
+            for kind in ALL_KINDS
+        )

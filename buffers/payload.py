@@ -1,0 +1,111 @@
+"""The per-request embedding a scheduler hands to the sender and gets back from the receiver."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from embxfer.buffers.layout import MROPE_AXES, TOKEN_KINDS, BufferLayout, TokenKind
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class EmbeddingPayload:
+    """T tokens of embeddings with their fill ids and M-RoPE positions.
+
+    ``eq`` is off because tensor ``==`` is elementwise; use ``equals``.
+    """
+
+    embeddings: torch.Tensor
+    """(T, hidden_size) of the layout's embedding dtype."""
+    fill_ids: torch.Tensor
+    """(T,) int32."""
+    mrope_positions: torch.Tensor
+    """(T, 3) int32, token-major."""
+    mrope_position_delta: int = 0
+
+    @classmethod
+    def from_embeddings(
+        cls,
+        embeddings: torch.Tensor,
+        fill_ids: torch.Tensor | None = None,
+        mrope_positions: torch.Tensor | None = None,
+        mrope_position_delta: int = 0,
+    ) -> EmbeddingPayload:
+        """A payload with defaults for callers that only have embeddings: zero fill ids and
+        positions 0..T-1 on every M-RoPE axis (plain 1-D RoPE)."""
+        num_tokens, device = embeddings.shape[0], embeddings.device
+        if fill_ids is None:
+            fill_ids = torch.zeros(num_tokens, dtype=torch.int32, device=device)
+        if mrope_positions is None:
+            positions = torch.arange(num_tokens, dtype=torch.int32, device=device)
+            mrope_positions = positions.unsqueeze(1).repeat(1, MROPE_AXES)
+        return cls(embeddings, fill_ids, mrope_positions, mrope_position_delta)
+
+    @property
+    def num_tokens(self) -> int:
+        """T, the number of tokens."""
+        return int(self.embeddings.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all token data (what crosses the wire, aux aside)."""
+        return sum(self.tensor(kind).nbytes for kind in TOKEN_KINDS)
+
+    def tensor(self, kind: TokenKind) -> torch.Tensor:
+        """The field holding ``kind``, so buffers can treat all token kinds alike."""
+        fields: dict[TokenKind, torch.Tensor] = {
+            "embeddings": self.embeddings,
+            "fill_ids": self.fill_ids,
+            "mrope_positions": self.mrope_positions,
+        }
+        return fields[kind]
+
+    def validate(self, layout: BufferLayout) -> None:
+        """Raise ValueError unless every field has the shape and dtype ``layout`` stores."""
+        if self.embeddings.dim() != 2:
+            raise ValueError(
+                f"embeddings: expected (T, hidden), got {tuple(self.embeddings.shape)}"
+            )
+        if self.num_tokens == 0:
+            raise ValueError("payload has no tokens")
+        for kind in TOKEN_KINDS:
+            tensor = self.tensor(kind)
+            shape = (self.num_tokens, *layout.token_shape(kind))
+            dtype = layout.dtype(kind)
+            if tuple(tensor.shape) != shape or tensor.dtype != dtype:
+                raise ValueError(
+                    f"{kind}: expected shape {shape} of {dtype}, "
+                    f"got {tuple(tensor.shape)} of {tensor.dtype}"
+                )
+
+    def equals(self, other: EmbeddingPayload) -> bool:
+        """Byte-exact equality of every field (same shapes, dtypes and values)."""
+        return self.mrope_position_delta == other.mrope_position_delta and all(
+            torch.equal(self.tensor(kind), other.tensor(kind)) for kind in TOKEN_KINDS
+        )
+
+
+def random_payload(
+    num_tokens: int, layout: BufferLayout, generator: torch.Generator
+) -> EmbeddingPayload:
+    """A seeded payload for demos and tests, on the CPU.
+
+    Embeddings are random 16-bit patterns (drawn 64 bits at a time, the cheapest way torch
+    offers) with bit 14 cleared: that is the top exponent bit of fp16 and bf16, so every
+    value is finite and ``torch.equal`` works (NaN is unequal to itself). Wider dtypes
+    get the patterns as integers, converted exactly.
+    """
+    shape = (num_tokens, layout.hidden_size)
+    count = num_tokens * layout.hidden_size
+    words = torch.empty(-(-count // 4), dtype=torch.int64)
+    words.random_(-(2**63), None, generator=generator)
+    bits = words.view(torch.int16)[:count].view(shape).bitwise_and_(~0x4000)
+    dtype = layout.embedding_dtype
+    embeddings = bits.view(dtype) if dtype.itemsize == bits.element_size() else bits.to(dtype)
+    fill_ids = torch.randint(0, 1 << 20, (num_tokens,), dtype=torch.int32, generator=generator)
+    positions = torch.randint(
+        0, 1 << 20, (num_tokens, MROPE_AXES), dtype=torch.int32, generator=generator
+    )
+    delta = int(torch.randint(-num_tokens, num_tokens + 1, (), generator=generator))
+    return EmbeddingPayload(embeddings, fill_ids, positions, delta)

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from embxfer.buffers.layout import ALL_KINDS, AUX_KIND, TOKEN_KINDS, BufferLayout
+
+
+def test_kinds_in_wire_order() -> None:
+    assert TOKEN_KINDS == ("embeddings", "fill_ids", "mrope_positions")
+    assert (*TOKEN_KINDS, AUX_KIND) == ALL_KINDS and AUX_KIND == "aux"
+
+
+def test_default_geometry() -> None:
+    layout = BufferLayout(num_blocks=64)
+    assert layout.token_bytes("embeddings") == 4096 * 2
+    assert layout.token_bytes("fill_ids") == 4
+    assert layout.token_bytes("mrope_positions") == 12
+    assert layout.block_bytes("embeddings") == 128 * 4096 * 2
+    assert layout.block_bytes("fill_ids") == 128 * 4
+    assert layout.block_bytes("mrope_positions") == 128 * 12
+    assert layout.block_bytes("aux") == 64
+
+
+def test_embedding_dtype_sets_token_bytes() -> None:
+    layout = BufferLayout(num_blocks=1, hidden_size=10, embedding_dtype=torch.float32)
+    assert layout.token_bytes("embeddings") == 40
+
+
+@pytest.mark.parametrize(("tokens", "blocks"), [(1, 1), (128, 1), (129, 2), (976, 8), (2000, 16)])
+def test_tokens_to_blocks_rounds_up(tokens: int, blocks: int) -> None:
+    assert BufferLayout(num_blocks=1).tokens_to_blocks(tokens) == blocks
+
+
+@pytest.mark.parametrize(
+    ("num_blocks", "block_size", "hidden_size"), [(0, 4, 4), (4, 0, 4), (4, 4, -1)]
+)
+def test_rejects_non_positive_sizes(num_blocks: int, block_size: int, hidden_size: int) -> None:
+    with pytest.raises(ValueError):
+        BufferLayout(num_blocks, block_size, hidden_size)

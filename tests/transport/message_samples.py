@@ -1,0 +1,87 @@
+"""Valid messages of every kind, as fixed examples and as a Hypothesis strategy."""
+
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+from embxfer.transport.messages import (
+    Abort,
+    AbortAck,
+    BufferRegion,
+    Heartbeat,
+    Message,
+    PieceRequest,
+    PieceWritten,
+    Register,
+    RegisterAck,
+)
+from embxfer.transport.wire import (
+    MAX_BLOCK_SIZE,
+    MAX_INT,
+    MAX_REGIONS,
+    MAX_STRING_CHARS,
+)
+
+REGIONS = (
+    BufferRegion("embeddings", 0x7F00_0000_0000, 128 * 4096 * 2),
+    BufferRegion("fill_ids", 0x7F10_0000_0000, 128 * 4),
+)
+
+EXAMPLES: tuple[Message, ...] = (
+    Register("10.0.0.2:17001", block_size=128, num_blocks=4096, regions=REGIONS),
+    RegisterAck(accepted=True),
+    RegisterAck(accepted=False, reason="block size mismatch"),
+    PieceRequest(
+        room=7, sent_tokens=0, blocks=(3, 9, 4), allocated_tokens=384, required_receivers=2
+    ),
+    PieceRequest(
+        room=MAX_INT, sent_tokens=1024, blocks=(0,), allocated_tokens=1, required_receivers=1
+    ),
+    PieceWritten(room=7, sent_tokens=1024, tokens=976, total_tokens=2000),
+    Abort(room=7, reason="client went away"),
+    AbortAck(room=0),
+    Heartbeat(),
+)
+
+_ints = st.integers(0, MAX_INT)
+_text = st.text(max_size=MAX_STRING_CHARS)
+_name = st.text(min_size=1, max_size=MAX_STRING_CHARS)
+
+
+@st.composite
+def _piece_written(draw: st.DrawFn) -> PieceWritten:
+    total = draw(st.integers(1, MAX_INT))
+    tokens = draw(st.integers(1, total))
+    sent = draw(st.integers(0, total - tokens))
+    return PieceWritten(draw(_ints), sent, tokens, total)
+
+
+_regions = st.lists(
+    st.builds(BufferRegion, kind=_name, base_address=_ints, block_bytes=st.integers(1, MAX_INT)),
+    min_size=1,
+    max_size=MAX_REGIONS,
+    unique_by=lambda region: region.kind,
+).map(tuple)
+
+VALID_MESSAGES: st.SearchStrategy[Message] = st.one_of(
+    st.builds(
+        Register,
+        session_id=_name,
+        block_size=st.integers(1, MAX_BLOCK_SIZE),
+        num_blocks=st.integers(1, MAX_INT),
+        regions=_regions,
+    ),
+    st.builds(RegisterAck, accepted=st.booleans(), reason=_text),
+    st.builds(
+        PieceRequest,
+        room=_ints,
+        sent_tokens=_ints,
+        blocks=st.lists(_ints, min_size=1, max_size=64, unique=True).map(tuple),
+        allocated_tokens=st.integers(1, MAX_INT),
+        required_receivers=st.integers(1, MAX_INT),
+    ),
+    _piece_written(),
+    st.builds(Abort, room=_ints, reason=_text),
+    st.builds(AbortAck, room=_ints),
+    st.just(Heartbeat()),
+)

@@ -1,0 +1,268 @@
+"""The wire codec: round trips, every rejection reason, and the reject counter."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import msgspec
+import pytest
+
+from embxfer.transport.base import Inbound
+from embxfer.transport.messages import (
+    PROTOCOL_VERSION,
+    Abort,
+    AbortAck,
+    BufferRegion,
+    Heartbeat,
+    Message,
+    PieceRequest,
+    PieceWritten,
+    Register,
+    RegisterAck,
+)
+from embxfer.transport.wire import (
+    MAX_BLOCKS_PER_REQUEST,
+    MAX_DETAIL_CHARS,
+    MAX_FRAME_BYTES,
+    MAX_INT,
+    MAX_REGIONS,
+    MAX_STRING_CHARS,
+    RejectCounter,
+    RejectReason,
+    WireError,
+    decode,
+    decode_inbound,
+    encode,
+    validate,
+)
+
+from .message_samples import EXAMPLES, REGIONS
+
+
+def reject_reason(frame: bytes) -> str:
+    with pytest.raises(WireError) as caught:
+        decode(frame)
+    return caught.value.reason
+
+
+def raw(envelope: Any) -> bytes:
+    return msgspec.msgpack.encode(envelope)
+
+
+def test_examples_cover_every_message_kind() -> None:
+    assert {type(message) for message in EXAMPLES} == set(Message.__args__)
+
+
+@pytest.mark.parametrize("message", EXAMPLES, ids=lambda m: type(m).__name__)
+def test_round_trip(message: Message) -> None:
+    frame = encode(message)
+    assert decode(frame) == message
+    assert decode(bytearray(frame)) == message
+    assert decode(memoryview(frame)) == message
+
+
+def test_frame_is_a_versioned_envelope() -> None:
+    assert msgspec.msgpack.decode(encode(AbortAck(room=5))) == {
+        "v": PROTOCOL_VERSION,
+        "m": {"type": "abort_ack", "room": 5},
+    }
+
+
+LONG = "x" * (MAX_STRING_CHARS + 1)
+REQUEST = PieceRequest(
+    room=1, sent_tokens=0, blocks=(1, 2), allocated_tokens=256, required_receivers=1
+)
+REGISTER = Register("host:1", block_size=128, num_blocks=8, regions=REGIONS)
+
+INVALID: list[tuple[str, Message, RejectReason]] = [
+    ("empty session id", msgspec.structs.replace(REGISTER, session_id=""), "out_of_range"),
+    ("long session id", msgspec.structs.replace(REGISTER, session_id=LONG), "out_of_range"),
+    ("block size 0", msgspec.structs.replace(REGISTER, block_size=0), "out_of_range"),
+    ("block size 65537", msgspec.structs.replace(REGISTER, block_size=65537), "out_of_range"),
+    ("no blocks to register", msgspec.structs.replace(REGISTER, num_blocks=0), "out_of_range"),
+    ("no regions", msgspec.structs.replace(REGISTER, regions=()), "out_of_range"),
+    (
+        "too many regions",
+        msgspec.structs.replace(
+            REGISTER,
+            regions=tuple(BufferRegion(f"k{i}", 4096, 1) for i in range(MAX_REGIONS + 1)),
+        ),
+        "out_of_range",
+    ),
+    (
+        "empty region kind",
+        msgspec.structs.replace(REGISTER, regions=(BufferRegion("", 4096, 1),)),
+        "out_of_range",
+    ),
+    (
+        "long region kind",
+        msgspec.structs.replace(REGISTER, regions=(BufferRegion(LONG, 4096, 1),)),
+        "out_of_range",
+    ),
+    (
+        "zero block bytes",
+        msgspec.structs.replace(REGISTER, regions=(BufferRegion("aux", 4096, 0),)),
+        "out_of_range",
+    ),
+    (
+        "address past 2**63",
+        msgspec.structs.replace(REGISTER, regions=(BufferRegion("aux", 2**63, 1),)),
+        "out_of_range",
+    ),
+    (
+        "duplicate region kinds",
+        msgspec.structs.replace(REGISTER, regions=(REGIONS[0], REGIONS[0])),
+        "inconsistent",
+    ),
+    ("long ack reason", RegisterAck(accepted=False, reason=LONG), "out_of_range"),
+    ("negative room", msgspec.structs.replace(REQUEST, room=-1), "out_of_range"),
+    ("room 2**63", msgspec.structs.replace(REQUEST, room=2**63), "out_of_range"),
+    ("negative sent tokens", msgspec.structs.replace(REQUEST, sent_tokens=-1), "out_of_range"),
+    ("no blocks", msgspec.structs.replace(REQUEST, blocks=()), "out_of_range"),
+    ("negative block", msgspec.structs.replace(REQUEST, blocks=(1, -1)), "out_of_range"),
+    ("block 2**63", msgspec.structs.replace(REQUEST, blocks=(2**63, 1)), "out_of_range"),
+    ("duplicate blocks", msgspec.structs.replace(REQUEST, blocks=(4, 2, 4)), "inconsistent"),
+    ("nothing allocated", msgspec.structs.replace(REQUEST, allocated_tokens=0), "out_of_range"),
+    ("no receivers", msgspec.structs.replace(REQUEST, required_receivers=0), "out_of_range"),
+    ("empty piece", PieceWritten(room=1, sent_tokens=0, tokens=0, total_tokens=5), "out_of_range"),
+    (
+        "piece past total",
+        PieceWritten(room=1, sent_tokens=3, tokens=3, total_tokens=5),
+        "inconsistent",
+    ),
+    ("long abort reason", Abort(room=1, reason=LONG), "out_of_range"),
+    ("negative ack room", AbortAck(room=-5), "out_of_range"),
+]
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"), [c[1:] for c in INVALID], ids=[c[0] for c in INVALID]
+)
+def test_rule_rejects_with_its_reason(message: Message, reason: RejectReason) -> None:
+    assert reject_reason(encode(message)) == reason
+
+
+def test_limits_are_inclusive() -> None:
+    edge = msgspec.structs.replace(
+        REQUEST, room=MAX_INT, blocks=(0, MAX_INT), required_receivers=MAX_INT
+    )
+    assert decode(encode(edge)) == edge
+    piece = PieceWritten(room=0, sent_tokens=2, tokens=3, total_tokens=5)
+    assert decode(encode(piece)) == piece
+    named = RegisterAck(accepted=False, reason="x" * MAX_STRING_CHARS)
+    assert decode(encode(named)) == named
+
+
+def test_too_many_blocks_per_request() -> None:
+    blocks = tuple(range(MAX_BLOCKS_PER_REQUEST + 1))
+    with pytest.raises(WireError) as caught:
+        validate(msgspec.structs.replace(REQUEST, blocks=blocks))
+    assert caught.value.reason == "out_of_range"
+
+
+def test_frame_size_limit() -> None:
+    assert reject_reason(b"\x00" * (MAX_FRAME_BYTES + 1)) == "too_large"
+
+
+@pytest.mark.parametrize("version", [0, PROTOCOL_VERSION + 1, MAX_INT])
+def test_other_versions_are_rejected_before_their_message_is_parsed(version: int) -> None:
+    assert reject_reason(raw({"v": version, "m": {"type": "heartbeat"}})) == "bad_version"
+    assert reject_reason(raw({"v": version, "m": {"type": "from_the_future"}})) == "bad_version"
+
+
+FRAME = encode(REQUEST)
+MALFORMED: list[tuple[str, bytes]] = [
+    ("empty", b""),
+    ("not msgpack", b"\xc1"),
+    ("truncated", FRAME[:-1]),
+    ("trailing bytes", FRAME + b"\x00"),
+    ("not a map", raw([PROTOCOL_VERSION, {"type": "heartbeat"}])),
+    ("no message", raw({"v": PROTOCOL_VERSION})),
+    ("extra envelope key", raw({"v": PROTOCOL_VERSION, "m": {"type": "heartbeat"}, "x": 1})),
+    ("version not an int", raw({"v": "1", "m": {"type": "heartbeat"}})),
+    ("invalid utf-8 key", FRAME.replace(b"\xa1v", b"\xa1\x80")),
+    ("deep nesting", b"\x82\xa1v\x01\xa1m" + b"\x91" * 100_000 + b"\x00"),
+]
+
+
+@pytest.mark.parametrize("frame", [c[1] for c in MALFORMED], ids=[c[0] for c in MALFORMED])
+def test_malformed(frame: bytes) -> None:
+    assert reject_reason(frame) == "malformed"
+
+
+def _message(**fields: Any) -> bytes:
+    return raw({"v": PROTOCOL_VERSION, "m": fields})
+
+
+SCHEMA_MISMATCH: list[tuple[str, bytes]] = [
+    ("unknown kind", _message(type="resume", room=1)),
+    ("no kind", _message(room=1)),
+    ("missing field", _message(type="abort", room=1)),
+    ("unknown field", _message(type="abort_ack", room=1, extra=2)),
+    ("str for int", _message(type="abort_ack", room="1")),
+    ("bool for int", _message(type="abort_ack", room=True)),
+    ("float for int", _message(type="abort_ack", room=1.0)),
+    ("message not a map", raw({"v": PROTOCOL_VERSION, "m": 3})),
+    ("invalid utf-8 key", _message(type="abort_ack", room=1).replace(b"\xa4room", b"\xa4ro\xffm")),
+]
+
+
+@pytest.mark.parametrize(
+    "frame", [c[1] for c in SCHEMA_MISMATCH], ids=[c[0] for c in SCHEMA_MISMATCH]
+)
+def test_schema_mismatch(frame: bytes) -> None:
+    assert reject_reason(frame) == "invalid_field"
+
+
+def test_detail_quoting_a_peer_is_bounded() -> None:
+    with pytest.raises(WireError) as caught:
+        decode(_message(type="x" * 5000))
+    assert len(caught.value.detail) == MAX_DETAIL_CHARS
+
+
+def test_reject_counter_logs_each_reason_once_at_warning(caplog: pytest.LogCaptureFixture) -> None:
+    counter = RejectCounter("L0")
+    caplog.set_level(logging.DEBUG, logger="embxfer.wire")
+    for reason in ("malformed", "malformed", "bad_version", "malformed"):
+        counter.record("E3", WireError(reason, "detail"))
+    assert counter.snapshot() == {"malformed": 3, "bad_version": 1}
+    levels = [(r.levelno, "malformed" in r.getMessage()) for r in caplog.records]
+    assert levels == [
+        (logging.WARNING, True),
+        (logging.DEBUG, True),
+        (logging.WARNING, False),
+        (logging.DEBUG, True),
+    ]
+    assert all("L0" in r.getMessage() and "E3" in r.getMessage() for r in caplog.records)
+
+
+def test_reject_counter_is_thread_safe() -> None:
+    counter = RejectCounter("L0")
+    error = WireError("malformed")
+
+    def record_many() -> None:
+        for _ in range(2000):
+            counter.record("E", error)
+
+    threads = [threading.Thread(target=record_many) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert counter.snapshot() == {"malformed": 16000}
+
+
+def test_snapshot_is_a_copy() -> None:
+    counter = RejectCounter("L0")
+    counter.record("E", WireError("too_large"))
+    counter.snapshot()["too_large"] = 99
+    assert counter.snapshot() == {"too_large": 1}
+
+
+def test_decode_inbound() -> None:
+    counter = RejectCounter("L0")
+    assert decode_inbound("E1", encode(Heartbeat()), counter) == Inbound("E1", Heartbeat())
+    assert decode_inbound("E1", b"junk", counter) is None
+    assert counter.snapshot() == {"malformed": 1}

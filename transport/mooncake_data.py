@@ -1,0 +1,151 @@
+"""One-sided writes with the Mooncake Transfer Engine (P2P handshake, no metadata server).
+
+``mooncake`` is imported only when a transport is made, so importing embxfer never
+needs the wheel. The import first fixes two environment variables of the process:
+``MC_LOG_DIR`` is removed (set at all, it aborts the process on import: glog is
+initialised twice) and ``MC_LOG_LEVEL`` defaults to ``ERROR`` (the engine's INFO
+lines otherwise flood stderr; glog's own ``GLOG_minloglevel`` has no effect here).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from embxfer.transport.base import Segment, WriteResult
+
+log = logging.getLogger(__name__)
+
+_INSTALL_HINT = (
+    "Mooncake Transfer Engine is not usable: pip install mooncake-transfer-engine-non-cuda "
+    "(or embxfer[mooncake]; a CUDA build for GPU memory), and on Debian/Ubuntu "
+    "apt-get install libibverbs1 libnuma1"
+)
+
+
+class _Engine(Protocol):
+    """The part of ``mooncake.engine.TransferEngine`` used here (the wheel has no stubs)."""
+
+    def initialize(
+        self, local_hostname: str, metadata_server: str, protocol: str, device_name: str
+    ) -> int: ...
+
+    def get_rpc_port(self) -> int: ...
+
+    def register_memory(self, buffer_addr: int, capacity: int) -> int: ...
+
+    def unregister_memory(self, buffer_addr: int) -> int: ...
+
+    def batch_transfer_sync_write(
+        self,
+        target_hostname: str,
+        buffers: list[int],
+        peer_buffer_addresses: list[int],
+        lengths: list[int],
+    ) -> int: ...
+
+
+def _engine_class() -> Any:
+    """``mooncake.engine.TransferEngine``, imported with the environment it needs."""
+    if os.environ.pop("MC_LOG_DIR", None) is not None:
+        log.warning("ignoring MC_LOG_DIR: Mooncake aborts the process when it is set")
+    os.environ.setdefault("MC_LOG_LEVEL", "ERROR")
+    try:
+        from mooncake.engine import TransferEngine
+    except ImportError as error:
+        raise RuntimeError(f"{_INSTALL_HINT} ({error})") from error
+    return TransferEngine
+
+
+def available() -> bool:
+    """Whether Mooncake imports here (the wheel and its shared libraries are present)."""
+    try:
+        _engine_class()
+    except RuntimeError:
+        return False
+    return True
+
+
+class MooncakeDataTransport:
+    """:class:`~embxfer.transport.base.DataTransport` over one Mooncake engine.
+
+    ``write`` releases the GIL and may be called from several threads at once. It
+    reports failures as results, never raises; Mooncake says only ``-1`` (a wrong or
+    dead session, a destination outside the peer's registered memory) and logs the
+    reason itself. A batch that fails may still have written some of its segments.
+    A peer that accepts the connection but never answers holds ``write`` for about
+    60 s (Mooncake's timeout variables do not shorten it): the caller must run writes
+    off its pump thread and enforce its own deadline.
+
+    ``host`` must be an address peers reach: the session id is ``host:rpc_port``.
+    """
+
+    def __init__(
+        self, host: str = "127.0.0.1", protocol: str = "tcp", device_name: str = ""
+    ) -> None:
+        engine: _Engine = _engine_class()()
+        rc = engine.initialize(host, "P2PHANDSHAKE", protocol, device_name)
+        if rc != 0:
+            raise RuntimeError(
+                f"mooncake initialize({host!r}, {protocol!r}, {device_name!r}) failed (rc={rc})"
+            )
+        self._engine: _Engine | None = engine
+        self._session_id = f"{host}:{engine.get_rpc_port()}"
+        self._registered: list[int] = []
+        self._lock = threading.Lock()  # register and close; writes need none
+
+    @property
+    def session_id(self) -> str:
+        """``host:port`` that peers write to."""
+        return self._session_id
+
+    def register(self, address: int, length: int) -> None:
+        """Register ``[address, address + length)``; raises if Mooncake refuses (e.g. overlap)."""
+        with self._lock:
+            if self._engine is None:
+                raise RuntimeError("transport is closed")
+            rc = self._engine.register_memory(address, length)
+            if rc != 0:
+                raise RuntimeError(
+                    f"mooncake register_memory({address:#x}, {length}) failed (rc={rc})"
+                )
+            self._registered.append(address)
+
+    def write(self, peer_session: str, segments: Sequence[Segment]) -> WriteResult:
+        """All ``segments`` in one batch (each segment costs ~50-80 us: coalesce first)."""
+        engine = self._engine  # a concurrent close leaves this reference valid
+        if engine is None:
+            return WriteResult(False, "transport is closed")
+        if not segments:
+            return WriteResult(True)
+        try:
+            rc = engine.batch_transfer_sync_write(
+                peer_session,
+                [segment.src_address for segment in segments],
+                [segment.dst_address for segment in segments],
+                [segment.length for segment in segments],
+            )
+        except Exception as error:  # pybind argument errors; a write must never raise
+            return WriteResult(False, repr(error))
+        if rc != 0:
+            return WriteResult(False, f"mooncake write to {peer_session} failed (rc={rc})")
+        return WriteResult(True)
+
+    def close(self) -> None:
+        """Unregister memory and drop the engine; idempotent.
+
+        Dropping the last reference stops the engine's threads and frees its ports,
+        which blocks for 0.1-1 s. Meant for when no write is in flight: one still
+        running keeps the engine alive until it returns, but may fail.
+        """
+        with self._lock:
+            engine, self._engine = self._engine, None
+            registered, self._registered = self._registered, []
+        if engine is None:
+            return
+        for address in registered:
+            engine.unregister_memory(address)
+        # The engine is destroyed as ``engine``, its last reference here, goes out of scope.

@@ -1,0 +1,205 @@
+"""The wire codec every control channel shares: versioned msgpack frames, validated on
+the way in so that no peer's bytes can reach a room's state machine unchecked.
+
+A frame is the msgpack of ``{"v": PROTOCOL_VERSION, "m": <tagged message>}``. The
+envelope's shape is fixed across versions (only ``m`` may change), so a frame from a
+peer on another version is always reported as ``bad_version``, not as garbage.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Generic, Literal, TypeVar
+
+import msgspec
+
+from embxfer.transport.base import Inbound
+from embxfer.transport.messages import (
+    PROTOCOL_VERSION,
+    Message,
+    PieceRequest,
+    PieceWritten,
+    Register,
+)
+
+MAX_FRAME_BYTES = 1 << 20
+MAX_BLOCKS_PER_REQUEST = 1 << 20
+MAX_STRING_CHARS = 256
+MAX_INT = 2**63 - 1
+MAX_REGIONS = 16
+MAX_BLOCK_SIZE = 65536
+MAX_DETAIL_CHARS = 200
+
+RejectReason = Literal[
+    "too_large",  # frame longer than MAX_FRAME_BYTES
+    "malformed",  # not msgpack, or not a {"v", "m"} envelope
+    "bad_version",  # envelope from another protocol version
+    "invalid_field",  # message does not match the schema (unknown kind, wrong type, ...)
+    "out_of_range",  # a value or count outside its limits
+    "inconsistent",  # fields contradict each other
+]
+
+_logger = logging.getLogger("embxfer.wire")
+
+MessageT = TypeVar("MessageT")
+
+
+class Envelope(
+    msgspec.Struct,
+    Generic[MessageT],
+    frozen=True,
+    forbid_unknown_fields=True,
+    rename={"version": "v", "message": "m"},
+):
+    """What goes on the wire: the protocol version beside the message."""
+
+    version: int
+    message: MessageT
+
+
+class WireError(Exception):
+    """A frame was rejected; ``reason`` is a stable code for counting, ``detail`` is for humans."""
+
+    def __init__(self, reason: RejectReason, detail: str = "") -> None:
+        detail = detail[:MAX_DETAIL_CHARS]  # it may quote a peer's bytes into our logs
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason: RejectReason = reason
+        self.detail = detail
+
+
+_ENCODER = msgspec.msgpack.Encoder()
+# Two stages, so the version is checked before a message of an unknown version is parsed.
+_ENVELOPE_DECODER = msgspec.msgpack.Decoder(Envelope[msgspec.Raw])
+_MESSAGE_DECODER = msgspec.msgpack.Decoder(Message)
+# What msgspec raises on bad input: DecodeError, and (found by fuzzing) these two for
+# invalid UTF-8 in a key and for nesting too deep.
+_DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+
+
+def encode(message: Message) -> bytes:
+    """One frame for ``message``."""
+    return _ENCODER.encode(Envelope(version=PROTOCOL_VERSION, message=message))
+
+
+def decode(frame: bytes | bytearray | memoryview) -> Message:
+    """The validated message in ``frame``; raises only ``WireError``, whatever the bytes."""
+    if len(frame) > MAX_FRAME_BYTES:
+        raise WireError("too_large", f"{len(frame)} bytes")
+    try:
+        envelope = _ENVELOPE_DECODER.decode(frame)
+    except _DECODE_ERRORS as error:
+        raise WireError("malformed", str(error)) from None
+    if envelope.version != PROTOCOL_VERSION:
+        raise WireError("bad_version", f"version {envelope.version}")
+    try:
+        message: Message = _MESSAGE_DECODER.decode(envelope.message)
+    except _DECODE_ERRORS as error:
+        raise WireError("invalid_field", str(error)) from None
+    validate(message)
+    return message
+
+
+def validate(message: Message) -> None:
+    """Raise ``WireError`` unless every field of ``message`` is within the protocol's limits."""
+    _check_limits(message)
+    match message:
+        case Register(
+            session_id=session_id, block_size=size, num_blocks=num_blocks, regions=regions
+        ):
+            _in_range(session_id != "", "Register.session_id is empty")
+            _in_range(1 <= size <= MAX_BLOCK_SIZE, f"Register.block_size={size}")
+            _in_range(num_blocks >= 1, "Register.num_blocks < 1")
+            _in_range(1 <= len(regions) <= MAX_REGIONS, f"Register has {len(regions)} regions")
+            kinds = [region.kind for region in regions]
+            _in_range("" not in kinds, "Register has a region with an empty kind")
+            _in_range(min(r.block_bytes for r in regions) >= 1, "Register has block_bytes < 1")
+            _consistent(len(set(kinds)) == len(kinds), f"Register repeats a region kind: {kinds}")
+        case PieceRequest(blocks=blocks, allocated_tokens=allocated, required_receivers=receivers):
+            _in_range(
+                1 <= len(blocks) <= MAX_BLOCKS_PER_REQUEST, f"PieceRequest has {len(blocks)} blocks"
+            )
+            _in_range(allocated >= 1, "PieceRequest.allocated_tokens < 1")
+            _in_range(receivers >= 1, "PieceRequest.required_receivers < 1")
+            _consistent(len(set(blocks)) == len(blocks), "PieceRequest repeats a block index")
+        case PieceWritten(sent_tokens=sent, tokens=tokens, total_tokens=total):
+            _in_range(tokens >= 1, "PieceWritten.tokens < 1")
+            _consistent(sent + tokens <= total, f"PieceWritten ends at {sent + tokens} > {total}")
+
+
+def _check_limits(struct: msgspec.Struct) -> None:
+    """Limits that hold for every field of every message: ints in [0, MAX_INT], short strings.
+
+    Walks the struct generically so that a field added to the schema is covered at once."""
+    for name in struct.__struct_fields__:
+        value = getattr(struct, name)
+        # Tuples are homogeneous by schema; min/max keep a long int tuple cheap to check.
+        if not isinstance(value, tuple):
+            items: tuple[object, ...] = (value,)
+        elif value and isinstance(value[0], int):
+            items = (min(value), max(value))
+        else:
+            items = value
+        for item in items:
+            if isinstance(item, msgspec.Struct):
+                _check_limits(item)
+            elif not _within_limits(item):
+                raise WireError("out_of_range", f"{type(struct).__name__}.{name}={item!r:.40}")
+
+
+def _within_limits(value: object) -> bool:
+    if isinstance(value, str):
+        return len(value) <= MAX_STRING_CHARS
+    if isinstance(value, int):
+        return 0 <= value <= MAX_INT
+    return True
+
+
+def _in_range(condition: bool, detail: str) -> None:
+    if not condition:
+        raise WireError("out_of_range", detail)
+
+
+def _consistent(condition: bool, detail: str) -> None:
+    if not condition:
+        raise WireError("inconsistent", detail)
+
+
+class RejectCounter:
+    """Counts rejected frames by reason for one channel. Logs each reason's first occurrence
+    at WARNING (so a misbehaving peer is noticed) and later ones at DEBUG (so it cannot
+    flood the log)."""
+
+    def __init__(self, local: str) -> None:
+        self._local = local
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+
+    def record(self, peer: str, error: WireError) -> None:
+        """Count one rejection of a frame from ``peer``."""
+        with self._lock:
+            first = error.reason not in self._counts
+            self._counts[error.reason] = self._counts.get(error.reason, 0) + 1
+        _logger.log(
+            logging.WARNING if first else logging.DEBUG,
+            "%s rejected a frame from %s: %s",
+            self._local,
+            peer,
+            error,
+        )
+
+    def snapshot(self) -> dict[str, int]:
+        """A copy of the counts by reason."""
+        with self._lock:
+            return dict(self._counts)
+
+
+def decode_inbound(
+    peer: str, frame: bytes | bytearray | memoryview, rejects: RejectCounter
+) -> Inbound | None:
+    """What a channel's receive does with each frame: the message, or None once counted."""
+    try:
+        return Inbound(peer, decode(frame))
+    except WireError as error:
+        rejects.record(peer, error)
+        return None
