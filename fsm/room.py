@@ -98,6 +98,7 @@ class Room:
         "_actions",
         "_verdict",
         "deadline",
+        "ignored",
         "now",
         "reason",
         "resumes",
@@ -118,6 +119,7 @@ class Room:
         self.deadline = now + timeouts.bootstrap_s
         self.reason = ""
         self.resumes = 0
+        self.ignored = 0  # events judged stale, duplicate or moot (counted, never acted on)
         self._actions: list[Action] = []
         self._verdict = Verdict.ACT
         self.verdict_reason = ""
@@ -192,6 +194,7 @@ class Room:
 
     # -- shared callbacks ------------------------------------------------------------
     def _ignore(self, event: Event) -> None:
+        self.ignored += 1
         LOG.debug(
             "room=%d ignored %s in %s: %s",
             self.room_id,
