@@ -345,7 +345,9 @@ class SenderRoom(Room):
 
     def _answer_late_request(self, event: RequestReceived) -> None:
         """A receiver that joins a failed room learns at once that it is over."""
-        if event.receiver not in self.receivers:
+        if event.receiver in self.receivers:
+            self._ignore(event)  # it was told already, or will be once its write is over
+        else:
             self._notify(event.receiver, "abort")
 
     def _mark_released(self, _event: Event) -> None:

@@ -1,0 +1,74 @@
+"""Rooms driven into each state, for table tests: small blocks, a fake clock, no I/O."""
+
+from __future__ import annotations
+
+from embxfer.buffers.allocator import FreeListAllocator
+from embxfer.fsm.actions import Action, SendMessage, WritePiece
+from embxfer.fsm.events import (
+    AbortRequested,
+    PayloadReady,
+    PeerReady,
+    PieceArrived,
+    RequestReceived,
+    WriteFinished,
+)
+from embxfer.fsm.receiver import ReceiverRoom
+from embxfer.fsm.room import Timeouts
+from embxfer.fsm.sender import SenderRoom
+from embxfer.transport.messages import PieceRequest, PieceWritten
+
+BLOCK = 4
+ROOM = 7
+RECEIVER = "language-0"
+SENDER = "encoder"
+TIMEOUTS = Timeouts(bootstrap_s=10.0, progress_s=10.0, retry_s=0.5, write_grace_s=20.0)
+TOTAL = 10  # tokens: with 8 allocated, one resume of 2
+
+
+def request(sent_tokens: int, blocks: tuple[int, ...], receivers: int = 1) -> PieceRequest:
+    return PieceRequest(ROOM, sent_tokens, blocks, len(blocks) * BLOCK, receivers)
+
+
+def sender_in(state: str, allocator: FreeListAllocator | None = None) -> SenderRoom:
+    """A one-receiver sender room in ``state``, first allocation 8 of 10 tokens."""
+    room = SenderRoom(ROOM, allocator or FreeListAllocator(64, BLOCK), TIMEOUTS, 0.0)
+    if state == "Bootstrapping":
+        return room
+    room.handle(RequestReceived(RECEIVER, request(0, (0, 1))), 0.0)
+    if state == "WaitingForInput":
+        return room
+    if state == "Failed":
+        room.handle(AbortRequested("test"), 0.0)
+        return room
+    (write,) = [a for a in room.handle(PayloadReady(TOTAL, None), 0.0) if isinstance(a, WritePiece)]
+    room.handle(WriteFinished(RECEIVER, 0, True), 0.0)
+    if state == "Transferring":
+        return room
+    room.handle(RequestReceived(RECEIVER, request(8, (2,))), 0.0)
+    room.handle(WriteFinished(RECEIVER, 8, True), 0.0)
+    assert room.state == "Success", (state, room.state, write)
+    return room
+
+
+def receiver_in(state: str, allocator: FreeListAllocator | None = None) -> ReceiverRoom:
+    """A receiver room in ``state``, asking 8 tokens first of a 10-token embedding."""
+    room = ReceiverRoom(ROOM, SENDER, allocator or FreeListAllocator(64, BLOCK), 8, TIMEOUTS, 0.0)
+    if state == "Bootstrapping":
+        return room
+    room.handle(PeerReady(), 0.0)
+    if state == "WaitingForInput":
+        return room
+    if state == "Failed":
+        room.handle(AbortRequested("test"), 0.0)
+        return room
+    room.handle(PieceArrived(SENDER, PieceWritten(ROOM, 0, 8, TOTAL)), 0.0)
+    if state == "Transferring":
+        return room
+    room.handle(PieceArrived(SENDER, PieceWritten(ROOM, 8, 2, TOTAL)), 0.0)
+    assert room.state == "Success"
+    return room
+
+
+def messages(actions: list[Action]) -> list[str]:
+    """Kinds of the control messages among ``actions``."""
+    return [type(a.message).__name__ for a in actions if isinstance(a, SendMessage)]

@@ -1,0 +1,172 @@
+"""Every state x event of the receiver room: act, ignore (counted) or fail, as the table says."""
+
+from __future__ import annotations
+
+import pytest
+
+from embxfer.buffers.allocator import FreeListAllocator
+from embxfer.fsm.events import (
+    AbortAckReceived,
+    AbortReceived,
+    AbortRequested,
+    Event,
+    PeerLost,
+    PeerReady,
+    PieceArrived,
+    Released,
+    Tick,
+)
+from embxfer.fsm.policy import ResumePolicy, SpillMode
+from embxfer.fsm.poll import KVPoll
+from embxfer.fsm.receiver import ReceiverRoom
+from embxfer.transport.messages import PieceWritten
+
+from .rooms import BLOCK, ROOM, SENDER, TIMEOUTS, TOTAL, messages, receiver_in
+
+OTHER = "encoder-2"
+
+
+def piece(sent: int, tokens: int, total: int = TOTAL, peer: str = SENDER) -> PieceArrived:
+    return PieceArrived(peer, PieceWritten(ROOM, sent, tokens, total))
+
+
+CASES: dict[str, tuple[Event, float]] = {
+    "peer_ready": (PeerReady(), 1.0),
+    "first_piece": (piece(0, 8), 1.0),
+    "last_piece": (piece(8, 2), 1.0),
+    "oversized_piece": (piece(0, 9, 20), 1.0),
+    "stranger_piece": (piece(0, 8, peer=OTHER), 1.0),
+    "sender_abort": (AbortReceived(SENDER, "encoder failed"), 1.0),
+    "stranger_abort": (AbortReceived(OTHER, "not yours"), 1.0),
+    "abort_ack": (AbortAckReceived(SENDER), 1.0),
+    "abort": (AbortRequested("scheduler"), 1.0),
+    "sender_lost": (PeerLost(SENDER), 1.0),
+    "tick_early": (Tick(), 1.0),
+    "tick_late": (Tick(), 100.0),
+    "release": (Released(), 1.0),
+}
+
+B, W, T, OK, F = (s.name for s in (KVPoll(1), KVPoll(2), KVPoll(3), KVPoll(4), KVPoll(0)))
+ACT, IGNORE, FAIL = "act", "ignore", "fail"
+ACTIVE = (B, W, T)
+
+# W: first request (8 tokens) outstanding. T: 8 received, resume for 2 outstanding.
+# F: aborted in W, so the outstanding blocks are quarantined.
+EXPECTED: dict[tuple[str, str], tuple[str, str]] = {
+    (B, "peer_ready"): (W, ACT),
+    (B, "first_piece"): (B, IGNORE),  # nothing requested yet: stale
+    (B, "last_piece"): (B, IGNORE),
+    (B, "oversized_piece"): (B, IGNORE),
+    (W, "peer_ready"): (W, IGNORE),
+    (W, "first_piece"): (T, ACT),  # 8 of 10: resume
+    (W, "last_piece"): (F, FAIL),  # skips tokens 0..8
+    (W, "oversized_piece"): (F, FAIL),  # 9 tokens into 8 allocated
+    (T, "peer_ready"): (T, IGNORE),
+    (T, "first_piece"): (T, IGNORE),  # duplicate: below the outstanding sent_tokens
+    (T, "last_piece"): (OK, ACT),
+    (T, "oversized_piece"): (T, IGNORE),
+    **{(s, "stranger_piece"): (s, IGNORE) for s in ACTIVE},
+    **{(s, "sender_abort"): (F, FAIL) for s in ACTIVE},
+    **{(s, "stranger_abort"): (s, IGNORE) for s in ACTIVE},
+    **{(s, "abort_ack"): (s, IGNORE) for s in ACTIVE},
+    **{(s, "abort"): (F, FAIL) for s in ACTIVE},
+    **{(s, "sender_lost"): (F, FAIL) for s in ACTIVE},
+    **{(s, "tick_early"): (s, IGNORE) for s in ACTIVE},
+    **{(s, "tick_late"): (F, FAIL) for s in ACTIVE},
+    **{(s, "release"): (F, FAIL) for s in ACTIVE},
+    **{(OK, case): (OK, IGNORE) for case in CASES if case != "release"},
+    (OK, "release"): (OK, ACT),
+    **{(F, case): (F, IGNORE) for case in CASES},
+    (F, "sender_abort"): (F, ACT),  # the sender is quiet: quarantine ends
+    (F, "abort_ack"): (F, ACT),
+    (F, "tick_late"): (F, ACT),  # grace period over: quarantine ends
+    (F, "release"): (F, ACT),
+}
+
+
+def test_every_pair_is_covered() -> None:
+    assert set(EXPECTED) == {(s, c) for s in (B, W, T, OK, F) for c in CASES}
+    assert set(ReceiverRoom.TRIGGERS) == {type(event) for event, _ in CASES.values()}
+
+
+@pytest.mark.parametrize(("state", "case"), sorted(EXPECTED))
+def test_table(state: str, case: str) -> None:
+    room = receiver_in(state)
+    assert room.state == state
+    event, now = CASES[case]
+    ignored = room.ignored
+    actions = room.handle(event, now)
+    after, outcome = EXPECTED[state, case]
+    assert room.state == after
+    if outcome == IGNORE:
+        assert actions == [] and room.ignored == ignored + 1, room.verdict_reason
+    else:
+        assert room.ignored == ignored
+    if outcome == FAIL:
+        assert room.reason, "a failed room always says why"
+
+
+def test_failure_quarantines_blocks_a_write_may_target_until_the_sender_acks() -> None:
+    allocator = FreeListAllocator(64, BLOCK)
+    room = receiver_in(W, allocator)
+    assert messages(room.handle(AbortRequested(), 1.0)) == ["Abort"]
+    assert room.quarantine and allocator.used_blocks == 2
+    room.handle(AbortAckReceived(SENDER), 2.0)
+    assert allocator.used_blocks == 0 and not room.held_blocks()
+
+
+def test_quarantine_ends_after_the_write_grace_without_an_ack() -> None:
+    allocator = FreeListAllocator(64, BLOCK)
+    room = receiver_in(W, allocator)
+    room.handle(PeerLost(SENDER), 1.0)
+    assert room.wakeup == 1.0 + TIMEOUTS.write_grace_s
+    room.handle(Tick(), room.wakeup - 0.001)
+    assert allocator.used_blocks == 2
+    room.handle(Tick(), room.wakeup)
+    assert allocator.used_blocks == 0
+
+
+def test_sender_abort_frees_everything_at_once() -> None:
+    allocator = FreeListAllocator(64, BLOCK)
+    room = receiver_in(T, allocator)
+    assert messages(room.handle(AbortReceived(SENDER, "encoder oom"), 1.0)) == []
+    assert allocator.used_blocks == 0 and room.reason == "aborted by sender: encoder oom"
+
+
+def test_resume_waits_for_memory_and_retries_until_the_deadline() -> None:
+    allocator = FreeListAllocator(2, BLOCK)
+    policy = ResumePolicy(spill=SpillMode.NEVER_SPILL, allow_partial=False)
+    room = ReceiverRoom(ROOM, SENDER, allocator, 8, TIMEOUTS, 0.0, policy)
+    room.handle(PeerReady(), 0.0)
+    assert messages(room.handle(piece(0, 8), 1.0)) == []  # no block left for the rest
+    assert room.state == T and room.waiting_for_memory
+    assert room.handle(Tick(), 1.5) == []  # still none
+    room.handle(Tick(), 1.0 + TIMEOUTS.progress_s)
+    assert room.state == F and "deadline" in room.reason
+    assert allocator.used_blocks == 0
+
+
+def test_spilling_frees_kept_pieces_so_the_resume_fits() -> None:
+    allocator = FreeListAllocator(2, BLOCK)
+    room = ReceiverRoom(ROOM, SENDER, allocator, 8, TIMEOUTS, 0.0)  # keep, then spill
+    room.handle(PeerReady(), 0.0)
+    actions = room.handle(piece(0, 8), 1.0)
+    assert [type(a).__name__ for a in actions] == ["SpillPiece", "SendMessage"]
+    assert room.pieces[0].blocks == () and room.outstanding is not None
+    assert room.outstanding.blocks == (0,), "just-freed blocks come straight back"
+
+
+def test_over_allocation_is_given_back_when_the_first_piece_lands() -> None:
+    allocator = FreeListAllocator(64, BLOCK)
+    room = ReceiverRoom(ROOM, SENDER, allocator, 40, TIMEOUTS, 0.0)
+    room.handle(PeerReady(), 0.0)
+    assert allocator.used_blocks == 10
+    room.handle(piece(0, TOTAL), 1.0)
+    assert room.state == OK and allocator.used_blocks == 3
+
+
+def test_release_after_success_frees_the_result_blocks() -> None:
+    allocator = FreeListAllocator(64, BLOCK)
+    room = receiver_in(OK, allocator)
+    room.handle(Released(), 2.0)
+    assert room.finished and allocator.used_blocks == 0

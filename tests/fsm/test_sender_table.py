@@ -1,0 +1,186 @@
+"""Every state x event of the sender room: act, ignore (counted) or fail, as the table says."""
+
+from __future__ import annotations
+
+import pytest
+
+from embxfer.buffers.allocator import FreeListAllocator
+from embxfer.fsm.events import (
+    AbortReceived,
+    AbortRequested,
+    Event,
+    PayloadReady,
+    PeerLost,
+    Released,
+    RequestReceived,
+    Tick,
+    WriteFinished,
+)
+from embxfer.fsm.poll import STATE_NAMES
+from embxfer.fsm.sender import SenderRoom
+from embxfer.transport.messages import PieceRequest
+
+from .rooms import BLOCK, RECEIVER, ROOM, TOTAL, messages, request, sender_in
+
+OTHER = "language-9"
+
+# case -> (event, now); "now" past the 10 s deadlines for tick_late
+CASES: dict[str, tuple[Event, float]] = {
+    "join": (RequestReceived(OTHER, request(0, (5, 6))), 1.0),
+    "duplicate_request": (RequestReceived(RECEIVER, request(0, (0, 1))), 1.0),
+    "resume": (RequestReceived(RECEIVER, request(8, (2,))), 1.0),
+    "bad_allocation": (RequestReceived(OTHER, PieceRequest(ROOM, 0, (5,), 3, 1)), 1.0),
+    "payload": (PayloadReady(TOTAL, None), 1.0),
+    "write_ok": (WriteFinished(RECEIVER, 0, True), 1.0),
+    "write_failed": (WriteFinished(RECEIVER, 0, False, "rc=-1"), 1.0),
+    "abort": (AbortRequested("scheduler"), 1.0),
+    "peer_abort": (AbortReceived(RECEIVER, "gone"), 1.0),
+    "peer_lost": (PeerLost(RECEIVER), 1.0),
+    "stranger_lost": (PeerLost(OTHER), 1.0),
+    "tick_early": (Tick(), 1.0),
+    "tick_late": (Tick(), 100.0),
+    "release": (Released(), 1.0),
+}
+
+B, W, T, OK, F = STATE_NAMES[1], STATE_NAMES[2], STATE_NAMES[3], STATE_NAMES[4], STATE_NAMES[0]
+ACT, IGNORE, FAIL = "act", "ignore", "fail"
+
+# (state, case) -> (state after, outcome). W here has one receiver whose first piece
+# (8 of 10 tokens) is being written; T has that piece written and awaits the resume.
+EXPECTED: dict[tuple[str, str], tuple[str, str]] = {
+    (B, "join"): (W, ACT),
+    (B, "duplicate_request"): (W, ACT),  # nothing seen yet: it is the join
+    (B, "resume"): (F, FAIL),  # resume from an unknown receiver
+    (B, "bad_allocation"): (F, FAIL),
+    (B, "payload"): (B, ACT),  # stored; written once receivers joined
+    (B, "write_ok"): (B, IGNORE),
+    (B, "write_failed"): (B, IGNORE),
+    (B, "abort"): (F, FAIL),
+    (B, "peer_abort"): (F, FAIL),
+    (B, "peer_lost"): (B, IGNORE),  # not a receiver of this room (yet)
+    (B, "stranger_lost"): (B, IGNORE),
+    (B, "tick_early"): (B, IGNORE),
+    (B, "tick_late"): (F, FAIL),
+    (B, "release"): (F, FAIL),
+    (W, "join"): (F, FAIL),  # more receivers than the room has
+    (W, "duplicate_request"): (W, IGNORE),
+    (W, "resume"): (F, FAIL),  # resume while the piece is still being written
+    (W, "bad_allocation"): (F, FAIL),
+    (W, "payload"): (W, IGNORE),  # already handed over
+    (W, "write_ok"): (T, ACT),  # 8 of 10 written: a resume is owed
+    (W, "write_failed"): (F, FAIL),
+    (W, "abort"): (F, FAIL),
+    (W, "peer_abort"): (F, FAIL),
+    (W, "peer_lost"): (F, FAIL),
+    (W, "stranger_lost"): (W, IGNORE),
+    (W, "tick_early"): (W, IGNORE),
+    (W, "tick_late"): (F, FAIL),
+    (W, "release"): (F, FAIL),
+    (T, "join"): (F, FAIL),
+    (T, "duplicate_request"): (T, IGNORE),  # sent_tokens 0 is below the last request
+    (T, "resume"): (T, ACT),  # writes the remaining 2 tokens
+    (T, "bad_allocation"): (F, FAIL),
+    (T, "payload"): (T, IGNORE),
+    (T, "write_ok"): (T, IGNORE),  # no write in flight
+    (T, "write_failed"): (T, IGNORE),
+    (T, "abort"): (F, FAIL),
+    (T, "peer_abort"): (F, FAIL),
+    (T, "peer_lost"): (F, FAIL),
+    (T, "stranger_lost"): (T, IGNORE),
+    (T, "tick_early"): (T, IGNORE),
+    (T, "tick_late"): (F, FAIL),
+    (T, "release"): (F, FAIL),
+    (OK, "join"): (OK, IGNORE),
+    (OK, "duplicate_request"): (OK, IGNORE),
+    (OK, "resume"): (OK, IGNORE),
+    (OK, "bad_allocation"): (OK, IGNORE),
+    (OK, "payload"): (OK, IGNORE),
+    (OK, "write_ok"): (OK, IGNORE),
+    (OK, "write_failed"): (OK, IGNORE),
+    (OK, "abort"): (OK, IGNORE),
+    (OK, "peer_abort"): (OK, ACT),  # answered with AbortAck
+    (OK, "peer_lost"): (OK, IGNORE),
+    (OK, "stranger_lost"): (OK, IGNORE),
+    (OK, "tick_early"): (OK, IGNORE),
+    (OK, "tick_late"): (OK, IGNORE),
+    (OK, "release"): (OK, ACT),
+    (F, "join"): (F, ACT),  # a late receiver is told the room is over
+    (F, "duplicate_request"): (F, IGNORE),
+    (F, "resume"): (F, IGNORE),
+    (F, "bad_allocation"): (F, ACT),
+    (F, "payload"): (F, IGNORE),
+    (F, "write_ok"): (F, IGNORE),  # no write was in flight when it failed
+    (F, "write_failed"): (F, IGNORE),
+    (F, "abort"): (F, IGNORE),
+    (F, "peer_abort"): (F, ACT),
+    (F, "peer_lost"): (F, IGNORE),
+    (F, "stranger_lost"): (F, IGNORE),
+    (F, "tick_early"): (F, IGNORE),
+    (F, "tick_late"): (F, IGNORE),
+    (F, "release"): (F, ACT),
+}
+
+
+def sender_with_write_in_flight(state: str) -> SenderRoom:
+    """W with the first piece being written; other states as rooms.sender_in builds them."""
+    room = sender_in(state)
+    if state == W:
+        room.handle(PayloadReady(TOTAL, None), 0.0)
+    return room
+
+
+def test_every_pair_is_covered() -> None:
+    assert set(EXPECTED) == {(s, c) for s in (B, W, T, OK, F) for c in CASES}
+    assert set(SenderRoom.TRIGGERS) == {type(event) for event, _ in CASES.values()}
+
+
+@pytest.mark.parametrize(("state", "case"), sorted(EXPECTED))
+def test_table(state: str, case: str) -> None:
+    room = sender_with_write_in_flight(state)
+    assert room.state == state
+    event, now = CASES[case]
+    ignored = room.ignored
+    actions = room.handle(event, now)
+    after, outcome = EXPECTED[state, case]
+    assert room.state == after
+    if outcome == IGNORE:
+        assert actions == [] and room.ignored == ignored + 1, room.verdict_reason
+    else:
+        assert room.ignored == ignored
+    if outcome == FAIL:
+        assert room.reason, "a failed room always says why"
+
+
+def test_failing_with_a_write_in_flight_defers_the_abort_until_the_write_is_over() -> None:
+    room = sender_with_write_in_flight(W)
+    assert messages(room.handle(AbortRequested("stop"), 1.0)) == []
+    assert room.src_blocks, "the source blocks stay while the transport reads them"
+    assert messages(room.handle(WriteFinished(RECEIVER, 0, True), 1.0)) == ["Abort"]
+    assert room.src_blocks == ()
+
+
+def test_receiver_abort_is_acknowledged_once_its_write_is_over() -> None:
+    room = sender_with_write_in_flight(W)
+    assert messages(room.handle(AbortReceived(RECEIVER, "bye"), 1.0)) == []
+    assert messages(room.handle(WriteFinished(RECEIVER, 0, True), 1.0)) == ["AbortAck"]
+
+
+def test_success_frees_source_blocks_and_reports_the_last_piece() -> None:
+    room = sender_in(T)
+    room.handle(RequestReceived(RECEIVER, request(8, (2,))), 1.0)
+    actions = room.handle(WriteFinished(RECEIVER, 8, True), 1.0)
+    assert room.state == OK and messages(actions) == ["PieceWritten"]
+    assert room.src_blocks == () and room.allocator.free_blocks == 64
+
+
+def test_payload_waits_for_memory_then_retries_on_tick() -> None:
+    allocator = FreeListAllocator(3, BLOCK)
+    hog = allocator.alloc(BLOCK)
+    assert hog is not None
+    room = sender_in(W, allocator)
+    assert room.handle(PayloadReady(TOTAL, None), 1.0) == []  # 3 blocks needed, 2 free
+    assert room.state == W and room.wakeup == 1.0 + room.timeouts.retry_s
+    allocator.free(hog)
+    actions = room.handle(Tick(), 2.0)
+    assert len(room.src_blocks) == 3
+    assert [type(a).__name__ for a in actions] == ["StorePayload", "WritePiece"]
