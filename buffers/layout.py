@@ -49,22 +49,24 @@ class BufferLayout:
 
     def token_shape(self, kind: TokenKind) -> tuple[int, ...]:
         """Shape of one token's values of ``kind``."""
-        shapes: dict[TokenKind, tuple[int, ...]] = {
-            "embeddings": (self.hidden_size,),
-            "fill_ids": (),
-            "mrope_positions": (MROPE_AXES,),
-        }
-        return shapes[kind]
+        # Branches rather than a dict built per call: this runs several times per write.
+        if kind == "embeddings":
+            return (self.hidden_size,)
+        if kind == "fill_ids":
+            return ()
+        if kind == "mrope_positions":
+            return (MROPE_AXES,)
+        raise KeyError(kind)
 
     def dtype(self, kind: Kind) -> torch.dtype:
         """Element type stored for ``kind``."""
-        dtypes: dict[Kind, torch.dtype] = {
-            "embeddings": self.embedding_dtype,
-            "fill_ids": torch.int32,
-            "mrope_positions": torch.int32,
-            "aux": torch.int64,
-        }
-        return dtypes[kind]
+        if kind == "embeddings":
+            return self.embedding_dtype
+        if kind == "fill_ids" or kind == "mrope_positions":
+            return torch.int32
+        if kind == "aux":
+            return torch.int64
+        raise KeyError(kind)
 
     def token_bytes(self, kind: TokenKind) -> int:
         """Bytes one token of ``kind`` takes."""

@@ -54,12 +54,13 @@ class EmbeddingPayload:
 
     def tensor(self, kind: TokenKind) -> torch.Tensor:
         """The field holding ``kind``, so buffers can treat all token kinds alike."""
-        fields: dict[TokenKind, torch.Tensor] = {
-            "embeddings": self.embeddings,
-            "fill_ids": self.fill_ids,
-            "mrope_positions": self.mrope_positions,
-        }
-        return fields[kind]
+        if kind == "embeddings":
+            return self.embeddings
+        if kind == "fill_ids":
+            return self.fill_ids
+        if kind == "mrope_positions":
+            return self.mrope_positions
+        raise KeyError(kind)
 
     def validate(self, layout: BufferLayout) -> None:
         """Raise ValueError unless every field has the shape and dtype ``layout`` stores."""

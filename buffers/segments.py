@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Protocol
 
 from embxfer.buffers.blocks import check_blocks
@@ -51,9 +53,19 @@ def count_runs(src_blocks: Sequence[int], dst_blocks: Sequence[int], nblocks: in
     return len(_runs(src_blocks, dst_blocks, nblocks))
 
 
-def _bases(regions: Sequence[RegionLike], layout: BufferLayout, side: str) -> dict[Kind, int]:
+def _bases(regions: Sequence[RegionLike], layout: BufferLayout, side: str) -> Mapping[Kind, int]:
     """Base address per kind, after checking each kind appears once with the layout's
-    block bytes: a peer with another geometry would have our writes land out of place."""
+    block bytes: a peer with another geometry would have our writes land out of place.
+
+    A sender plans every write to a peer with the same regions, so the checked answer is
+    cached (regions are immutable: ``Region`` tuples or frozen message structs)."""
+    return _checked_bases(tuple(regions), layout, side)
+
+
+@functools.lru_cache(maxsize=256)
+def _checked_bases(
+    regions: tuple[RegionLike, ...], layout: BufferLayout, side: str
+) -> Mapping[Kind, int]:
     by_kind = {region.kind: region for region in regions}
     if len(by_kind) != len(regions) or set(by_kind) != set(ALL_KINDS):
         raise ValueError(f"{side} regions must name each of {ALL_KINDS} once: {list(regions)}")
@@ -66,7 +78,7 @@ def _bases(regions: Sequence[RegionLike], layout: BufferLayout, side: str) -> di
                 f"layout says {layout.block_bytes(kind)}"
             )
         bases[kind] = region.base_address
-    return bases
+    return MappingProxyType(bases)
 
 
 def plan_segments(

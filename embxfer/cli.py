@@ -12,6 +12,8 @@ from collections.abc import Sequence
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("embxfer.demo_cli", "run requests end to end and check every byte"),
+    "diagram": ("embxfer.diagram_cli", "draw the room state machines (Mermaid, DOT, SVG, table)"),
+    "bench": ("embxfer.bench_cli", "measure against raw Mooncake writes and memcpy"),
 }
 
 

@@ -55,17 +55,20 @@ class EngineConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> EngineConfig:
-        """Read ``EMBXFER_*`` variables (and SGLang's aliases) over the defaults."""
+        """Read ``EMBXFER_*`` variables (and SGLang's aliases) over the defaults; keyword
+        ``overrides`` win over both. Where an ``EMBXFER_*`` name and its SGLang alias are
+        both set, the ``EMBXFER_*`` one wins.
+
+        Capacity: ``EMBXFER_NUM_BLOCKS``, else ``EMBXFER_CACHE_TOKENS`` (tokens), else
+        SGLang's ``SGLANG_EMBEDDING_CACHE_BUFFER_SIZE``, which counts request buffers:
+        SGLang sizes each at the model's ``max_req_len``, embxfer at the default
+        allocation (so the defaults, 64 buffers of 8192 tokens, give 4096 blocks)."""
         env = os.environ if env is None else env
         values: dict[str, object] = {}
         for name, (aliases, parse) in _ENV.items():
             found = next((var for var in aliases if var in env), None)
             if found is not None:
                 values[name] = parse(env[found])
-        cache_var = next((v for v in _CACHE_TOKENS if v in env), None)
-        if cache_var is not None:
-            block_size = int(values.get("block_size", cls.block_size))  # type: ignore[call-overload]
-            values["num_blocks"] = -(-int(env[cache_var]) // block_size)
         timeouts = {
             f.name: float(env[f"EMBXFER_{f.name.upper()}"])
             for f in dataclasses.fields(Timeouts)
@@ -76,11 +79,28 @@ class EngineConfig:
         if "EMBXFER_SPILL" in env:
             values["policy"] = ResumePolicy(spill=SpillMode(env["EMBXFER_SPILL"]))
         values.update(overrides)
+        if "num_blocks" not in values:
+            capacity = _capacity_tokens(env, values.get("default_alloc_tokens"))
+            if capacity is not None:
+                block_size = values.get("block_size", cls.block_size)
+                assert isinstance(block_size, int)
+                values["num_blocks"] = -(-capacity // block_size)
         return cls(**values)  # type: ignore[arg-type]
 
 
 def _flag(text: str) -> bool:
     return text.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _capacity_tokens(env: Mapping[str, str], default_alloc: object) -> int | None:
+    """Total buffer capacity in tokens, if a variable sets it."""
+    if "EMBXFER_CACHE_TOKENS" in env:
+        return int(env["EMBXFER_CACHE_TOKENS"])
+    if "SGLANG_EMBEDDING_CACHE_BUFFER_SIZE" in env:
+        per_buffer = EngineConfig.default_alloc_tokens if default_alloc is None else default_alloc
+        assert isinstance(per_buffer, int)
+        return int(env["SGLANG_EMBEDDING_CACHE_BUFFER_SIZE"]) * per_buffer
+    return None
 
 
 # field -> (variables, the first one set wins; parser)
@@ -98,5 +118,3 @@ _ENV: dict[str, tuple[tuple[str, ...], Callable[[str], object]]] = {
     "heartbeat_s": (("EMBXFER_HEARTBEAT_S",), float),
     "peer_timeout_s": (("EMBXFER_PEER_TIMEOUT_S",), float),
 }
-# Total buffer capacity in tokens; sets num_blocks.
-_CACHE_TOKENS = ("EMBXFER_CACHE_TOKENS", "SGLANG_EMBEDDING_CACHE_BUFFER_SIZE")

@@ -1,8 +1,9 @@
 """The end-to-end demo: an encoder feeds language ranks, every byte is checked.
 
 ``run_inproc`` runs all engines in this process over the in-process transport; the
-cross-process demo (ZeroMQ + Mooncake) reuses ``DemoSettings``, ``Tally`` and
-``Summary`` from here.
+cross-process demo (``embxfer.cluster``: ZeroMQ + Mooncake) has its workers report
+``RoomOutcome``s made here, and counts them with the same ``Tally`` into the same
+``Summary``.
 """
 
 from __future__ import annotations
@@ -11,17 +12,19 @@ import json
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from tqdm import tqdm
 
+from embxfer.buffers.layout import BufferLayout
 from embxfer.config import EngineConfig
 from embxfer.fsm.poll import KVPoll
+from embxfer.fsm.room import Timeouts
 from embxfer.local import inproc_engines
-from embxfer.receiver import ReceiverEngine, ReceiverHandle
-from embxfer.runtime import Runtime
+from embxfer.receiver import ReceiverHandle
+from embxfer.runtime import Runtime, TransferFailed
 from embxfer.sender import SenderHandle
 from embxfer.workload import payload_for, token_lengths
 
@@ -30,7 +33,14 @@ TERMINAL = (KVPoll.Success, KVPoll.Failed)
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """What the demo runs; the CLI fills it from its options."""
+    """What the demo runs; the CLI fills it from its options.
+
+    The deadlines are short next to the library's defaults so that a run with a fault
+    ends within seconds: ``peer_timeout_s`` declares a silent peer dead,
+    ``write_grace_s`` is how long a receiver holds blocks a lost sender might still
+    write (its writes are ~ms on loopback; the default of 65 s covers a stalled
+    Mooncake write), ``timeout_s`` bounds each phase of a room.
+    """
 
     requests: int = 100
     tokens: str = "100:60000"
@@ -41,6 +51,9 @@ class DemoSettings:
     concurrency: int = 16
     seed: int = 0
     receiver_tokens: int = 0  # receiver buffer capacity; 0: concurrency x 2 x default_alloc
+    timeout_s: float = 10.0
+    peer_timeout_s: float = 3.0
+    write_grace_s: float = 3.0
 
     def lengths(self) -> list[int]:
         return token_lengths(self.tokens, self.requests, self.seed)
@@ -61,7 +74,80 @@ class DemoSettings:
             hidden_size=self.hidden,
             default_alloc_tokens=self.default_alloc,
             adaptive_alloc=False,
+            timeouts=Timeouts(
+                bootstrap_s=self.timeout_s,
+                progress_s=self.timeout_s,
+                write_grace_s=self.write_grace_s,
+            ),
+            heartbeat_s=self.peer_timeout_s / 4,
+            peer_timeout_s=self.peer_timeout_s,
         )
+
+    def side_names(self) -> list[str]:
+        """The engines of a run, as the summary names them."""
+        return [ENCODER, *(language_side(rank) for rank in range(self.receivers))]
+
+
+ENCODER = "encoder"
+
+
+def language_side(rank: int) -> str:
+    return f"language-{rank}"
+
+
+@dataclass(frozen=True)
+class RoomOutcome:
+    """How one engine's room ended: what its scheduler reports, in-process or from a worker."""
+
+    room_id: int
+    state: str  # a KVPoll name: Success or Failed
+    reason: str = ""  # why it failed, or "payload mismatch"
+    resumes: int = 0  # receivers: resumes the room took
+    bytes: int = 0  # receivers: payload bytes received and verified
+    verified: bool = True  # receivers: the result matched what the encoder sent
+
+    @property
+    def ok(self) -> bool:
+        return self.state == KVPoll.Success.name and self.verified
+
+
+def sender_outcome(handle: SenderHandle) -> RoomOutcome:
+    """A terminal sender room, as reported."""
+    return RoomOutcome(handle.room_id, handle.poll().name, handle.reason)
+
+
+def receiver_outcome(
+    handle: ReceiverHandle, layout: BufferLayout, seed: int, tokens: int
+) -> RoomOutcome:
+    """A terminal receiver room, its result checked against the ``tokens``-token payload
+    the encoder made from ``seed`` (every process can rebuild it: ``payload_for``)."""
+    state = handle.poll()
+    if state is not KVPoll.Success:
+        return RoomOutcome(handle.room_id, state.name, handle.reason, handle.resumes)
+    try:
+        result = handle.result()
+    except (TransferFailed, ValueError) as error:  # a room that says Success but cannot show it
+        return RoomOutcome(
+            handle.room_id, state.name, f"bad result: {error}", handle.resumes, 0, False
+        )
+    if not result.equals(payload_for(handle.room_id, tokens, layout, seed)):
+        return RoomOutcome(handle.room_id, state.name, "payload mismatch", handle.resumes, 0, False)
+    return RoomOutcome(handle.room_id, state.name, "", handle.resumes, result.nbytes)
+
+
+UNREPORTED = "Unreported"  # a side's room whose engine died (or was stopped) before it ended
+
+
+@dataclass
+class Side:
+    """How the rooms of one engine ended, and what it held at the end."""
+
+    rooms: dict[str, int] = field(default_factory=dict)  # state (or UNREPORTED) -> rooms
+    failure_reasons: dict[str, int] = field(default_factory=dict)
+    leaked_blocks: int | None = None  # None: its process is gone, nothing left to count
+    exit: str = ""  # cross-process runs: how its process ended
+    fault_target: bool = False  # the injected fault hit this engine
+    rejected: dict[str, int] = field(default_factory=dict)  # cross-process runs: by reason
 
 
 @dataclass
@@ -72,17 +158,20 @@ class Summary:
     requests: int
     succeeded: int = 0
     failed: int = 0
+    not_started: int = 0  # requests a fault stopped before they began
     resumes: int = 0
     bytes: int = 0
     verified: bool = True
     leaked_blocks: int = 0
     seconds: float = 0.0
     failure_reasons: dict[str, int] = field(default_factory=dict)
+    fault: str = ""
+    sides: dict[str, Side] = field(default_factory=dict)
 
     def render(self) -> str:
         rate = self.bytes / self.seconds / 1e9 if self.seconds else 0.0
         lines = [
-            f"embxfer demo ({self.transport})",
+            f"embxfer demo ({self.transport}{', fault ' + self.fault if self.fault else ''})",
             f"  requests        {self.requests}",
             f"  succeeded       {self.succeeded}",
             f"  failed          {self.failed}",
@@ -92,8 +181,24 @@ class Summary:
             f"  leaked blocks   {self.leaked_blocks}",
             f"  seconds         {self.seconds:.2f}",
         ]
-        lines += [f"  failure: {reason} x{n}" for reason, n in self.failure_reasons.items()]
+        if self.not_started:
+            lines.insert(4, f"  not started     {self.not_started}")
+        if self.failed or self.fault:
+            for name, side in self.sides.items():
+                rooms = ", ".join(f"{state} {n}" for state, n in side.rooms.items())
+                leaked = "?" if side.leaked_blocks is None else side.leaked_blocks
+                lines.append(f"  {name:<15} {rooms}; leaked {leaked}; {side.exit or 'ran'}")
+                lines += [f"    {n:>4} x {reason}" for reason, n in side.failure_reasons.items()]
         return "\n".join(lines)
+
+    def ok(self) -> bool:
+        """The run did what it must: every byte checked out, every engine the fault spared
+        accounted for each of its rooms and leaked no block, and without a fault every
+        request succeeded."""
+        spared = [side for side in self.sides.values() if not side.fault_target]
+        accounted = all(s.leaked_blocks is not None and UNREPORTED not in s.rooms for s in spared)
+        complete = bool(self.fault) or (self.failed == 0 and self.not_started == 0)
+        return self.verified and self.leaked_blocks == 0 and accounted and complete
 
     def print(self, as_json: bool) -> None:
         print(self.render())
@@ -102,47 +207,60 @@ class Summary:
 
 
 class Tally:
-    """Counts rooms as they end; verifies each received embedding against the seed."""
+    """Counts requests as every engine's room of them ends."""
 
     def __init__(self, settings: DemoSettings, summary: Summary) -> None:
-        self.settings = settings
         self.summary = summary
         self.reasons: Counter[str] = Counter()
+        self._rooms = {name: Counter[str]() for name in settings.side_names()}
+        self._reasons = {name: Counter[str]() for name in settings.side_names()}
+        summary.sides = {name: Side() for name in settings.side_names()}
 
-    def receiver_done(self, handle: ReceiverHandle, engine: ReceiverEngine) -> bool:
-        """Check one receiver's room; True if it succeeded with the right bytes."""
-        if handle.poll() is not KVPoll.Success:
-            self.reasons[handle.reason] += 1
-            return False
-        self.summary.resumes += handle.resumes
-        result = handle.result()
-        expected = payload_for(handle.room_id, result.num_tokens, engine.layout, self.settings.seed)
-        ok = result.equals(expected)
-        if ok:
-            self.summary.bytes += result.nbytes
-        else:
-            self.summary.verified = False
-            self.reasons["payload mismatch"] += 1
-        return ok
-
-    def request_done(self, ok: bool) -> None:
+    def request_done(self, outcomes: Mapping[str, RoomOutcome | None]) -> bool:
+        """One request is over: each side's outcome (None: it will never report). True
+        if it succeeded everywhere with the right bytes."""
+        ok = True
+        for side, outcome in outcomes.items():
+            if outcome is None:
+                self._rooms[side][UNREPORTED] += 1
+                ok = False
+                continue
+            self._rooms[side][outcome.state] += 1
+            self.summary.resumes += outcome.resumes
+            self.summary.bytes += outcome.bytes
+            self.summary.verified &= outcome.verified
+            if not outcome.ok:
+                self._reasons[side][outcome.reason] += 1
+                self.reasons[outcome.reason] += 1
+                ok = False
         if ok:
             self.summary.succeeded += 1
         else:
             self.summary.failed += 1
+        return ok
 
-    def finish(self, started: float) -> Summary:
-        self.summary.seconds = time.perf_counter() - started
+    def leaked(self, side: str, blocks: int) -> None:
+        """What ``side``'s engine still held once it had forgotten its rooms."""
+        self.summary.sides[side].leaked_blocks = blocks
+        self.summary.leaked_blocks += blocks
+
+    def finish(self, seconds: float) -> Summary:
+        """The summary, once every request is counted; ``seconds`` the requests took."""
+        self.summary.seconds = seconds
         self.summary.failure_reasons = dict(self.reasons.most_common())
+        for name, side in self.summary.sides.items():
+            side.rooms = dict(sorted(self._rooms[name].items()))
+            side.failure_reasons = dict(self._reasons[name].most_common())
         return self.summary
 
 
-def leaked_blocks(engines: Sequence[Runtime[Any]], wait_s: float = 5.0) -> int:
-    """Blocks still allocated once every engine has forgotten its rooms (or ``wait_s``)."""
+def leaked_blocks(engine: Runtime[Any], wait_s: float = 5.0) -> int:
+    """Blocks still allocated once the engine has forgotten its rooms (or ``wait_s``):
+    failed rooms may hold blocks until their write grace ends."""
     deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline and any(e.rooms for e in engines):
+    while time.monotonic() < deadline and engine.rooms:
         time.sleep(0.01)
-    return sum(e.allocator.used_blocks for e in engines)
+    return engine.allocator.used_blocks
 
 
 def run_inproc(settings: DemoSettings, progress: bool = True) -> Summary:
@@ -158,12 +276,11 @@ def run_inproc(settings: DemoSettings, progress: bool = True) -> Summary:
     summary = Summary("inproc", settings.requests)
     tally = Tally(settings, summary)
     lengths = settings.lengths()
+    layout = sender.layout
     started = time.perf_counter()
     in_flight: dict[int, tuple[SenderHandle, list[ReceiverHandle]]] = {}
     next_room = 0
-    bar = tqdm(
-        total=settings.requests, desc="rooms", unit="room", file=sys.stderr, disable=not progress
-    )
+    bar = progress_bar(settings.requests, progress)
     try:
         while next_room < settings.requests or in_flight:
             while next_room < settings.requests and len(in_flight) < settings.concurrency:
@@ -179,18 +296,28 @@ def run_inproc(settings: DemoSettings, progress: bool = True) -> Summary:
                 in_flight[room_id] = (sent, got)
             for room_id, (sent, got) in list(in_flight.items()):
                 if sent.poll() in TERMINAL and all(h.poll() in TERMINAL for h in got):
-                    ok = all([tally.receiver_done(h, receivers[0]) for h in got])
-                    tally.request_done(ok and sent.poll() is KVPoll.Success)
+                    tokens = lengths[room_id - 1]
+                    outcomes = {ENCODER: sender_outcome(sent)} | {
+                        language_side(rank): receiver_outcome(h, layout, settings.seed, tokens)
+                        for rank, h in enumerate(got)
+                    }
+                    tally.request_done(outcomes)
                     sent.release()
                     for handle in got:
                         handle.release()
                     del in_flight[room_id]
                     bar.update()
             time.sleep(0.0005)
-        result = tally.finish(started)
-        result.leaked_blocks = leaked_blocks(engines)
-        return result
+        seconds = time.perf_counter() - started
+        for name, engine in zip(settings.side_names(), engines, strict=True):
+            tally.leaked(name, leaked_blocks(engine))
+        return tally.finish(seconds)
     finally:
         bar.close()
         for engine in engines:
             engine.close()
+
+
+def progress_bar(requests: int, enabled: bool) -> tqdm[NoReturn]:
+    """Requests done, on stderr (stdout carries the summary)."""
+    return tqdm(total=requests, desc="rooms", unit="room", file=sys.stderr, disable=not enabled)

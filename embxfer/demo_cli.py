@@ -1,15 +1,23 @@
-"""``embxfer demo``: options, then the in-process or the cross-process demo."""
+"""``embxfer demo``: options, then the cross-process (default) or the in-process demo."""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
 
 from embxfer.demo import DemoSettings, run_inproc
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = DemoSettings()
-    parser.add_argument("--transport", choices=["inproc"], default="inproc")
+    parser.add_argument(
+        "--transport",
+        choices=["mooncake", "inproc"],
+        default="mooncake",
+        help="mooncake: an encoder process and --receivers language processes, ZeroMQ for "
+        "control and Mooncake writes over TCP on --host; inproc: threads in this process",
+    )
     parser.add_argument("--requests", type=int, default=defaults.requests)
     parser.add_argument(
         "--tokens",
@@ -30,6 +38,57 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="receiver buffer capacity in tokens (0: concurrency x 2 x default-alloc)",
     )
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument(
+        "--timeout-s",
+        type=float,
+        default=defaults.timeout_s,
+        help="room deadline: longest a room may bootstrap, or go without progress",
+    )
+    parser.add_argument(
+        "--peer-timeout-s",
+        type=float,
+        default=defaults.peer_timeout_s,
+        help="a peer silent this long is dead and its rooms fail (heartbeats: a quarter of it)",
+    )
+    parser.add_argument(
+        "--write-grace-s",
+        type=float,
+        default=defaults.write_grace_s,
+        help="how long a receiver keeps blocks a lost sender might still write "
+        "(the library's default, 65 s, outlasts a stalled Mooncake write)",
+    )
+    processes = parser.add_argument_group("cross-process runs (--transport mooncake)")
+    processes.add_argument(
+        "--fault",
+        choices=["kill-receiver", "kill-sender", "stall-receiver"],
+        help="mid-run: SIGKILL the last language process or the encoder, or SIGSTOP the "
+        "last language process; the summary says how every room ended",
+    )
+    processes.add_argument(
+        "--fault-after",
+        type=int,
+        default=0,
+        metavar="REQUESTS",
+        help="inject the fault once this many requests are done (0: a third of them)",
+    )
+    processes.add_argument(
+        "--host", default="127.0.0.1", help="address every process binds (and advertises)"
+    )
+    processes.add_argument(
+        "--advertise-host",
+        help="address peers are told, if not --host (needed when --host is a wildcard)",
+    )
+    processes.add_argument(
+        "--curve",
+        action="store_true",
+        help="authenticate and encrypt the control plane with a fresh CURVE keypair",
+    )
+    processes.add_argument(
+        "--deadline-s",
+        type=float,
+        default=600.0,
+        help="give up on requests still open after this long",
+    )
     parser.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
@@ -45,8 +104,39 @@ def run(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         seed=args.seed,
         receiver_tokens=args.receiver_tokens,
+        timeout_s=args.timeout_s,
+        peer_timeout_s=args.peer_timeout_s,
+        write_grace_s=args.write_grace_s,
     )
-    summary = run_inproc(settings, progress=not args.no_progress)
+    if args.transport == "inproc":
+        if args.fault:
+            raise SystemExit("--fault needs --transport mooncake (faults hit processes)")
+        summary = run_inproc(settings, progress=not args.no_progress)
+    else:
+        # Imported here: the in-process demo must not need Mooncake or spawn anything.
+        from embxfer.cluster.demo import Fault, ProcessOptions, run_processes
+        from embxfer.cluster.launcher import WorkerStartError
+        from embxfer.remote import NetworkConfig
+        from embxfer.transport.zmq_control import generate_curve_keys
+
+        options = ProcessOptions(
+            network=NetworkConfig(
+                host=args.host,
+                advertise_host=args.advertise_host,
+                curve=generate_curve_keys() if args.curve else None,
+            ),
+            fault=Fault(args.fault) if args.fault else None,
+            fault_after=args.fault_after,
+            deadline_s=args.deadline_s,
+            log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()),
+        )
+        try:
+            summary = run_processes(settings, options, progress=not args.no_progress)
+        except KeyboardInterrupt:  # the workers are stopped and reaped by now
+            print("embxfer demo: interrupted", file=sys.stderr)
+            return 130
+        except WorkerStartError as error:
+            print(f"embxfer demo: {error}", file=sys.stderr)
+            return 2
     summary.print(args.json)
-    ok = summary.failed == 0 and summary.verified and summary.leaked_blocks == 0
-    return 0 if ok else 1
+    return 0 if summary.ok() else 1

@@ -25,6 +25,7 @@ from embxfer.fsm.events import (
 from embxfer.fsm.policy import AdaptiveSizer
 from embxfer.fsm.poll import KVPoll
 from embxfer.fsm.receiver import ReceiverRoom
+from embxfer.metrics import Metrics
 from embxfer.runtime import Runtime, TransferFailed
 from embxfer.transport.base import ControlChannel, DataTransport
 from embxfer.transport.messages import (
@@ -59,8 +60,9 @@ class ReceiverEngine(Runtime[ReceiverRoom]):
         control: ControlChannel,
         data: DataTransport,
         clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
-        super().__init__(config, control, data, clock)
+        super().__init__(config, control, data, clock, metrics)
         self.sizer = AdaptiveSizer(
             config.default_alloc_tokens,
             quantile=config.adaptive_quantile,
@@ -102,11 +104,12 @@ class ReceiverEngine(Runtime[ReceiverRoom]):
     def _adopt(self, room: ReceiverRoom) -> None:
         if not self.adopt(room):
             return
-        link = self.senders.setdefault(room.sender, SenderLink())
-        if link.ready:
-            self.deliver(room, PeerReady())
-        else:
+        link = self.senders.get(room.sender)
+        if link is None:  # one registration per sender; housekeeping repeats it if lost
+            link = self.senders[room.sender] = SenderLink()
             self._send_register(room.sender, link)
+        elif link.ready:
+            self.deliver(room, PeerReady())
 
     def _send_register(self, sender: str, link: SenderLink) -> None:
         link.next_register = self.clock() + self.config.heartbeat_s
@@ -122,7 +125,8 @@ class ReceiverEngine(Runtime[ReceiverRoom]):
             return
         room = self.rooms.get(message.room)
         if room is None:
-            self.reject("closed_room" if self.is_closed(message.room) else "unknown_room", peer)
+            reason = "closed_room" if self.is_closed(message.room) else "unknown_room"
+            self.reject(reason, peer, room=message.room)
             return
         event: Event
         if isinstance(message, PieceWritten):
@@ -163,7 +167,7 @@ class ReceiverEngine(Runtime[ReceiverRoom]):
     def on_terminal(self, room: ReceiverRoom) -> None:
         if room.poll is KVPoll.Success:
             self.sizer.observe(room.total_tokens)
-            self.stats.payload_bytes += room.total_tokens * self._token_bytes
+            self.stats.bytes_moved(room.total_tokens * self._token_bytes)
 
     def on_forget(self, room: ReceiverRoom) -> None:
         self._staged.pop(room.room_id, None)
@@ -230,7 +234,7 @@ class ReceiverHandle:
         """Raise the room's failure, with its reason (SGLang's contract)."""
         raise TransferFailed(self.room_id, self._room.reason or "room has not failed")
 
-    def abort(self, reason: str = "aborted by scheduler") -> None:
+    def abort(self, reason: str = "requested") -> None:
         self._engine.submit(lambda: self._engine.deliver(self._room, AbortRequested(reason)))
 
     def release(self) -> None:

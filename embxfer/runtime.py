@@ -12,6 +12,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import re
 import threading
 import time
 from collections import Counter, OrderedDict, deque
@@ -26,6 +27,7 @@ from embxfer.fsm.actions import Action
 from embxfer.fsm.events import AbortRequested, Event, PeerLost, Tick
 from embxfer.fsm.poll import KVPoll
 from embxfer.fsm.room import Room
+from embxfer.metrics import EngineMetrics, Metrics, NoMetrics, default_metrics
 from embxfer.transport.base import ControlChannel, DataTransport
 from embxfer.transport.messages import Heartbeat, Message
 
@@ -45,9 +47,21 @@ class TransferFailed(RuntimeError):
         self.reason = reason
 
 
+_DETAILS = re.compile(r"\S+://[^\s:]+(?::\d+)?|\d+")  # peer addresses and numbers
+
+
+def reason_category(reason: str) -> str:
+    """A failure reason without its details (addresses, offsets, counts): a bounded set
+    of values for counters and metric labels."""
+    return " ".join(_DETAILS.sub(" ", reason).split(":")[0].split())
+
+
 @dataclass
 class EngineStats:
-    """Counters of one engine; read them from any thread (values may lag by an event)."""
+    """Counters of one engine; read them from any thread (values may lag by an event).
+
+    Updated only through its methods, which also feed ``sink`` (Prometheus or nothing),
+    so the counters here and the exported metrics cannot disagree."""
 
     succeeded: int = 0
     failed: int = 0
@@ -55,6 +69,30 @@ class EngineStats:
     payload_bytes: int = 0
     failure_reasons: Counter[str] = field(default_factory=Counter)
     rejected: Counter[str] = field(default_factory=Counter)
+    sink: EngineMetrics = field(default_factory=NoMetrics, repr=False, compare=False)
+
+    def room_ended(self, room: Room, seconds: float) -> None:
+        """``room`` just reached Success or Failed, ``seconds`` after it was adopted."""
+        reason = ""
+        if room.poll is KVPoll.Success:
+            self.succeeded += 1
+        else:
+            self.failed += 1
+            reason = reason_category(room.reason)
+            self.failure_reasons[reason] += 1
+        self.resumes += room.resumes
+        self.sink.room_ended(room.state, reason, room.resumes, seconds)
+
+    def bytes_moved(self, nbytes: int) -> None:
+        self.payload_bytes += nbytes
+        self.sink.bytes_moved(nbytes)
+
+    def rejected_message(self, reason: str, count: int = 1) -> bool:
+        """Count ``count`` rejections; True if they are the first for ``reason``."""
+        first = not self.rejected[reason]
+        self.rejected[reason] += count
+        self.sink.message_rejected(reason, count)
+        return first
 
 
 @dataclass
@@ -73,6 +111,7 @@ class Runtime(Generic[RoomT]):
         control: ControlChannel,
         data: DataTransport,
         clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.control = control
@@ -84,7 +123,11 @@ class Runtime(Generic[RoomT]):
         for address, length in self.buffers.memory_ranges():
             data.register(address, length)
         self.rooms: dict[int, RoomT] = {}
-        self.stats = EngineStats()
+        sink = (metrics or default_metrics()).engine(self.role, self.address)
+        self.stats = EngineStats(sink=sink)
+        self.stats.sink.watch_allocator(self.allocator)
+        self._adopted_at: dict[int, float] = {}  # room id -> clock when adopted
+        self._wire_rejects: dict[str, int] = {}  # control.rejected already counted
         self.peers: dict[str, PeerClock] = {}
         self._tombstones: OrderedDict[int, None] = OrderedDict()
         self._commands: deque[Callable[[], None]] = deque()
@@ -116,11 +159,17 @@ class Runtime(Generic[RoomT]):
         self._shutdown_writers()
         self.control.close()
         self.data.close()
+        self.stats.sink.close()
 
     def submit(self, command: Callable[[], None]) -> None:
-        """Run ``command`` on the pump thread (thread-safe)."""
+        """Run ``command`` on the pump thread (thread-safe).
+
+        Only another thread's command needs to wake the pump: the pump drains commands
+        before it sleeps, and an engine pumped by hand (never started) has no sleeper."""
         self._commands.append(command)
-        self.control.wake()
+        pump = self._thread
+        if pump is not None and pump.ident != threading.get_ident():
+            self.control.wake()
 
     def _pump(self) -> None:
         while not self._stop.is_set():
@@ -163,12 +212,20 @@ class Runtime(Generic[RoomT]):
                 self._schedule(room)
 
     def _count_end(self, room: RoomT) -> None:
-        if room.poll is KVPoll.Success:
-            self.stats.succeeded += 1
-        else:
-            self.stats.failed += 1
-            self.stats.failure_reasons[room.reason.split(":")[0]] += 1
-        self.stats.resumes += room.resumes
+        now = self.clock()
+        # A room refused at adoption (duplicate id) never started: its id is another's.
+        adopted = self.rooms.get(room.room_id) is room
+        started = self._adopted_at.pop(room.room_id, now) if adopted else now
+        self.stats.room_ended(room, now - started)
+        LOG.debug(
+            "room=%d %s ended %s after %.3fs, %d resumes %s",
+            room.room_id,
+            self.role,
+            room.state,
+            now - started,
+            room.resumes,
+            room.reason,
+        )
         self.on_terminal(room)
 
     def adopt(self, room: RoomT) -> bool:
@@ -178,6 +235,7 @@ class Runtime(Generic[RoomT]):
             return False
         self._tombstones.pop(room.room_id, None)
         self.rooms[room.room_id] = room
+        self._adopted_at[room.room_id] = self.clock()
         self._schedule(room)
         return True
 
@@ -193,11 +251,21 @@ class Runtime(Generic[RoomT]):
         """The room finished recently: late messages for it are expected, not errors."""
         return room_id in self._tombstones
 
-    def reject(self, reason: str, peer: str, detail: str = "") -> None:
+    def reject(self, reason: str, peer: str, detail: str = "", room: int | None = None) -> None:
         """Count (and log once per reason) an inbound message that cannot be used."""
-        if not self.stats.rejected[reason]:
-            LOG.warning("%s rejected a message from %s: %s %s", self.role, peer, reason, detail)
-        self.stats.rejected[reason] += 1
+        if self.stats.rejected_message(reason):
+            where = "" if room is None else f"room={room} "
+            LOG.warning(
+                "%s%s rejected a message from %s: %s %s", where, self.role, peer, reason, detail
+            )
+
+    def _count_wire_rejects(self) -> None:
+        """Frames the control channel dropped (garbage, bad version, ...) since last time."""
+        for reason, total in self.control.rejected.items():
+            new = total - self._wire_rejects.get(reason, 0)
+            if new > 0:
+                self._wire_rejects[reason] = total
+                self.stats.rejected_message(reason, new)
 
     # -- time ------------------------------------------------------------------------
     def _schedule(self, room: RoomT) -> None:
@@ -241,6 +309,7 @@ class Runtime(Generic[RoomT]):
                 self.peer_lost(peer)
             else:
                 self.control.send(peer, Heartbeat())
+        self._count_wire_rejects()
         self.housekeeping(now)
 
     def peer_lost(self, peer: str) -> None:

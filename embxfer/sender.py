@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from embxfer.fsm.events import (
 )
 from embxfer.fsm.poll import KVPoll
 from embxfer.fsm.sender import SenderRoom
+from embxfer.metrics import Metrics
 from embxfer.runtime import Runtime, TransferFailed
 from embxfer.transport.base import ControlChannel, DataTransport, Segment, WriteResult
 from embxfer.transport.messages import (
@@ -60,10 +63,11 @@ class SenderEngine(Runtime[SenderRoom]):
         control: ControlChannel,
         data: DataTransport,
         clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
-        super().__init__(config, control, data, clock)
+        super().__init__(config, control, data, clock, metrics)
         self.receivers: dict[str, RemoteBuffers] = {}
-        self._writers: dict[str, ThreadPoolExecutor] = {}
+        self._writers: dict[str, _Writer] = {}
         self._parked: dict[int, list[tuple[float, str, PieceRequest | Abort]]] = {}
         self._parked_count = 0
         self._local_regions = [
@@ -87,14 +91,16 @@ class SenderEngine(Runtime[SenderRoom]):
         if isinstance(message, Register):
             self._register(peer, message)
         elif isinstance(message, (PieceRequest, Abort)):
-            if isinstance(message, PieceRequest) and peer not in self.receivers:
+            # Only a registered receiver can be in a room, so only one may ask or abort:
+            # a stray peer guessing room ids must not fail other receivers' rooms.
+            if peer not in self.receivers:
                 self.reject("unregistered_peer", peer)
                 return
             room = self.rooms.get(message.room)
             if room is not None:
                 self._deliver_room_message(room, peer, message)
             elif self.is_closed(message.room):
-                self.reject("closed_room", peer)
+                self.reject("closed_room", peer, room=message.room)
             else:
                 self._park(peer, message)
         else:
@@ -114,7 +120,7 @@ class SenderEngine(Runtime[SenderRoom]):
         """Hold a message for a room the scheduler has not created yet (it may be slower
         than the receiver); dropped after the bootstrap timeout."""
         if self._parked_count >= _PARKED_LIMIT:
-            self.reject("park_full", peer)
+            self.reject("park_full", peer, room=message.room)
             return
         self._parked.setdefault(message.room, []).append((self.clock(), peer, message))
         self._parked_count += 1
@@ -153,10 +159,14 @@ class SenderEngine(Runtime[SenderRoom]):
 
     def _write(self, room: SenderRoom, action: WritePiece) -> None:
         def finished(result: WriteResult) -> None:
-            if result.ok:
-                self.stats.payload_bytes += sum(s.length for s in segments)
+            nbytes = sum(s.length for s in segments) if result.ok else 0
             event = WriteFinished(action.receiver, action.sent_tokens, result.ok, result.reason)
-            self.submit(lambda: self.deliver(room, event))
+
+            def on_pump() -> None:  # stats, like rooms, are touched on the pump thread only
+                self.stats.bytes_moved(nbytes)
+                self.deliver(room, event)
+
+            self.submit(on_pump)
 
         peer = self.receivers.get(action.receiver)
         if peer is None:
@@ -176,30 +186,54 @@ class SenderEngine(Runtime[SenderRoom]):
         except Exception as exc:  # e.g. blocks outside the receiver's declared geometry
             finished(WriteResult(False, f"cannot plan write: {exc}"))
             return
-        job = _WriteJob(self.data.write, peer.session_id, segments, finished)
+        job = _WriteJob(
+            self.data.write,
+            peer.session_id,
+            segments,
+            finished,
+            wanted=lambda: self.receivers.get(action.receiver) == peer,
+        )
         if self.config.write_threads:
-            self._writer(action.receiver).submit(job.run)
+            self._writer(action.receiver).submit(job)
         else:
             job.run()
 
-    def _writer(self, peer: str) -> ThreadPoolExecutor:
+    def _writer(self, peer: str) -> _Writer:
         """One thread per receiver: a stalled receiver holds up only its own writes."""
         writer = self._writers.get(peer)
         if writer is None:
-            writer = self._writers[peer] = ThreadPoolExecutor(
-                1, f"embxfer-write-{len(self._writers)}"
-            )
+            writer = self._writers[peer] = _Writer(f"embxfer-write-{len(self._writers)}")
         return writer
 
     def _shutdown_writers(self) -> None:
         for writer in self._writers.values():
-            writer.shutdown(wait=False, cancel_futures=True)
+            writer.shutdown()
 
     # -- peers and time --------------------------------------------------------------
     def active_peers(self) -> Iterable[str]:
-        return {
-            peer for room in self.rooms.values() if not room.terminal for peer in room.receivers
+        """Receivers that get heartbeats; those silent past the peer timeout are lost.
+
+        A receiver still owed a piece of an open room must be alive; one that has all
+        its tokens may go quiet (it has nothing left to ask) while the room waits on
+        the other receivers, so its silence must not fail the room. Registered
+        receivers heard from within the peer timeout get heartbeats as well (and are
+        never lost for it): one may be waiting on a room this engine has not created
+        yet, and must keep hearing from us meanwhile.
+        """
+        owed = {
+            peer
+            for room in self.rooms.values()
+            if not room.terminal
+            for peer, progress in room.receivers.items()
+            if progress.in_flight or not room.total_tokens or progress.written < room.total_tokens
         }
+        heard_since = self.clock() - self.config.peer_timeout_s
+        recent = {
+            peer
+            for peer in self.receivers
+            if (clock := self.peers.get(peer)) and clock.last_seen >= heard_since
+        }
+        return owed | recent
 
     def forget_peer(self, peer: str) -> None:
         self.receivers.pop(peer, None)
@@ -217,19 +251,99 @@ class SenderEngine(Runtime[SenderRoom]):
 
 @dataclass(frozen=True)
 class _WriteJob:
-    """A write and what to do with its outcome; transports never raise, this double-checks."""
+    """A write and what to do with its outcome; transports never raise, this double-checks.
+
+    ``wanted`` turns False once the receiver is declared lost (or registers another
+    geometry): a write still queued then fails at once instead of being tried, because
+    each try at a dead Mooncake peer holds the writer thread about a second, and its
+    room keeps its source blocks until the write is over.
+    """
 
     write: Callable[[str, list[Segment]], WriteResult]
     session_id: str
     segments: list[Segment]
     done: Callable[[WriteResult], None]
+    wanted: Callable[[], bool]
 
     def run(self) -> None:
+        if not self.wanted():
+            self.done(WriteResult(False, "receiver lost before the write started"))
+            return
         try:
             result = self.write(self.session_id, self.segments)
         except Exception as exc:
             result = WriteResult(False, f"transport raised {exc!r}")
         self.done(result)
+
+
+class _Writer:
+    """The writer thread of one receiver, which sends the writes queued while one was in
+    flight together, as one transport call.
+
+    A Mooncake batch costs a fixed round trip and a busy wait on top of its segments;
+    rooms of a few tokens each pay it in full, so writing one room at a time caps a
+    receiver at a few hundred rooms a second when cores are contended. Joined writes
+    are the same writes in the same order; if a joined call fails, each is tried again
+    on its own (a one-sided write may be repeated) so every room learns its own outcome.
+    """
+
+    MAX_SEGMENTS = 1024  # per joined call: bounds the bytes a failed call makes us retry
+
+    def __init__(self, name: str) -> None:
+        self._executor = ThreadPoolExecutor(1, name)
+        self._lock = threading.Lock()
+        self._queue: deque[_WriteJob] = deque()
+        self._draining = False
+
+    def submit(self, job: _WriteJob) -> None:
+        with self._lock:
+            self._queue.append(job)
+            if self._draining:
+                return
+            self._draining = True
+        self._executor.submit(self._drain)
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._draining = False
+                    return
+                jobs = [self._queue.popleft()]
+                segments = len(jobs[0].segments)
+                while self._queue and segments + len(self._queue[0].segments) <= self.MAX_SEGMENTS:
+                    segments += len(self._queue[0].segments)
+                    jobs.append(self._queue.popleft())
+            try:
+                _run_joined(jobs)
+            except Exception:  # the thread must go on draining whatever one job did
+                LOG.exception("writer failed on %d jobs", len(jobs))
+
+    def shutdown(self) -> None:
+        """Drop the writes not started; one under way finishes on its own."""
+        with self._lock:
+            self._queue.clear()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _run_joined(jobs: list[_WriteJob]) -> None:
+    """Run ``jobs`` (queued for one receiver, in order) as one write."""
+    first = jobs[0]
+    if len(jobs) == 1 or any(
+        job.session_id != first.session_id or not job.wanted() for job in jobs
+    ):
+        for job in jobs:  # a receiver lost or registered anew: one by one, as ever
+            job.run()
+        return
+    try:
+        result = first.write(first.session_id, [s for job in jobs for s in job.segments])
+    except Exception as exc:
+        result = WriteResult(False, f"transport raised {exc!r}")
+    for job in jobs:
+        if result.ok:
+            job.done(result)
+        else:
+            job.run()
 
 
 class SenderHandle:
@@ -257,7 +371,7 @@ class SenderHandle:
         """Raise the room's failure, with its reason (SGLang's contract)."""
         raise TransferFailed(self.room_id, self._room.reason or "room has not failed")
 
-    def abort(self, reason: str = "aborted by scheduler") -> None:
+    def abort(self, reason: str = "requested") -> None:
         self._engine.submit(lambda: self._engine.deliver(self._room, AbortRequested(reason)))
 
     def release(self) -> None:

@@ -65,7 +65,7 @@ class AbortAckReceived:
 class AbortRequested:
     """The local scheduler aborted the room."""
 
-    reason: str = "aborted by scheduler"
+    reason: str = "requested"
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,6 +69,7 @@ SENDER_TABLE = verdict_table(
         # Aborts: from the scheduler, or from a receiver (answered with AbortAck).
         ("abort", ACTIVE, F, "", ""),
         ("abort", TERMINAL, None, "", "_ignore"),
+        ("peer_abort", [W, T], None, "stale", "_ignore"),
         ("peer_abort", ACTIVE, F, "", ""),
         ("peer_abort", TERMINAL, None, "", "_acknowledge_abort"),
         ("peer_lost", ACTIVE, F, "violation", ""),
@@ -156,9 +157,15 @@ class SenderRoom(Room):
             self._classify_payload(event)
         elif isinstance(event, WriteFinished):
             self._classify_write(event)
-        elif isinstance(event, (AbortRequested, AbortReceived)):
-            who = "scheduler" if isinstance(event, AbortRequested) else f"receiver {event.peer}"
-            self._decide(Verdict.ACT, f"aborted by {who}: {event.reason}")
+        elif isinstance(event, AbortRequested):
+            self._decide(Verdict.ACT, f"aborted by scheduler: {event.reason}")
+        elif isinstance(event, AbortReceived):
+            if self.state != BOOTSTRAPPING and event.peer not in self.receivers:
+                # Once every receiver has joined, only they can abort the room; in
+                # Bootstrapping a receiver may abort before its request arrives.
+                self._decide(Verdict.STALE, f"{event.peer} is not a receiver of this room")
+            else:
+                self._decide(Verdict.ACT, f"aborted by receiver {event.peer}: {event.reason}")
         elif isinstance(event, PeerLost):
             if event.peer in self.receivers:
                 self._decide(Verdict.VIOLATION, f"receiver {event.peer} lost")

@@ -146,13 +146,6 @@ class _Region:
     length: int
     view: torch.Tensor
 
-    def slice(self, address: int, length: int) -> torch.Tensor | None:
-        """The bytes ``[address, address + length)`` if they lie wholly in this region."""
-        offset = address - self.address
-        if length <= 0 or offset < 0 or offset + length > self.length:
-            return None
-        return self.view[offset : offset + length]
-
 
 class InprocDataTransport:
     """A ``DataTransport`` on an ``InprocNetwork``. Unlike Mooncake it checks every segment,
@@ -222,9 +215,10 @@ class InprocDataTransport:
 
 def _find(regions: tuple[_Region, ...], address: int, length: int) -> torch.Tensor | None:
     """Bytes of the first region holding all of ``[address, address + length)``; regions are
-    few (one per buffer kind), so a scan is enough."""
-    for region in regions:
-        view = region.slice(address, length)
-        if view is not None:
-            return view
+    few (one per buffer kind), so a scan is enough (kept inline: it runs per segment)."""
+    if length > 0:
+        for region in regions:
+            offset = address - region.address
+            if offset >= 0 and offset + length <= region.length:
+                return region.view[offset : offset + length]
     return None

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 _ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # fixed by the ZAP spec (RFC 27)
 _WAKE_ENDPOINT = "inproc://embxfer-wake"
+_WAKE_HWM = 1024  # wakes queued before more are dropped (then plenty are pending)
 _RECONNECT_IVL_MAX_MS = 2000  # back off from a dead peer instead of retrying every 100 ms
 _WILDCARD_HOSTS = frozenset({"0.0.0.0", "*", "::", ""})
 
@@ -122,13 +123,17 @@ class ZmqControlChannel:
             self._router.bind(f"tcp://{host}:{port or '*'}")
             endpoint = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
             self._address = f"tcp://{advertise_host}:{endpoint.rsplit(':', 1)[1]}"
+            # The wake pipe's high-water marks must not be tiny: the PUSH side learns
+            # that the PULL side drained the pipe only from a command ZeroMQ processes
+            # lazily, so with a mark of 1 a wake after a drain often met a pipe it still
+            # thought full and was dropped, and the pump slept out its whole timeout.
             self._wake_pull = self._ctx.socket(zmq.PULL)
             self._wake_pull.setsockopt(zmq.LINGER, 0)
-            self._wake_pull.setsockopt(zmq.RCVHWM, 1)
+            self._wake_pull.setsockopt(zmq.RCVHWM, _WAKE_HWM)
             self._wake_pull.bind(_WAKE_ENDPOINT)
             self._wake_push = self._ctx.socket(zmq.PUSH)
             self._wake_push.setsockopt(zmq.LINGER, 0)
-            self._wake_push.setsockopt(zmq.SNDHWM, 1)
+            self._wake_push.setsockopt(zmq.SNDHWM, _WAKE_HWM)
             self._wake_push.connect(_WAKE_ENDPOINT)
         except BaseException:
             self._ctx.destroy(linger=0)

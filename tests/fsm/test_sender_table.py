@@ -35,6 +35,7 @@ CASES: dict[str, tuple[Event, float]] = {
     "write_failed": (WriteFinished(RECEIVER, 0, False, "rc=-1"), 1.0),
     "abort": (AbortRequested("scheduler"), 1.0),
     "peer_abort": (AbortReceived(RECEIVER, "gone"), 1.0),
+    "stranger_abort": (AbortReceived(OTHER, "not yours"), 1.0),
     "peer_lost": (PeerLost(RECEIVER), 1.0),
     "stranger_lost": (PeerLost(OTHER), 1.0),
     "tick_early": (Tick(), 1.0),
@@ -57,6 +58,7 @@ EXPECTED: dict[tuple[str, str], tuple[str, str]] = {
     (B, "write_failed"): (B, IGNORE),
     (B, "abort"): (F, FAIL),
     (B, "peer_abort"): (F, FAIL),
+    (B, "stranger_abort"): (F, FAIL),  # a receiver may abort before its request arrives
     (B, "peer_lost"): (B, IGNORE),  # not a receiver of this room (yet)
     (B, "stranger_lost"): (B, IGNORE),
     (B, "tick_early"): (B, IGNORE),
@@ -71,6 +73,7 @@ EXPECTED: dict[tuple[str, str], tuple[str, str]] = {
     (W, "write_failed"): (F, FAIL),
     (W, "abort"): (F, FAIL),
     (W, "peer_abort"): (F, FAIL),
+    (W, "stranger_abort"): (W, IGNORE),  # every receiver joined: not one of them
     (W, "peer_lost"): (F, FAIL),
     (W, "stranger_lost"): (W, IGNORE),
     (W, "tick_early"): (W, IGNORE),
@@ -85,6 +88,7 @@ EXPECTED: dict[tuple[str, str], tuple[str, str]] = {
     (T, "write_failed"): (T, IGNORE),
     (T, "abort"): (F, FAIL),
     (T, "peer_abort"): (F, FAIL),
+    (T, "stranger_abort"): (T, IGNORE),
     (T, "peer_lost"): (F, FAIL),
     (T, "stranger_lost"): (T, IGNORE),
     (T, "tick_early"): (T, IGNORE),
@@ -99,6 +103,7 @@ EXPECTED: dict[tuple[str, str], tuple[str, str]] = {
     (OK, "write_failed"): (OK, IGNORE),
     (OK, "abort"): (OK, IGNORE),
     (OK, "peer_abort"): (OK, ACT),  # answered with AbortAck
+    (OK, "stranger_abort"): (OK, ACT),  # acknowledged: nothing is in flight
     (OK, "peer_lost"): (OK, IGNORE),
     (OK, "stranger_lost"): (OK, IGNORE),
     (OK, "tick_early"): (OK, IGNORE),
@@ -113,6 +118,7 @@ EXPECTED: dict[tuple[str, str], tuple[str, str]] = {
     (F, "write_failed"): (F, IGNORE),
     (F, "abort"): (F, IGNORE),
     (F, "peer_abort"): (F, ACT),
+    (F, "stranger_abort"): (F, ACT),
     (F, "peer_lost"): (F, IGNORE),
     (F, "stranger_lost"): (F, IGNORE),
     (F, "tick_early"): (F, IGNORE),

@@ -1,0 +1,169 @@
+"""The demo across processes: real ZeroMQ, real Mooncake writes, optional faults.
+
+The parent is the orchestrator: it paces the requests (at most ``concurrency`` rooms
+open at once), opens each room on the encoder and on every language rank, counts each
+room as every engine reports how it ended, and, with a fault, hits one worker mid-run.
+After a fault it opens no new room (they could not complete) and waits for the
+survivors to end every open room by their own deadlines and to give back every block.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from dataclasses import dataclass, field
+
+from tqdm import tqdm
+
+from embxfer.demo import (
+    ENCODER,
+    DemoSettings,
+    RoomOutcome,
+    Summary,
+    Tally,
+    language_side,
+    progress_bar,
+)
+from embxfer.remote import NetworkConfig
+
+from .launcher import Cluster
+
+LOG = logging.getLogger("embxfer.cluster")
+
+
+class Fault(enum.Enum):
+    """What ``--fault`` does, once a third of the requests (or ``fault_after``) are done."""
+
+    KILL_RECEIVER = "kill-receiver"  # SIGKILL the last language rank
+    KILL_SENDER = "kill-sender"  # SIGKILL the encoder
+    # SIGSTOP the last language rank: it answers no control message, and its Mooncake
+    # server holds every write to it (for ~60 s); it is killed once the others are done.
+    STALL_RECEIVER = "stall-receiver"
+
+    def target(self, settings: DemoSettings) -> str:
+        return ENCODER if self is Fault.KILL_SENDER else language_side(settings.receivers - 1)
+
+
+@dataclass(frozen=True)
+class ProcessOptions:
+    """How the cross-process demo runs, beyond what both demos share."""
+
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    fault: Fault | None = None
+    fault_after: int = 0  # requests finished before the fault; 0: a third of them
+    deadline_s: float = 600.0  # for the requests; start-up and wrap-up have their own bounds
+    start_timeout_s: float = 120.0
+    log_level: str = "WARNING"
+
+
+def run_processes(
+    settings: DemoSettings, options: ProcessOptions | None = None, progress: bool = True
+) -> Summary:
+    """Run the demo on an encoder process and ``settings.receivers`` language processes."""
+    options = options or ProcessOptions()
+    fault = options.fault.value if options.fault else ""
+    summary = Summary("mooncake", settings.requests, fault=fault)
+    with Cluster(settings, options.network, options.log_level) as cluster:
+        cluster.start(options.start_timeout_s)
+        with progress_bar(settings.requests, progress) as bar:
+            run = _Run(settings, options, cluster, Tally(settings, summary), bar)
+            started = time.perf_counter()
+            run.requests()
+            seconds = time.perf_counter() - started
+        run.wrap_up()
+        return run.tally.finish(seconds)
+
+
+class _Run:
+    """The bookkeeping of one run: which rooms are open and who has reported on them."""
+
+    def __init__(
+        self,
+        settings: DemoSettings,
+        options: ProcessOptions,
+        cluster: Cluster,
+        tally: Tally,
+        bar: tqdm[object],
+    ) -> None:
+        self.settings = settings
+        self.options = options
+        self.cluster = cluster
+        self.tally = tally
+        self.bar = bar
+        self.lengths = settings.lengths()
+        self.opened = 0
+        self.finished = 0
+        # open room -> the outcome of each side so far (None: that side went silent)
+        self.outcomes: dict[int, dict[str, RoomOutcome | None]] = {}
+        self.fault_after = options.fault_after or max(1, settings.requests // 3)
+        self.faulted = False
+
+    def requests(self) -> None:
+        """Open rooms as others end, until every request is done (or no more can start)."""
+        deadline = time.monotonic() + self.options.deadline_s
+        while self.outcomes or (self.opened < self.settings.requests and self._healthy()):
+            if time.monotonic() >= deadline:
+                LOG.warning("run deadline passed with %d rooms open", len(self.outcomes))
+                return
+            self._open_rooms()
+            self.cluster.receive(0.01)
+            self._count()
+            self._inject_fault()
+
+    def _healthy(self) -> bool:
+        return not self.cluster.silent_sides()
+
+    def _open_rooms(self) -> None:
+        while (
+            self.opened < self.settings.requests
+            and len(self.outcomes) < self.settings.concurrency
+            and self._healthy()
+        ):
+            room_id = self.opened + 1
+            self.cluster.open(room_id, self.lengths[self.opened])
+            self.outcomes[room_id] = {}
+            self.opened += 1
+
+    def _count(self) -> None:
+        """Record what workers reported; count every room each side is done with."""
+        for side, outcome in self.cluster.take_outcomes():
+            self.outcomes[outcome.room_id][side] = outcome
+        silent = self.cluster.silent_sides()
+        for room_id, outcomes in list(self.outcomes.items()):
+            for side in silent:
+                outcomes.setdefault(side, None)
+            if len(outcomes) == len(self.cluster.workers):
+                self.tally.request_done({side: outcomes[side] for side in self.cluster.workers})
+                del self.outcomes[room_id]
+                self.finished += 1
+                self.bar.update()
+
+    def _inject_fault(self) -> None:
+        fault = self.options.fault
+        if fault is None or self.faulted or self.finished < self.fault_after:
+            return
+        self.faulted = True
+        target = fault.target(self.settings)
+        self.tally.summary.sides[target].fault_target = True
+        LOG.warning("injecting %s into %s", fault.value, target)
+        if fault is Fault.STALL_RECEIVER:
+            self.cluster.stop(target, "stopped by the fault")
+        else:
+            self.cluster.kill(target, "killed by the fault")
+
+    def wrap_up(self) -> None:
+        """End the stalled worker, have the others end what is open and report their
+        blocks; rooms nobody reported on are counted as such."""
+        for side, worker in self.cluster.workers.items():
+            if worker.stopped:  # its peers are done with it; now its writes may fail
+                self.cluster.kill(side, "killed at the end")
+        grace = self.settings.write_grace_s + self.settings.timeout_s
+        self.cluster.finish(wait_s=grace, timeout_s=grace + 30.0)
+        self._count()
+        self.tally.summary.not_started = self.settings.requests - self.opened
+        for side, worker in self.cluster.workers.items():
+            self.tally.summary.sides[side].exit = worker.exit
+            if worker.report is not None:
+                self.tally.leaked(side, worker.report.leaked_blocks)
+                self.tally.summary.sides[side].rejected = worker.report.rejected

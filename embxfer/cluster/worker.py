@@ -1,0 +1,176 @@
+"""A worker process: one engine and the scheduler loop the parent drives over a pipe.
+
+The loop is what a serving scheduler does with embxfer: create a room per request,
+poll it without blocking, take the result (language ranks check every byte of it),
+release it. Everything the parent needs to know comes back as messages: ``Ready``,
+one ``RoomOutcome`` per room, and a ``WorkerReport`` at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Iterator
+from concurrent.futures import Future
+from multiprocessing.connection import Connection
+from typing import Any, Generic, Protocol, TypeVar
+
+from embxfer.demo import TERMINAL, RoomOutcome, leaked_blocks, receiver_outcome, sender_outcome
+from embxfer.fsm.poll import KVPoll
+from embxfer.receiver import ReceiverEngine, ReceiverHandle
+from embxfer.remote import remote_receiver, remote_sender
+from embxfer.runtime import Runtime
+from embxfer.sender import SenderEngine, SenderHandle
+from embxfer.workload import payload_for
+
+from .messages import Finish, OpenRoom, Ready, StartFailed, WorkerReport, WorkerSpec
+
+LOG = logging.getLogger("embxfer.cluster.worker")
+
+_BUSY_POLL_S = 0.001  # how often open rooms are polled
+_IDLE_POLL_S = 0.05
+
+
+def worker_main(spec: WorkerSpec, conn: Connection) -> None:
+    """Entry point of a worker process (``multiprocessing`` spawn target)."""
+    # Ctrl-C reaches the whole process group; the parent handles it and stops us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(
+        level=spec.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s {spec.side} %(name)s %(message)s",
+    )
+    try:
+        with _start_up_noise_hidden():
+            loop: _Loop[Any, Any] = (
+                _EncoderLoop(spec, remote_sender(spec.config, spec.network), conn)
+                if spec.is_encoder
+                else _LanguageLoop(spec, remote_receiver(spec.config, spec.network), conn)
+            )
+    except Exception:
+        conn.send(StartFailed(traceback.format_exc()))
+        return
+    engine: Runtime[Any] = loop.engine
+    try:
+        payload_for(0, 1, engine.layout, spec.seed)  # make the demo's random data up front
+        engine.start()
+        conn.send(Ready(engine.address))
+        loop.run()
+    except (EOFError, BrokenPipeError):
+        LOG.warning("%s: the parent is gone; shutting down", spec.side)
+    finally:
+        engine.close()
+
+
+# What Mooncake's glog prints on stderr as each engine starts, harmlessly.
+_START_UP_NOISE = ("Logging before InitGoogleLogging", "Local segment descriptor not found")
+
+
+@contextlib.contextmanager
+def _start_up_noise_hidden() -> Iterator[None]:
+    """Pass on everything written to stderr (fd 2, where glog writes) meanwhile except
+    Mooncake's start-up noise: from several workers at once it buries the progress bar."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            for line in capture.read().decode(errors="replace").splitlines(keepends=True):
+                if not any(noise in line for noise in _START_UP_NOISE):
+                    sys.stderr.write(line)
+
+
+class _Handle(Protocol):
+    """What the loop does with a room handle of either role."""
+
+    room_id: int
+
+    def poll(self) -> KVPoll: ...
+
+    def abort(self, reason: str = ...) -> None: ...
+
+    def release(self) -> None: ...
+
+
+HandleT = TypeVar("HandleT", bound=_Handle)
+EngineT = TypeVar("EngineT", bound=Runtime[Any])
+
+
+class _Loop(Generic[EngineT, HandleT]):
+    """The scheduler loop both roles share: open rooms on command, report each as it ends."""
+
+    def __init__(self, spec: WorkerSpec, engine: EngineT, conn: Connection) -> None:
+        self.spec = spec
+        self.engine = engine
+        self.conn = conn
+        self.open: dict[int, tuple[HandleT, int]] = {}  # room id -> (handle, tokens)
+
+    def run(self) -> None:
+        while True:
+            if self.conn.poll(_BUSY_POLL_S if self.open else _IDLE_POLL_S):
+                command = self.conn.recv()
+                if isinstance(command, Finish):
+                    self.finish(command.wait_s)
+                    return
+                assert isinstance(command, OpenRoom)
+                self.open[command.room_id] = (self.start(command), command.tokens)
+            self.collect()
+
+    def collect(self) -> None:
+        """Report and release every room that ended."""
+        for room_id, (handle, tokens) in list(self.open.items()):
+            if handle.poll() in TERMINAL:
+                self.conn.send(self.outcome(handle, tokens))
+                handle.release()
+                del self.open[room_id]
+
+    def finish(self, wait_s: float) -> None:
+        """End the rooms still open (there are none unless the run was cut short), wait
+        for the engine to forget every room, then report what it still holds."""
+        for handle, _ in self.open.values():
+            handle.abort("the run ended first")
+        deadline = time.monotonic() + wait_s
+        while self.open and time.monotonic() < deadline:
+            self.collect()
+            time.sleep(0.01)
+        leaked = leaked_blocks(self.engine, max(0.0, deadline - time.monotonic()))
+        rejected: Future[dict[str, int]] = Future()  # the pump thread owns the counters
+        self.engine.submit(lambda: rejected.set_result(dict(self.engine.stats.rejected)))
+        self.conn.send(WorkerReport(leaked, rejected.result(timeout=5.0)))
+
+    def start(self, command: OpenRoom) -> HandleT:
+        raise NotImplementedError
+
+    def outcome(self, handle: HandleT, tokens: int) -> RoomOutcome:
+        raise NotImplementedError
+
+
+class _EncoderLoop(_Loop[SenderEngine, SenderHandle]):
+    def start(self, command: OpenRoom) -> SenderHandle:
+        handle = self.engine.create_room(command.room_id)
+        payload = payload_for(command.room_id, command.tokens, self.engine.layout, self.spec.seed)
+        handle.send(payload)
+        return handle
+
+    def outcome(self, handle: SenderHandle, tokens: int) -> RoomOutcome:
+        return sender_outcome(handle)
+
+
+class _LanguageLoop(_Loop[ReceiverEngine, ReceiverHandle]):
+    def start(self, command: OpenRoom) -> ReceiverHandle:
+        return self.engine.create_room(
+            command.room_id, command.sender, required_receivers=command.receivers
+        )
+
+    def outcome(self, handle: ReceiverHandle, tokens: int) -> RoomOutcome:
+        return receiver_outcome(handle, self.engine.layout, self.spec.seed, tokens)

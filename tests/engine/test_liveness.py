@@ -1,0 +1,112 @@
+"""Heartbeats and dead-peer detection between live engines: silence fails only the rooms
+that still need the silent peer.
+
+Engines on the in-process transport, pumped by hand on a virtual clock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from embxfer import EngineConfig, KVPoll, ResumePolicy, SpillMode, Timeouts
+from embxfer.receiver import ReceiverEngine
+from embxfer.sender import SenderEngine
+from embxfer.transport.inproc import InprocControlChannel, InprocDataTransport, InprocNetwork
+from embxfer.workload import payload_for
+
+PEER_TIMEOUT_S = 1.0
+CONFIG = EngineConfig(
+    num_blocks=64,
+    hidden_size=32,
+    write_threads=False,
+    heartbeat_s=0.1,
+    peer_timeout_s=PEER_TIMEOUT_S,
+    timeouts=Timeouts(bootstrap_s=30.0, progress_s=30.0),
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def pump(engines: list[Any], clock: Clock, seconds: float, step_s: float = 0.01) -> None:
+    """Run every engine for ``seconds`` of virtual time."""
+    end = clock.now + seconds
+    while clock.now < end:
+        clock.now += step_s
+        for engine in engines:
+            engine.run_once(0.0)
+
+
+def test_a_served_receiver_going_quiet_does_not_fail_a_room_still_waiting_on_another() -> None:
+    clock = Clock()
+    network = InprocNetwork()
+
+    def receiver(name: str, config: EngineConfig) -> ReceiverEngine:
+        control = InprocControlChannel(network, name)
+        return ReceiverEngine(config, control, InprocDataTransport(network, f"{name}-data"), clock)
+
+    data = InprocDataTransport(network, "encoder-data")
+    sender = SenderEngine(CONFIG, InprocControlChannel(network, "encoder"), data, clock)
+    served = receiver("served", CONFIG)
+    # Waits for memory for its resume (no spilling, no partial allocation): alive and
+    # heartbeating, but the room cannot end until it gets blocks.
+    starved = receiver(
+        "starved",
+        CONFIG.replace(policy=ResumePolicy(spill=SpillMode.NEVER_SPILL, allow_partial=False)),
+    )
+    engines = [sender, served, starved]
+    sent = sender.create_room(1)
+    got_all = served.create_room(1, sender.address, 2, expected_tokens=2048)
+    got_part = starved.create_room(1, sender.address, 2, expected_tokens=1024)
+    pump(engines, clock, 0.05)
+    assert sent.poll() is KVPoll.WaitingForInput  # both receivers joined
+    hog = starved.allocator.alloc(starved.allocator.free_tokens)  # no memory for the resume
+    assert hog is not None
+    sent.send(payload_for(1, 2000, sender.layout, seed=5))
+    pump(engines, clock, 0.05)
+    assert got_all.poll() is KVPoll.Success
+    assert got_part.poll() is KVPoll.Transferring
+
+    # The served receiver has nothing left to ask and goes quiet for many peer timeouts;
+    # the room waits on the starved one, who is alive: it must not fail.
+    pump(engines, clock, 5 * PEER_TIMEOUT_S)
+    assert sent.poll() is KVPoll.Transferring, sent.reason
+    assert got_part.poll() is KVPoll.Transferring, got_part.reason
+
+    starved.allocator.free(hog)
+    pump(engines, clock, 0.05)
+    assert sent.poll() is KVPoll.Success
+    assert got_part.poll() is KVPoll.Success
+    assert got_part.result().equals(payload_for(1, 2000, starved.layout, seed=5))
+
+
+def test_a_receiver_waiting_on_a_room_the_sender_has_not_created_keeps_hearing_from_it() -> None:
+    clock = Clock()
+    network = InprocNetwork()
+    sender = SenderEngine(
+        CONFIG,
+        InprocControlChannel(network, "encoder"),
+        InprocDataTransport(network, "encoder-data"),
+        clock,
+    )
+    receiver = ReceiverEngine(
+        CONFIG,
+        InprocControlChannel(network, "language"),
+        InprocDataTransport(network, "language-data"),
+        clock,
+    )
+    engines = [sender, receiver]
+    got = receiver.create_room(1, sender.address)
+    # The encoder's scheduler is late: for many peer timeouts the request waits, parked.
+    pump(engines, clock, 5 * PEER_TIMEOUT_S)
+    assert got.poll() is KVPoll.WaitingForInput, got.reason
+
+    sent = sender.create_room(1)
+    sent.send(payload_for(1, 300, sender.layout, seed=5))
+    pump(engines, clock, 0.05)
+    assert got.poll() is KVPoll.Success
+    assert sent.poll() is KVPoll.Success
