@@ -214,46 +214,10 @@ class Room:
         """Released, terminal and holding no memory: the runtime may forget the room."""
         raise NotImplementedError
 
-    # -- verdicts (the tables' conditions) -------------------------------------------
+    # -- verdicts (the tables' conditions, checked by VerdictCondition) ---------------
     def _decide(self, verdict: Verdict, reason: str = "") -> None:
         self._verdict = verdict
         self.verdict_reason = reason
-
-    @property
-    def act(self) -> bool:
-        return self._verdict is Verdict.ACT
-
-    @property
-    def stale(self) -> bool:
-        return self._verdict is Verdict.STALE
-
-    @property
-    def violation(self) -> bool:
-        return self._verdict is Verdict.VIOLATION
-
-    @property
-    def last_receiver(self) -> bool:
-        return self._verdict is Verdict.LAST_RECEIVER
-
-    @property
-    def all_done(self) -> bool:
-        return self._verdict is Verdict.ALL_DONE
-
-    @property
-    def more_owed(self) -> bool:
-        return self._verdict is Verdict.MORE_OWED
-
-    @property
-    def retry_due(self) -> bool:
-        return self._verdict is Verdict.RETRY_DUE
-
-    @property
-    def deadline_passed(self) -> bool:
-        return self._verdict is Verdict.DEADLINE
-
-    @property
-    def settle(self) -> bool:
-        return self._verdict is Verdict.SETTLE
 
     # -- shared callbacks ------------------------------------------------------------
     def _ignore(self, event: Event) -> None:

@@ -6,6 +6,7 @@ from embxfer.buffers.allocator import FreeListAllocator
 from embxfer.fsm.actions import Action, SendMessage, WritePiece
 from embxfer.fsm.events import (
     AbortRequested,
+    Event,
     PayloadReady,
     PeerReady,
     PieceArrived,
@@ -13,7 +14,7 @@ from embxfer.fsm.events import (
     WriteFinished,
 )
 from embxfer.fsm.receiver import ReceiverRoom
-from embxfer.fsm.room import Timeouts
+from embxfer.fsm.room import Room, Timeouts
 from embxfer.fsm.sender import SenderRoom
 from embxfer.transport.messages import PieceRequest, PieceWritten
 
@@ -67,6 +68,23 @@ def receiver_in(state: str, allocator: FreeListAllocator | None = None) -> Recei
     room.handle(PieceArrived(SENDER, PieceWritten(ROOM, 8, 2, TOTAL)), 0.0)
     assert room.state == "Success"
     return room
+
+
+ACT, IGNORE, FAIL = "act", "ignore", "fail"
+
+
+def check_outcome(room: Room, event: Event, now: float, after: str, outcome: str) -> None:
+    """Run ``event`` and check the table's answer: the state after it, and whether the
+    room acted, ignored it (no action, counted) or failed (with a reason)."""
+    ignored = room.ignored
+    actions = room.handle(event, now)
+    assert room.state == after
+    if outcome == IGNORE:
+        assert actions == [] and room.ignored == ignored + 1, room.verdict_reason
+    else:
+        assert room.ignored == ignored
+    if outcome == FAIL:
+        assert room.reason, "a failed room always says why"
 
 
 def messages(actions: list[Action]) -> list[str]:

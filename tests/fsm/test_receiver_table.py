@@ -21,7 +21,19 @@ from embxfer.fsm.poll import KVPoll
 from embxfer.fsm.receiver import ReceiverRoom
 from embxfer.transport.messages import PieceWritten
 
-from .rooms import BLOCK, ROOM, SENDER, TIMEOUTS, TOTAL, messages, receiver_in
+from .rooms import (
+    ACT,
+    BLOCK,
+    FAIL,
+    IGNORE,
+    ROOM,
+    SENDER,
+    TIMEOUTS,
+    TOTAL,
+    check_outcome,
+    messages,
+    receiver_in,
+)
 
 OTHER = "encoder-2"
 
@@ -47,7 +59,6 @@ CASES: dict[str, tuple[Event, float]] = {
 }
 
 B, W, T, OK, F = (s.name for s in (KVPoll(1), KVPoll(2), KVPoll(3), KVPoll(4), KVPoll(0)))
-ACT, IGNORE, FAIL = "act", "ignore", "fail"
 ACTIVE = (B, W, T)
 
 # W: first request (8 tokens) outstanding. T: 8 received, resume for 2 outstanding.
@@ -94,16 +105,7 @@ def test_table(state: str, case: str) -> None:
     room = receiver_in(state)
     assert room.state == state
     event, now = CASES[case]
-    ignored = room.ignored
-    actions = room.handle(event, now)
-    after, outcome = EXPECTED[state, case]
-    assert room.state == after
-    if outcome == IGNORE:
-        assert actions == [] and room.ignored == ignored + 1, room.verdict_reason
-    else:
-        assert room.ignored == ignored
-    if outcome == FAIL:
-        assert room.reason, "a failed room always says why"
+    check_outcome(room, event, now, *EXPECTED[state, case])
 
 
 def test_failure_quarantines_blocks_a_write_may_target_until_the_sender_acks() -> None:
