@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("embxfer.demo_cli", "run requests end to end and check every byte"),
     "diagram": ("embxfer.diagram_cli", "draw the room state machines (Mermaid, DOT, SVG, table)"),
     "bench": ("embxfer.bench_cli", "measure against raw Mooncake writes and memcpy"),
+    "explore": ("embxfer.explore", "search every interleaving of a small configuration"),
 }
 
 

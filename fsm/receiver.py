@@ -91,11 +91,12 @@ class Piece:
 
 @dataclass(frozen=True, slots=True)
 class Outstanding:
-    """The request the sender may be writing for right now."""
+    """The request the sender may be writing for right now, sent at ``asked_at``."""
 
     sent_tokens: int
     blocks: tuple[int, ...]
     allocated_tokens: int
+    asked_at: float
 
 
 class ReceiverRoom(Room):
@@ -256,7 +257,7 @@ class ReceiverRoom(Room):
         if blocks is None:
             return  # back-pressure: Tick retries until the deadline
         allocated = len(blocks) * self.allocator.block_size
-        self.outstanding = Outstanding(self.received, tuple(blocks), allocated)
+        self.outstanding = Outstanding(self.received, tuple(blocks), allocated, self.now)
         self._progressed()
         self._actions.append(
             SendMessage(
@@ -323,14 +324,19 @@ class ReceiverRoom(Room):
         self.pieces = []
 
     def _enter_failed(self, event: Event) -> None:
-        """Free what no write can target; hold the outstanding blocks until it is safe."""
+        """Free what no write can target; hold the outstanding blocks until it is safe.
+
+        Without the sender's word, that is ``write_grace_s`` after the last moment a
+        write for the request may start: the sender starts none once the request has
+        waited ``progress_s`` (see ``SenderRoom._start_writes``)."""
         self._record_failure()
         self.waiting_for_memory = False
         self._free_pieces()
         sender_quiet = isinstance(event, AbortReceived)
         if self.outstanding is not None:
+            last_start = max(self.now, self.outstanding.asked_at + self.timeouts.progress_s)
             self.quarantine = self.outstanding.blocks
-            self.quarantine_until = self.now + self.timeouts.write_grace_s
+            self.quarantine_until = last_start + self.timeouts.write_grace_s
             self.outstanding = None
         if sender_quiet:
             self._free_quarantine(event)

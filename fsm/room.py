@@ -55,8 +55,10 @@ class Timeouts:
     progress_s: float = 30.0  # in WaitingForInput/Transferring: without any progress
     retry_s: float = 0.002  # back-pressure: how soon to retry an allocation
     # Receiver: how long blocks that a write may still target are held after a failure
-    # without the sender's acknowledgement. Must exceed the longest write a sender can
-    # have in flight (a stalled Mooncake write returns after about 60 s).
+    # without the sender's acknowledgement, counted from the last moment the sender may
+    # start that write (``progress_s`` after the request). Must exceed the longest write
+    # a sender can have in flight (a stalled Mooncake write returns after about 60 s)
+    # plus the control messages' delivery time.
     write_grace_s: float = 65.0
 
 

@@ -92,6 +92,7 @@ class ReceiverProgress:
     requested_at: int  # sent_tokens of the last accepted request
     blocks: tuple[int, ...]
     allocated_tokens: int
+    accepted_at: float  # when that request was accepted
     written: int = 0  # tokens written and confirmed by the transport
     in_flight: bool = False
     owed_notice: str = ""  # "abort" or "ack", sent once no write to it is in flight
@@ -251,12 +252,13 @@ class SenderRoom(Room):
         if progress is None:
             self.required_receivers = req.required_receivers
             progress = self.receivers[event.receiver] = ReceiverProgress(
-                req.sent_tokens, req.blocks, req.allocated_tokens
+                req.sent_tokens, req.blocks, req.allocated_tokens, self.now
             )
         else:
             progress.requested_at = req.sent_tokens
             progress.blocks = req.blocks
             progress.allocated_tokens = req.allocated_tokens
+            progress.accepted_at = self.now
             self.resumes += 1
         self._progressed()
         self._start_writes()
@@ -280,11 +282,20 @@ class SenderRoom(Room):
 
     def _start_writes(self) -> None:
         """Once every receiver has joined and the payload is stored, serve each
-        receiver whose latest request has no piece yet."""
+        receiver whose latest request has no piece yet.
+
+        A request that waited ``progress_s`` (for the other receivers, or the payload)
+        is never served: its receiver has given up on it, and may free the blocks it
+        names ``write_grace_s`` after that; a write started later could land in them."""
         if self.state == BOOTSTRAPPING or not self.src_blocks:
             return
+        expired = self.now - self.timeouts.progress_s
         for peer, progress in self.receivers.items():
-            if not progress.in_flight and progress.written == progress.requested_at:
+            if (
+                not progress.in_flight
+                and progress.written == progress.requested_at
+                and progress.accepted_at > expired
+            ):
                 self._write(peer, progress)
 
     def _write(self, peer: str, progress: ReceiverProgress) -> None:

@@ -1,0 +1,298 @@
+"""Hypothesis state machines over the simulation world (``embxfer.simulation``).
+
+Each example builds a world of real bytes (``ByteData``: metadata buffers, segment
+plans, the in-process data transport), opens rooms of random length and default
+allocation, and drives it with moves. Two kinds of rule sit side by side, because
+uniformly random events rarely get a room deep into its resumes: ``legal_move`` draws
+from the moves the world's reference model says a healthy system makes, while the
+fault rules inject faults, and the hostile rules forge illegal messages and stray events.
+``World.apply`` checks every invariant after every move; ``teardown`` cuts the network,
+lets time pass, and checks that every room ended and every block came back.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from hypothesis import note
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
+
+from embxfer.fsm.events import (
+    AbortAckReceived,
+    PayloadReady,
+    PeerLost,
+    PeerReady,
+    Released,
+    Tick,
+    WriteFinished,
+)
+from embxfer.fsm.policy import ResumePolicy, SpillMode
+from embxfer.fsm.receiver import ReceiverRoom
+from embxfer.fsm.sender import SenderRoom
+from embxfer.simulation import (
+    FAULTS,
+    SENDER,
+    Advance,
+    Budget,
+    ByteData,
+    Envelope,
+    Forge,
+    HandPayload,
+    Hog,
+    Inject,
+    Move,
+    OpenRoom,
+    SimConfig,
+    Unhog,
+    World,
+    describe,
+)
+from embxfer.transport.messages import Abort, AbortAck, PieceRequest, PieceWritten
+
+MAX_ROOMS = 8  # rooms per example
+MAX_ACTIVE = 3  # rooms under way at once
+STRANGER = "M"  # a peer no engine registered
+DELAYS = st.sampled_from([0.5, 1.0, 2.0, 29.0, 30.0, 60.0, 65.0]) | st.floats(0.001, 100.0)
+
+
+@st.composite
+def configs(draw: st.DrawFn, tight: bool) -> SimConfig:
+    """Small engines, so resumes are frequent and freed blocks come back at once."""
+    block_size = draw(st.sampled_from([1, 2, 4]))
+    cap = draw(st.none() | st.integers(1, 3).map(lambda blocks: blocks * block_size))
+    policy = ResumePolicy(
+        spill=draw(st.sampled_from(SpillMode)),
+        max_resume_tokens=cap,
+        allow_partial=draw(st.booleans()),
+    )
+    return SimConfig(
+        receivers=draw(st.integers(1, 3)),
+        block_size=block_size,
+        sender_blocks=draw(st.integers(8, 40)),
+        receiver_blocks=draw(st.integers(2, 6) if tight else st.integers(4, 24)),
+        policy=policy,
+    )
+
+
+class WorldMachine(RuleBasedStateMachine):
+    """The rules; subclasses choose the faults, hostility and memory pressure."""
+
+    FAULT_KINDS: ClassVar[tuple[str, ...]] = FAULTS  # each example draws a subset
+    HOSTILE: ClassVar[bool] = True  # forge illegal messages, inject stray events
+    TIGHT: ClassVar[bool] = False  # receivers with 2 to 6 blocks
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._world: World | None = None
+        self.broken = False  # a move raised: teardown must not pile a second failure on
+        self.opened = 0
+        self.faults: tuple[str, ...] = ()
+
+    @property
+    def world(self) -> World:
+        assert self._world is not None
+        return self._world
+
+    def _apply(self, move: Move) -> None:
+        note(describe(move))
+        try:
+            self.world.apply(move)
+        except BaseException:
+            self.broken = True
+            raise
+
+    @initialize(data=st.data(), seed=st.integers(0, 2**16))
+    def start(self, data: st.DataObject, seed: int) -> None:
+        """A world, and the fault kinds this example injects: a random subset ("swarm
+        testing"), so that each example hammers a few kinds hard."""
+        config = data.draw(configs(self.TIGHT))
+        self._world = World(config, ByteData(config, seed), Budget(kills=1))
+        kinds = st.lists(st.sampled_from(self.FAULT_KINDS), min_size=1, unique=True)
+        self.faults = tuple(data.draw(kinds))
+
+    # -- rooms ---------------------------------------------------------------------
+    def _can_open(self) -> bool:
+        world = self.world
+        active = sum(
+            1
+            for room, members in world.members.items()
+            if not all(world.rooms[(e, room)].terminal for e in (SENDER, *members))
+        )
+        return (
+            self.opened < MAX_ROOMS
+            and active < MAX_ACTIVE
+            and SENDER not in world.dead
+            and any(r not in world.dead for r in world.config.receiver_names)
+        )
+
+    @precondition(lambda self: self._can_open())
+    @rule(data=st.data())
+    def open_room(self, data: st.DataObject) -> None:
+        config = self.world.config
+        block_size = config.block_size
+        live = [r for r in config.receiver_names if r not in self.world.dead]
+        receivers = data.draw(st.lists(st.sampled_from(live), min_size=1, unique=True))
+        longest = min(config.sender_blocks, 2 * config.receiver_blocks) * block_size
+        total = data.draw(st.integers(1, longest))
+        initial = st.integers(1, config.receiver_blocks * block_size)
+        allocations = tuple(data.draw(initial) for _ in receivers)
+        self._apply(OpenRoom(self.opened, total, tuple(sorted(receivers)), allocations))
+        self.opened += 1
+
+    # -- what a healthy system does ---------------------------------------------------
+    def _network_moves(self) -> list[Move]:
+        """Legal moves but the encoder's: it finishes at its own pace (``hand_payload``)."""
+        return [m for m in self.world.legal_moves() if not isinstance(m, HandPayload)]
+
+    @precondition(lambda self: bool(self._network_moves()))
+    @rule(data=st.data(), burst=st.integers(1, 12))
+    def legal_moves(self, data: st.DataObject, burst: int) -> None:
+        """Up to ``burst`` moves of a healthy system in a row, each drawn from what the
+        reference model allows now: rooms get through many resumes in few steps."""
+        for _ in range(burst):
+            moves = self._network_moves()
+            if not moves:
+                break
+            self._apply(data.draw(st.sampled_from(moves)))
+
+    @precondition(lambda self: SENDER not in self.world.dead and self._waiting_payloads())
+    @rule(data=st.data())
+    def hand_payload(self, data: st.DataObject) -> None:
+        self._apply(HandPayload(data.draw(st.sampled_from(self._waiting_payloads()))))
+
+    def _waiting_payloads(self) -> list[int]:
+        return [room for room in self.world.members if room not in self.world.handed]
+
+    # -- faults ------------------------------------------------------------------------
+    def _fault_kinds(self) -> list[str]:
+        return [kind for kind in self.faults if self.world.fault_moves(kind)]
+
+    @precondition(lambda self: bool(self._fault_kinds()))
+    @rule(data=st.data())
+    def fault(self, data: st.DataObject) -> None:
+        kind = data.draw(st.sampled_from(self._fault_kinds()))
+        self._apply(data.draw(st.sampled_from(self.world.fault_moves(kind))))
+
+    def _may_advance(self) -> bool:
+        world = self.world
+        return world.time_limit() > world.now and ("delay" in self.faults or not world.owed())
+
+    @precondition(lambda self: self._may_advance())
+    @rule(delay=DELAYS)
+    def advance(self, delay: float) -> None:
+        """Time passes by any amount (not only to the next wakeup), up to the limit the
+        pending messages and writes set."""
+        world = self.world
+        self._apply(Advance(min(world.now + delay, world.time_limit())))
+
+    def _live_engines(self) -> list[str]:
+        return [e for e in self.world.engines if e not in self.world.dead]
+
+    @rule(data=st.data())
+    def hog(self, data: st.DataObject) -> None:
+        """Memory goes to something else, so allocations (resumes) must wait."""
+        engine = data.draw(st.sampled_from(self._live_engines()))
+        config = self.world.config
+        blocks = config.sender_blocks if engine == SENDER else config.receiver_blocks
+        self._apply(Hog(engine, data.draw(st.integers(1, blocks * config.block_size))))
+
+    @precondition(lambda self: any(self.world.hogs[e] for e in self._live_engines()))
+    @rule(data=st.data())
+    def unhog(self, data: st.DataObject) -> None:
+        hogging = [e for e in self._live_engines() if self.world.hogs[e]]
+        self._apply(Unhog(data.draw(st.sampled_from(hogging))))
+
+    # -- hostile peers and stray events -------------------------------------------------
+    @precondition(lambda self: self.HOSTILE and bool(self._strays()))
+    @rule(data=st.data())
+    def stray(self, data: st.DataObject) -> None:
+        self._apply(data.draw(st.sampled_from(self._strays())))
+
+    def _strays(self) -> list[Move]:
+        """Messages no correct peer sends, and events a room must shrug off.
+
+        A forgery in a member's name must be illegal whenever it arrives, not only when
+        it is forged (the room moves on meanwhile): a plausible lie from a peer is
+        beyond any protocol. Those that may fail a room taint it; the rest must leave no
+        trace."""
+        world = self.world
+        moves: list[Move] = []
+        for (engine, room_id), room in world.live_rooms():
+            members = world.members[room_id]
+            total = world.totals[room_id]
+            if isinstance(room, SenderRoom):
+                moves += self._strays_at_sender(room, room_id, members)
+            else:
+                assert isinstance(room, ReceiverRoom)
+                moves += self._strays_at_receiver(engine, room, room_id, total)
+            moves.append(Inject(engine, room_id, Tick(), fault=False))
+            moves.append(Inject(engine, room_id, PeerLost("L9"), fault=False))
+        return moves
+
+    def _strays_at_sender(
+        self, room: SenderRoom, room_id: int, members: tuple[str, ...]
+    ) -> list[Move]:
+        world, now, bs = self.world, self.world.now, self.world.config.block_size
+        n = len(members)
+        moves: list[Move] = [
+            Forge(Envelope(STRANGER, SENDER, Abort(room_id, "forged"), now), fault=True),
+            Forge(Envelope(STRANGER, SENDER, PieceRequest(room_id, 0, (0,), bs, n), now), False),
+        ]
+        if room_id in world.handed:
+            moves.append(Inject(SENDER, room_id, PayloadReady(1, None), fault=False))
+        past_end = world.totals[room_id] + 1
+        for peer, progress in room.receivers.items():
+            stale_write = WriteFinished(peer, progress.requested_at + 1, True)
+            moves.append(Inject(SENDER, room_id, stale_write, fault=False))
+            for request in (
+                PieceRequest(room_id, past_end, (0,), bs, n),
+                PieceRequest(room_id, progress.written, (0,), bs + 1, n),  # bad allocation
+                PieceRequest(room_id, progress.written, (0,), bs, n + 1),  # wrong room size
+            ):
+                moves.append(Forge(Envelope(peer, SENDER, request, now), fault=True))
+        return moves
+
+    def _strays_at_receiver(
+        self, engine: str, room: ReceiverRoom, room_id: int, total: int
+    ) -> list[Move]:
+        now = self.world.now
+        moves: list[Move] = [
+            Forge(Envelope(STRANGER, engine, PieceWritten(room_id, 0, 1, total), now), False),
+            Forge(Envelope(STRANGER, engine, Abort(room_id, "forged"), now), fault=False),
+            Forge(Envelope(STRANGER, engine, AbortAck(room_id), now), fault=False),
+        ]
+        if room.state != "Bootstrapping":
+            moves.append(Inject(engine, room_id, PeerReady(), fault=False))
+        if not room.terminal:
+            moves.append(Inject(engine, room_id, AbortAckReceived(SENDER), fault=False))
+        elif room.released:
+            moves.append(Inject(engine, room_id, Released(), fault=False))
+        out = room.outstanding
+        if out is not None:
+            too_long = out.allocated_tokens + 1  # more than the blocks hold
+            for piece in (
+                PieceWritten(room_id, total, 1, total + 1),  # past the end
+                PieceWritten(room_id, out.sent_tokens, too_long, out.sent_tokens + too_long),
+            ):
+                moves.append(Forge(Envelope(SENDER, engine, piece, now), fault=True))
+        return moves
+
+    def teardown(self) -> None:
+        if self._world is not None and not self.broken:
+            self._world.wind_down()
+
+
+class ProtocolMachine(WorldMachine):
+    """Every fault, hostile peers, engines of any size: safety under fire (ownership,
+    no write into a block its room gave up, byte-exact results, deadlines honoured)."""
+
+
+class ResumeMachine(WorldMachine):
+    """A network that duplicates and reorders but loses nothing, receivers with two to
+    six blocks, and other users of memory: many resumes, each reusing blocks just freed.
+    Here no room may fail or stall, so broken resume logic shows at once."""
+
+    FAULT_KINDS = ("reorder", "dup")
+    HOSTILE = False
+    TIGHT = True
