@@ -17,7 +17,10 @@ to reuse blocks an earlier piece freed (the same indices come back), and payload
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import multiprocessing
+import os
 import sys
 import time
 from collections import deque
@@ -57,9 +60,10 @@ class ExploreSettings:
     failures: int = 1
     kills: int = 1
     losses: int = 1
-    max_states: int = 10_000_000
+    max_states: int = 10_000_000  # per scenario
     keep_going: bool = False  # count every violation instead of stopping at the first
     mutant: str | None = None
+    jobs: int = 1  # processes searching scenarios side by side
 
     def __post_init__(self) -> None:
         unknown = set(self.faults) - set(FAULTS)
@@ -123,37 +127,63 @@ class Report:
         }
 
 
+Scenario = tuple[SimConfig, OpenRoom]
+
+
 def explore(settings: ExploreSettings, progress: bool = False) -> Report:
-    """Search every scenario of ``settings``; stop at the first violation unless
-    ``keep_going``."""
-    report = Report()
+    """Search every scenario of ``settings``, on ``settings.jobs`` processes (scenarios are
+    independent searches); each stops at its first violation unless ``keep_going``."""
     started = time.perf_counter()
-    with mutant(settings.mutant):
-        for config, opening in settings.scenarios():
-            before = (report.states, report.transitions)
-            _search(config, opening, settings, report, progress)
-            report.per_scenario.append(
-                {
-                    "total_tokens": opening.total_tokens,
-                    "states": report.states - before[0],
-                    "transitions": report.transitions - before[1],
-                }
-            )
-            if report.violations and not settings.keep_going:
+    scenarios = settings.scenarios()
+    search = functools.partial(_search, settings=settings, progress=progress)
+    jobs = min(settings.jobs, len(scenarios))
+    if jobs > 1:
+        largest_first = scenarios[::-1]  # so that the longest search starts at once
+        with multiprocessing.get_context("fork").Pool(jobs) as pool:
+            parts = pool.map(search, largest_first, chunksize=1)[::-1]
+    else:
+        parts = []
+        for scenario in scenarios:
+            parts.append(search(scenario))
+            if not parts[-1].complete or (parts[-1].violations and not settings.keep_going):
                 break
+    report = Report(
+        states=sum(p.states for p in parts),
+        transitions=sum(p.transitions for p in parts),
+        violations=sum(p.violations for p in parts),
+        dead_ends=sum(p.dead_ends for p in parts),
+        max_depth=max(p.max_depth for p in parts),
+        complete=all(p.complete for p in parts),
+        per_scenario=[entry for p in parts for entry in p.per_scenario],
+        counterexample=next((p.counterexample for p in parts if p.counterexample), []),
+    )
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _search(
+def _search(scenario: Scenario, settings: ExploreSettings, progress: bool) -> Report:
+    """Breadth-first search of one scenario; each state is recorded with the move that
+    first reached it, so a violation's trace is the shortest one."""
+    report = Report()
+    with mutant(settings.mutant):
+        _breadth_first(*scenario, settings, report, progress)
+    report.per_scenario.append(
+        {
+            "total_tokens": scenario[1].total_tokens,
+            "states": report.states,
+            "transitions": report.transitions,
+        }
+    )
+    return report
+
+
+def _breadth_first(
     config: SimConfig,
     opening: OpenRoom,
     settings: ExploreSettings,
     report: Report,
     progress: bool,
 ) -> None:
-    """Breadth-first search from ``opening``; each state is recorded with the move that
-    first reached it, so a violation's trace is the shortest one."""
     world = World(config, LabelData(config), settings.budget(), auto_release=True)
     ordered = "reorder" not in settings.faults
     try:
@@ -198,8 +228,9 @@ def _search(
                 report.states += 1
                 if progress and report.states % 50_000 == 0:
                     print(
-                        f"... {report.states} states, {report.transitions} transitions, "
-                        f"depth {depth + 1}, frontier {len(frontier)}",
+                        f"... T={opening.total_tokens}: {report.states} states, "
+                        f"{report.transitions} transitions, depth {depth + 1}, "
+                        f"frontier {len(frontier)}",
                         file=sys.stderr,
                     )
                 if report.states >= settings.max_states:
@@ -263,7 +294,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--failures", type=int, default=defaults.failures, help="per run")
     parser.add_argument("--kills", type=int, default=defaults.kills, help="per run")
     parser.add_argument("--losses", type=int, default=defaults.losses, help="per run")
-    parser.add_argument("--max-states", type=int, default=defaults.max_states)
+    parser.add_argument("--max-states", type=int, default=defaults.max_states, help="per scenario")
+    parser.add_argument(
+        "--jobs", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)"
+    )
     parser.add_argument("--keep-going", action="store_true", help="count every violation")
     parser.add_argument(
         "--mutant", choices=sorted(MUTANTS), help="explore a deliberately broken machine"
@@ -287,6 +321,7 @@ def run(args: argparse.Namespace) -> int:
         max_states=args.max_states,
         keep_going=args.keep_going,
         mutant=args.mutant,
+        jobs=args.jobs,
     )
     report = explore(settings, progress=args.progress)
     for line in report.counterexample:

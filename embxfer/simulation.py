@@ -59,6 +59,7 @@ from embxfer.fsm.events import (
     WriteFinished,
 )
 from embxfer.fsm.policy import ResumePolicy
+from embxfer.fsm.poll import KVPoll
 from embxfer.fsm.receiver import ReceiverRoom
 from embxfer.fsm.room import ACTIVE, FAILED, SUCCESS, Room, Timeouts, Verdict
 from embxfer.fsm.sender import SenderRoom
@@ -81,7 +82,6 @@ RoomKey: TypeAlias = tuple[str, int]
 """(engine, room id): one side of a room."""
 RoomMessage: TypeAlias = PieceRequest | PieceWritten | Abort | AbortAck
 ROOM_MESSAGES = (PieceRequest, PieceWritten, Abort, AbortAck)
-FORWARD = {"Bootstrapping": 1, "WaitingForInput": 2, "Transferring": 3, "Success": 4}
 
 
 class Violation(AssertionError):
@@ -678,14 +678,12 @@ class World:
             case LosePeer(engine=engine, peer=peer):
                 self._lose_peer(engine, peer)
             case Hog(engine=engine, tokens=tokens):
-                self._owner = HOG
-                blocks = self.allocators[engine].alloc(tokens)
-                self._owner = None
+                with self._acting_for(HOG):
+                    blocks = self.allocators[engine].alloc(tokens)
                 self.hogs[engine].extend(blocks or ())
             case Unhog(engine=engine):
-                self._owner = HOG
-                self.allocators[engine].free(self.hogs[engine])
-                self._owner = None
+                with self._acting_for(HOG):
+                    self.allocators[engine].free(self.hogs[engine])
                 self.hogs[engine] = []
                 self._poison_freed()
             case Inject(engine=engine, room=room, event=event, fault=fault):
@@ -789,18 +787,15 @@ class World:
         self._room_keys.pop(key, None)
         room = self.rooms[key]
         before = room.state
-        self._owner = key[1]
         try:
-            actions = room.handle(event, self.now)
+            with self._acting_for(key[1]):
+                actions = room.handle(event, self.now)
         except Violation:
             raise
         except Exception as exc:
             raise Violation(f"{_side(key)} crashed on {event!r}: {exc!r}") from exc
-        finally:
-            self._owner = None
-        if before != room.state and not (
-            before in ACTIVE and (room.state == FAILED or FORWARD[room.state] > FORWARD[before])
-        ):
+        forward = room.state == FAILED or KVPoll[room.state] > KVPoll[before]
+        if before != room.state and not (before in ACTIVE and forward):
             raise Violation(f"{_side(key)} went from {before} to {room.state}")
         for action in actions:
             self._carry_out(key, action)
@@ -823,6 +818,15 @@ class World:
             self.data.store(room, action.blocks, action.payload)
         else:
             self.data.spill(engine, room, action)
+
+    @contextmanager
+    def _acting_for(self, owner: int) -> Iterator[None]:
+        """Attribute the allocations and frees of the body to room ``owner``."""
+        self._owner = owner
+        try:
+            yield
+        finally:
+            self._owner = None
 
     def _allocated(self, engine: str, blocks: Sequence[int]) -> None:
         owner = self._owner

@@ -146,7 +146,7 @@ class WorldMachine(RuleBasedStateMachine):
         return [m for m in self.world.legal_moves() if not isinstance(m, HandPayload)]
 
     @precondition(lambda self: bool(self._network_moves()))
-    @rule(data=st.data(), burst=st.integers(1, 12))
+    @rule(data=st.data(), burst=st.integers(1, 25))
     def legal_moves(self, data: st.DataObject, burst: int) -> None:
         """Up to ``burst`` moves of a healthy system in a row, each drawn from what the
         reference model allows now: rooms get through many resumes in few steps."""
@@ -236,8 +236,13 @@ class WorldMachine(RuleBasedStateMachine):
         world, now, bs = self.world, self.world.now, self.world.config.block_size
         n = len(members)
         moves: list[Move] = [
-            Forge(Envelope(STRANGER, SENDER, Abort(room_id, "forged"), now), fault=True),
+            Forge(Envelope(STRANGER, SENDER, Abort(room_id, "forged"), now), fault=False),
             Forge(Envelope(STRANGER, SENDER, PieceRequest(room_id, 0, (0,), bs, n), now), False),
+        ]
+        moves += [  # a registered receiver that is not in this room
+            Forge(Envelope(other, SENDER, Abort(room_id, "forged"), now), fault=True)
+            for other in world.config.receiver_names
+            if other not in members
         ]
         if room_id in world.handed:
             moves.append(Inject(SENDER, room_id, PayloadReady(1, None), fault=False))

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import pytest
 
+from embxfer.fsm.receiver import ReceiverRoom
 from embxfer.simulation import (
     SENDER,
     Advance,
@@ -58,7 +59,9 @@ def test_late_write_never_lands_in_freed_blocks(data: Callable[[SimConfig], Data
     assert write.piece.receiver == "L0"
     # Let the write take as long as a write may; the blocks must stay quarantined.
     world.apply(Advance(world.time_limit()))
-    assert world.rooms[("L0", 0)].held_blocks() == list(write.piece.dst_blocks)
+    receiver = world.rooms[("L0", 0)]
+    assert isinstance(receiver, ReceiverRoom)
+    assert receiver.quarantine == write.piece.dst_blocks
     world.wind_down()
     assert world.rooms[(SENDER, 0)].terminal
 

@@ -1,4 +1,4 @@
-"""The stateful suites: 600 examples in all under the CI profile."""
+"""The stateful suites: 1,200 examples in all under the CI profile (about 40 s here)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from .machines import ProtocolMachine, ResumeMachine
 from .profiles import stateful
 
 TestProtocol = ProtocolMachine.TestCase
-TestProtocol.settings = stateful(examples=300, steps=60)
+TestProtocol.settings = stateful(examples=600, steps=100)
 
 TestResume = ResumeMachine.TestCase
-TestResume.settings = stateful(examples=300, steps=60)
+TestResume.settings = stateful(examples=600, steps=100)

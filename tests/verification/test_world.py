@@ -51,10 +51,8 @@ def test_a_write_into_a_block_given_up_is_caught_while_pending() -> None:
     world.apply(HandPayload(0))
     world.apply(Deliver(world.in_flight[0]))
     (write,) = world.writes
-    receiver = world.rooms[("L0", 0)]
-    world._owner = 0
-    receiver.allocator.free(write.piece.dst_blocks)  # the room frees what a write targets
-    world._owner = None
+    with world._acting_for(0):  # as if room 0 freed the blocks its pending write targets
+        world.allocators["L0"].free(write.piece.dst_blocks)
     with pytest.raises(Violation):
         world.check()
 
