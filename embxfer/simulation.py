@@ -1288,24 +1288,28 @@ def _room_key(room: Room, now: float) -> tuple[Any, ...]:
     values.append(room.deadline - now if room.state in ACTIVE else None)
     if isinstance(room, ReceiverRoom) and room.quarantine:
         values.append(room.quarantine_until - now)
+    horizon = max(dataclasses.astuple(room.timeouts))
     for name in _slots(type(room)):
         if name not in _UNKEYED:
-            values.append(_freeze(getattr(room, name), now))
+            values.append(_freeze(getattr(room, name), now, horizon))
     return tuple(values)
 
 
-def _freeze(value: Any, now: float) -> Any:
+def _freeze(value: Any, now: float, horizon: float) -> Any:
     """A hashable equivalent of a slot's value. Floats in a room's records are times
-    (when a request was sent, or accepted), so they too are taken relative to ``now``."""
+    (when a request was sent, or accepted), so they too are taken relative to ``now``;
+    a room only compares their age with one of its timeouts, so every age beyond the
+    longest (``horizon``) behaves alike: without that cut, time passing by a finished
+    room would make new states for ever."""
     kind = type(value)
     if kind is float:
-        return value - now
+        return max(value - now, -horizon)
     if kind is list:
-        return tuple(_freeze(v, now) for v in value)
+        return tuple(_freeze(v, now, horizon) for v in value)
     if kind is dict:
-        return tuple((k, _freeze(v, now)) for k, v in value.items())
+        return tuple((k, _freeze(v, now, horizon)) for k, v in value.items())
     if _is_dataclass(kind):
-        return tuple(_freeze(getattr(value, name), now) for name in _slots(kind))
+        return tuple(_freeze(getattr(value, name), now, horizon) for name in _slots(kind))
     return value  # tuples of block indices, strings, numbers, enums
 
 

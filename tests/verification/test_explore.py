@@ -22,12 +22,15 @@ def test_every_interleaving_without_faults_succeeds() -> None:
     [
         (1, 2, ("dup", "drop", "reorder", "abort", "fail")),
         (2, 0, ("fail", "kill", "lose")),
+        (1, 1, ("abort", "drop", "delay")),  # time passing by finished rooms ends
     ],
 )
 def test_faulty_interleavings_keep_every_invariant(
     receivers: int, max_resumes: int, faults: tuple[str, ...]
 ) -> None:
-    settings = ExploreSettings(receivers=receivers, max_resumes=max_resumes, faults=faults)
+    settings = ExploreSettings(
+        receivers=receivers, max_resumes=max_resumes, faults=faults, max_states=200_000
+    )
     report = explore(settings)
     assert report.violations == 0 and report.complete
     assert report.states > 1_000
