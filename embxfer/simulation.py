@@ -28,6 +28,7 @@ sense, the protocol has to absorb them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -1288,11 +1289,17 @@ def _room_key(room: Room, now: float) -> tuple[Any, ...]:
     values.append(room.deadline - now if room.state in ACTIVE else None)
     if isinstance(room, ReceiverRoom) and room.quarantine:
         values.append(room.quarantine_until - now)
-    horizon = max(dataclasses.astuple(room.timeouts))
+    horizon = _longest_timeout(room.timeouts)
     for name in _slots(type(room)):
         if name not in _UNKEYED:
             values.append(_freeze(getattr(room, name), now, horizon))
     return tuple(values)
+
+
+@functools.cache
+def _longest_timeout(timeouts: Timeouts) -> float:
+    """Cached: every room key asks, and rooms share a handful of ``Timeouts``."""
+    return float(max(dataclasses.astuple(timeouts)))
 
 
 def _freeze(value: Any, now: float, horizon: float) -> Any:
