@@ -260,7 +260,7 @@ def leaked_blocks(engine: Runtime[Any], wait_s: float = 5.0) -> int:
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline and engine.rooms:
         time.sleep(0.01)
-    return engine.allocator.used_blocks
+    return engine.used_blocks
 
 
 def run_inproc(settings: DemoSettings, progress: bool = True) -> Summary:
