@@ -64,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="mid-run: SIGKILL the last language process or the encoder, or SIGSTOP the "
         "last language process; the summary says how every room ended. spoof-abort: an "
         "extra process (with --curve, holding a valid key of its own) sends Aborts for "
-        "every live room in other engines' names; every room must still succeed",
+        "every live room in other engines' names (with --curve every room must still succeed)",
     )
     processes.add_argument(
         "--fault-after",
