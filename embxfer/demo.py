@@ -135,6 +135,11 @@ def receiver_outcome(
     return RoomOutcome(handle.room_id, state.name, "", handle.resumes, result.nbytes)
 
 
+# Faults the engines must absorb: every request still succeeds (spoof-abort: messages
+# in other engines' names, which CURVE with per-engine keys refuses).
+HARMLESS_FAULTS = frozenset({"spoof-abort"})
+SPOOF_REFUSAL = "identity_mismatch"  # how an engine counts a message its sender's key may not send
+
 UNREPORTED = "Unreported"  # a side's room whose engine died (or was stopped) before it ended
 
 
@@ -166,6 +171,8 @@ class Summary:
     seconds: float = 0.0
     failure_reasons: dict[str, int] = field(default_factory=dict)
     fault: str = ""
+    spoofed: int = 0  # messages the spoof-abort fault sent in other engines' names
+    rejected: dict[str, int] = field(default_factory=dict)  # all engines, by reason
     sides: dict[str, Side] = field(default_factory=dict)
 
     def render(self) -> str:
@@ -183,6 +190,14 @@ class Summary:
         ]
         if self.not_started:
             lines.insert(4, f"  not started     {self.not_started}")
+        if self.spoofed:
+            refused = self.rejected.get(SPOOF_REFUSAL, 0)
+            lines.append(
+                f"  spoofed         {self.spoofed} sent, {refused} refused ({SPOOF_REFUSAL})"
+            )
+        if self.rejected:
+            counts = ", ".join(f"{reason} {n}" for reason, n in sorted(self.rejected.items()))
+            lines.append(f"  rejected        {counts}")
         if self.failed or self.fault:
             for name, side in self.sides.items():
                 rooms = ", ".join(f"{state} {n}" for state, n in side.rooms.items())
@@ -193,12 +208,14 @@ class Summary:
 
     def ok(self) -> bool:
         """The run did what it must: every byte checked out, every engine the fault spared
-        accounted for each of its rooms and leaked no block, and without a fault every
-        request succeeded."""
+        accounted for each of its rooms and leaked no block, without a fault (or with a
+        harmless one) every request succeeded, and every spoofed message was refused."""
         spared = [side for side in self.sides.values() if not side.fault_target]
         accounted = all(s.leaked_blocks is not None and UNREPORTED not in s.rooms for s in spared)
-        complete = bool(self.fault) or (self.failed == 0 and self.not_started == 0)
-        return self.verified and self.leaked_blocks == 0 and accounted and complete
+        harmful = bool(self.fault) and self.fault not in HARMLESS_FAULTS
+        complete = harmful or (self.failed == 0 and self.not_started == 0)
+        refused = self.rejected.get(SPOOF_REFUSAL, 0) == self.spoofed
+        return self.verified and self.leaked_blocks == 0 and accounted and complete and refused
 
     def print(self, as_json: bool) -> None:
         print(self.render())
@@ -243,6 +260,12 @@ class Tally:
         """What ``side``'s engine still held once it had forgotten its rooms."""
         self.summary.sides[side].leaked_blocks = blocks
         self.summary.leaked_blocks += blocks
+
+    def rejected(self, side: str, counts: Mapping[str, int]) -> None:
+        """Inbound messages ``side``'s engine refused, by reason (cross-process runs)."""
+        self.summary.sides[side].rejected = dict(counts)
+        for reason, count in counts.items():
+            self.summary.rejected[reason] = self.summary.rejected.get(reason, 0) + count
 
     def finish(self, seconds: float) -> Summary:
         """The summary, once every request is counted; ``seconds`` the requests took."""

@@ -60,9 +60,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     processes = parser.add_argument_group("cross-process runs (--transport mooncake)")
     processes.add_argument(
         "--fault",
-        choices=["kill-receiver", "kill-sender", "stall-receiver"],
+        choices=["kill-receiver", "kill-sender", "stall-receiver", "spoof-abort"],
         help="mid-run: SIGKILL the last language process or the encoder, or SIGSTOP the "
-        "last language process; the summary says how every room ended",
+        "last language process; the summary says how every room ended. spoof-abort: an "
+        "extra process (with --curve, holding a valid key of its own) sends Aborts for "
+        "every live room in other engines' names (with --curve every room must still succeed)",
     )
     processes.add_argument(
         "--fault-after",
@@ -81,7 +83,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     processes.add_argument(
         "--curve",
         action="store_true",
-        help="authenticate and encrypt the control plane with a fresh CURVE keypair",
+        help="CURVE on the control plane with per-engine keys, made for the run in a "
+        "temporary directory: each engine admits only the run's keys, and each key "
+        "speaks only for its own engine's address (a worker reloads its allow-list on "
+        "SIGHUP)",
     )
     processes.add_argument(
         "--deadline-s",
@@ -117,14 +122,10 @@ def run(args: argparse.Namespace) -> int:
         from embxfer.cluster.demo import Fault, ProcessOptions, run_processes
         from embxfer.cluster.launcher import WorkerStartError
         from embxfer.remote import NetworkConfig
-        from embxfer.transport.zmq_control import generate_curve_keys
 
         options = ProcessOptions(
-            network=NetworkConfig(
-                host=args.host,
-                advertise_host=args.advertise_host,
-                curve=generate_curve_keys() if args.curve else None,
-            ),
+            network=NetworkConfig(host=args.host, advertise_host=args.advertise_host),
+            curve=args.curve,
             fault=Fault(args.fault) if args.fault else None,
             fault_after=args.fault_after,
             deadline_s=args.deadline_s,

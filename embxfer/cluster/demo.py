@@ -9,6 +9,7 @@ survivors to end every open room by their own deadlines and to give back every b
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import time
@@ -27,7 +28,9 @@ from embxfer.demo import (
 )
 from embxfer.remote import NetworkConfig
 
+from .keys import run_keys
 from .launcher import Cluster
+from .spoofer import SPOOFER, Spoofer
 
 LOG = logging.getLogger("embxfer.cluster")
 
@@ -40,6 +43,9 @@ class Fault(enum.Enum):
     # SIGSTOP the last language rank: it answers no control message, and its Mooncake
     # server holds every write to it (for ~60 s); it is killed once the others are done.
     STALL_RECEIVER = "stall-receiver"
+    # An extra process (with --curve: a valid key of its own) aborts every live room in
+    # other engines' names; no engine is hit, and every room must still succeed.
+    SPOOF_ABORT = "spoof-abort"
 
     def target(self, settings: DemoSettings) -> str:
         return ENCODER if self is Fault.KILL_SENDER else language_side(settings.receivers - 1)
@@ -50,6 +56,7 @@ class ProcessOptions:
     """How the cross-process demo runs, beyond what both demos share."""
 
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    curve: bool = False  # per-engine CURVE keys, made for the run (network.curve unused)
     fault: Fault | None = None
     fault_after: int = 0  # requests finished before the fault; 0: a third of them
     deadline_s: float = 600.0  # for the requests; start-up and wrap-up have their own bounds
@@ -64,10 +71,21 @@ def run_processes(
     options = options or ProcessOptions()
     fault = options.fault.value if options.fault else ""
     summary = Summary("mooncake", settings.requests, fault=fault)
-    with Cluster(settings, options.network, options.log_level) as cluster:
+    spoofing = options.fault is Fault.SPOOF_ABORT
+    names = [*settings.side_names(), *([SPOOFER] if spoofing else [])]
+    with contextlib.ExitStack() as stack:
+        keys = (
+            stack.enter_context(run_keys(options.network.reachable_host, names))
+            if options.curve
+            else None
+        )
+        cluster = stack.enter_context(Cluster(settings, options.network, options.log_level, keys))
+        spoofer = (
+            stack.enter_context(Spoofer(keys[SPOOFER] if keys else None)) if spoofing else None
+        )
         cluster.start(options.start_timeout_s)
         with progress_bar(settings.requests, progress) as bar:
-            run = _Run(settings, options, cluster, Tally(settings, summary), bar)
+            run = _Run(settings, options, cluster, Tally(settings, summary), bar, spoofer)
             started = time.perf_counter()
             run.requests()
             seconds = time.perf_counter() - started
@@ -85,12 +103,14 @@ class _Run:
         cluster: Cluster,
         tally: Tally,
         bar: tqdm[object],
+        spoofer: Spoofer | None = None,
     ) -> None:
         self.settings = settings
         self.options = options
         self.cluster = cluster
         self.tally = tally
         self.bar = bar
+        self.spoofer = spoofer
         self.lengths = settings.lengths()
         self.opened = 0
         self.finished = 0
@@ -144,6 +164,9 @@ class _Run:
         if fault is None or self.faulted or self.finished < self.fault_after:
             return
         self.faulted = True
+        if self.spoofer is not None:
+            self._spoof(self.spoofer)
+            return
         target = fault.target(self.settings)
         self.tally.summary.sides[target].fault_target = True
         LOG.warning("injecting %s into %s", fault.value, target)
@@ -151,6 +174,16 @@ class _Run:
             self.cluster.stop(target, "stopped by the fault")
         else:
             self.cluster.kill(target, "killed by the fault")
+
+    def _spoof(self, spoofer: Spoofer) -> None:
+        """Abort every live room: at the encoder in each language rank's name, at each
+        language rank in the encoder's."""
+        addresses = {side: w.ready.address for side, w in self.cluster.workers.items() if w.ready}
+        encoder = addresses.pop(ENCODER)
+        claims = [(encoder, rank) for rank in addresses.values()]
+        claims += [(rank, encoder) for rank in addresses.values()]
+        LOG.warning("spoofing aborts of %d live rooms", len(self.outcomes))
+        self.tally.summary.spoofed = spoofer.spoof(tuple(self.outcomes), tuple(claims))
 
     def wrap_up(self) -> None:
         """End the stalled worker, have the others end what is open and report their
@@ -166,4 +199,4 @@ class _Run:
             self.tally.summary.sides[side].exit = worker.exit
             if worker.report is not None:
                 self.tally.leaked(side, worker.report.leaked_blocks)
-                self.tally.summary.sides[side].rejected = worker.report.rejected
+                self.tally.rejected(side, worker.report.rejected)

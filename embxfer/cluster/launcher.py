@@ -16,13 +16,15 @@ import multiprocessing
 import os
 import signal
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from types import TracebackType
 
 from embxfer.demo import ENCODER, DemoSettings, RoomOutcome
 from embxfer.remote import NetworkConfig
+from embxfer.transport.curve_keys import EngineKeys
 
 from .messages import (
     Command,
@@ -60,14 +62,25 @@ class Worker:
 
 
 class Cluster:
-    """An encoder process and ``settings.receivers`` language processes on ``network``."""
+    """An encoder process and ``settings.receivers`` language processes on ``network``;
+    with ``keys``, each runs CURVE with its own (``keys[side]``)."""
 
     def __init__(
-        self, settings: DemoSettings, network: NetworkConfig, log_level: str = "WARNING"
+        self,
+        settings: DemoSettings,
+        network: NetworkConfig,
+        log_level: str = "WARNING",
+        keys: Mapping[str, EngineKeys] | None = None,
     ) -> None:
         self.settings = settings
         self._specs = [
-            WorkerSpec(side, config, network, settings.seed, log_level)
+            WorkerSpec(
+                side,
+                config,
+                replace(network, curve=keys[side]) if keys else network,
+                settings.seed,
+                log_level,
+            )
             for side, config in zip(
                 settings.side_names(),
                 [settings.sender_config()] + [settings.receiver_config()] * settings.receivers,

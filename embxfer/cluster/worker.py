@@ -27,6 +27,7 @@ from embxfer.receiver import ReceiverEngine, ReceiverHandle
 from embxfer.remote import remote_receiver, remote_sender
 from embxfer.runtime import Runtime
 from embxfer.sender import SenderEngine, SenderHandle
+from embxfer.transport.zmq_control import ZmqControlChannel
 from embxfer.workload import payload_for
 
 from .messages import Finish, OpenRoom, Ready, StartFailed, WorkerReport, WorkerSpec
@@ -56,6 +57,8 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
         conn.send(StartFailed(traceback.format_exc()))
         return
     engine: Runtime[Any] = loop.engine
+    if spec.network.curve is not None:
+        _reload_allow_list_on_sighup(engine)
     try:
         payload_for(0, 1, engine.layout, spec.seed)  # make the demo's random data up front
         engine.start()
@@ -65,6 +68,20 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
         LOG.warning("%s: the parent is gone; shutting down", spec.side)
     finally:
         engine.close()
+
+
+def _reload_allow_list_on_sighup(engine: Runtime[Any]) -> None:
+    """``kill -HUP`` a worker to have it read its allow-list again (revoking a key)."""
+    control = engine.control
+    assert isinstance(control, ZmqControlChannel)
+
+    def reload(_signum: int, _frame: object) -> None:
+        try:
+            control.reload_allow_list()
+        except (OSError, ValueError) as error:
+            LOG.error("allow-list not reloaded, the old one stays: %s", error)
+
+    signal.signal(signal.SIGHUP, reload)
 
 
 # What Mooncake's glog prints on stderr as each engine starts, harmlessly.
@@ -145,7 +162,12 @@ class _Loop(Generic[EngineT, HandleT]):
             time.sleep(0.01)
         leaked = leaked_blocks(self.engine, max(0.0, deadline - time.monotonic()))
         rejected: Future[dict[str, int]] = Future()  # the pump thread owns the counters
-        self.engine.submit(lambda: rejected.set_result(dict(self.engine.stats.rejected)))
+
+        def read_rejected() -> None:
+            self.engine.count_channel_rejects()
+            rejected.set_result(dict(self.engine.stats.rejected))
+
+        self.engine.submit(read_rejected)
         self.conn.send(WorkerReport(leaked, rejected.result(timeout=5.0)))
 
     def start(self, command: OpenRoom) -> HandleT:

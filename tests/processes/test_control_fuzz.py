@@ -8,6 +8,11 @@ wrong framing. Every frame's fate is predicted from the wire codec: the channel 
 (counted by wire reason), or the engine refuses it (counted by engine reason), or it is
 a heartbeat (harmless). The counters must match the prediction exactly, the engine must
 not log an error, and every good room must arrive byte-exact.
+
+It runs twice: in the clear, and with CURVE and per-engine keys, where each fuzzer holds
+a key whose certificate names the address it claims (so the same frames get through to
+be judged) and one more fuzzer, with a valid key, aborts the good rooms in the
+receiver's name: every one of those must be refused as ``identity_mismatch``.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar, get_args
 
 import msgspec
@@ -32,6 +39,7 @@ from embxfer.receiver import ReceiverEngine
 from embxfer.remote import NetworkConfig, remote_receiver, remote_sender
 from embxfer.runtime import Runtime
 from embxfer.sender import SenderEngine
+from embxfer.transport.curve_keys import AllowList, EngineKeys, generate_keys
 from embxfer.transport.messages import (
     Abort,
     AbortAck,
@@ -76,12 +84,35 @@ def on_pump(engine: Runtime[Any], read: Callable[[], T]) -> T:
     return result.result(timeout=WAIT_S)
 
 
+@dataclass(frozen=True)
+class Fuzzer:
+    """Who throws a batch: the address its routing identity claims, and with CURVE the
+    keys it connects with (its certificate names ``address``)."""
+
+    address: str
+    keys: EngineKeys | None = None
+
+
+@pytest.fixture(params=[False, True], ids=["clear", "curve"])
+def keys(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, EngineKeys] | None:
+    """None in the clear; with CURVE, keys for both engines and two fuzzers."""
+    if not request.param:
+        return None
+    names = ("encoder", "receiver", "fuzzer-0", "fuzzer-1")
+    return generate_keys(tmp_path, {name: unused_address() for name in names})
+
+
 @pytest.fixture
-def engines() -> Iterator[tuple[SenderEngine, ReceiverEngine]]:
-    network = NetworkConfig()
-    sender = remote_sender(SETTINGS.sender_config(), network)
+def engines(
+    keys: dict[str, EngineKeys] | None,
+) -> Iterator[tuple[SenderEngine, ReceiverEngine]]:
+    sender = remote_sender(
+        SETTINGS.sender_config(), NetworkConfig(curve=keys["encoder"] if keys else None)
+    )
     try:
-        receiver = remote_receiver(SETTINGS.receiver_config(), network)
+        receiver = remote_receiver(
+            SETTINGS.receiver_config(), NetworkConfig(curve=keys["receiver"] if keys else None)
+        )
     except BaseException:
         sender.close()
         raise
@@ -92,6 +123,17 @@ def engines() -> Iterator[tuple[SenderEngine, ReceiverEngine]]:
     finally:
         receiver.close()
         sender.close()
+
+
+def fuzzers(keys: dict[str, EngineKeys] | None) -> list[Fuzzer]:
+    """Two fuzzers claiming addresses nobody registered: in the clear any two; with
+    CURVE, the addresses their own certificates name."""
+    if keys is None:
+        return [Fuzzer(unused_address()), Fuzzer(unused_address())]
+    return [
+        Fuzzer(AllowList(k.allow_list).address_of(k.keypair()[0].decode()) or "", k)
+        for k in (keys["fuzzer-0"], keys["fuzzer-1"])
+    ]
 
 
 # -- frames ------------------------------------------------------------------------------
@@ -197,14 +239,19 @@ def unused_address() -> str:
         return f"tcp://127.0.0.1:{probe.getsockname()[1]}"
 
 
-def throw(target: str, identity: bytes, frames: list[list[bytes]]) -> None:
-    """Send every multipart frame to ``target`` from a DEALER named ``identity``; a full
-    queue waits (never drops: the test counts every frame)."""
+def throw(target: str, fuzzer: Fuzzer, identity: bytes, frames: list[list[bytes]]) -> None:
+    """Send every multipart frame to ``target`` from a DEALER named ``identity`` with the
+    fuzzer's keys; a full queue waits (never drops: the test counts every frame)."""
     context = zmq.Context()
     dealer = context.socket(zmq.DEALER)
     dealer.setsockopt(zmq.LINGER, 0)
     dealer.setsockopt(zmq.ROUTING_ID, identity)
     dealer.setsockopt(zmq.SNDHWM, 10_000)
+    if fuzzer.keys is not None:
+        public, secret = fuzzer.keys.keypair()
+        dealer.setsockopt(zmq.CURVE_SERVERKEY, AllowList(fuzzer.keys.allow_list).key_of(target))
+        dealer.setsockopt(zmq.CURVE_PUBLICKEY, public)
+        dealer.setsockopt(zmq.CURVE_SECRETKEY, secret)
     dealer.connect(target)
     deadline = time.monotonic() + WAIT_S
     try:
@@ -242,46 +289,54 @@ def run_good_room(
 
 
 def test_hostile_frames_are_all_counted_and_good_rooms_stay_exact(
-    engines: tuple[SenderEngine, ReceiverEngine], caplog: pytest.LogCaptureFixture
+    engines: tuple[SenderEngine, ReceiverEngine],
+    keys: dict[str, EngineKeys] | None,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     sender, receiver = engines
     caplog.set_level(logging.ERROR)
     rng = random.Random(SEED)
     frames = hostile_frames(rng, FRAMES, good_rooms=range(1, 10_000))
+    first, second = fuzzers(keys)
     # Identities claim addresses nobody registered; each its own (a ROUTER hands a
     # reused identity over to the newest connection, dropping what the old one queued).
-    batches: list[tuple[bytes, list[list[bytes]]]] = [
-        (unused_address().encode(), [[frame] for frame in frames]),
-        (unused_address().encode(), [[b"", b"two parts"], [b"a", b"b", b"c"]] * 50),
-        (b"\xffnot-an-address", [[encode(Heartbeat())]] * 100),  # identity must be tcp://
+    batches: list[tuple[Fuzzer, bytes, list[list[bytes]]]] = [
+        (first, first.address.encode(), [[frame] for frame in frames]),
+        (second, second.address.encode(), [[b"", b"two parts"], [b"a", b"b", b"c"]] * 50),
+        (second, b"\xffnot-an-address", [[encode(Heartbeat())]] * 100),  # must be tcp://
     ]
-    thrown = sum(len(batch) for _, batch in batches)
+    thrown = sum(len(batch) for _, _, batch in batches)
     assert thrown >= FRAMES
     expected = Counter(r for f in frames if (r := predicted_rejection(f)) is not None)
     expected["malformed"] += 100 + 100  # the wrong framings and the wrong identity
+    if keys is not None:  # a valid key aborting the good rooms in the receiver's name
+        spoofed = [[encode(Abort(room, "spoofed"))] for room in range(1, 101)]
+        batches.append((second, receiver.address.encode(), spoofed))
+        expected["identity_mismatch"] += len(spoofed)
     wire = {r: n for r, n in expected.items() if r in WIRE_REASONS}
     engine_only = {r: n for r, n in expected.items() if r not in WIRE_REASONS}
 
     def all_taken_in() -> bool:
         """Every frame was judged: the channel's counters and the engine's own match."""
         counted = on_pump(sender, lambda: (sender.control.rejected, dict(sender.stats.rejected)))
-        return counted[0] == wire and {r: counted[1].get(r, 0) for r in engine_only} == engine_only
+        channel = {r: n for r, n in counted[0].items() if r in WIRE_REASONS}
+        return channel == wire and {r: counted[1].get(r, 0) for r in engine_only} == engine_only
 
-    fuzzers = [
-        threading.Thread(target=throw, args=(sender.address, identity, batch), daemon=True)
-        for identity, batch in batches
+    throwers = [
+        threading.Thread(target=throw, args=(sender.address, *batch), daemon=True)
+        for batch in batches
     ]
     started = time.monotonic()
-    for fuzzer in fuzzers:
-        fuzzer.start()
+    for thrower in throwers:
+        thrower.start()
     outcomes: list[RoomOutcome] = []
     lengths = iter(SETTINGS.lengths() * 100)
     while len(outcomes) < 20 or not all_taken_in():  # good rooms all along the flood
         assert time.monotonic() < started + WAIT_S, "the frames were not all judged in time"
         outcomes.append(run_good_room(sender, receiver, len(outcomes) + 1, next(lengths)))
     judged_s = time.monotonic() - started
-    for fuzzer in fuzzers:
-        fuzzer.join(WAIT_S)
+    for thrower in throwers:
+        thrower.join(WAIT_S)
 
     # At its heartbeats the engine folds its channel's counts into its own: in the end
     # they account for every frame but the heartbeats, reason by reason.
