@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 from embxfer.bench import processes, waiting
@@ -25,12 +26,11 @@ from embxfer.bench.core import (
     interleaved,
     skipped,
 )
-from embxfer.bench.processes import Plan
-from embxfer.bench.pumped import Batch, PumpedPair
-from embxfer.config import EngineConfig
+from embxfer.bench.processes import Outcome, Plan
+from embxfer.local import inproc_engines
 from embxfer.transport import mooncake_data
 
-TOKENS = 16  # one block each (blocks of 16 tokens in process, of 128 across processes)
+TOKENS = 16  # a room's piece fits one block
 HIDDEN = 64
 CONCURRENCY = (16, 64, 256, 1024)
 POOL_SHARE = 4  # the receiver's pool fits one open room in this many
@@ -51,74 +51,63 @@ def run(settings: BenchSettings) -> list[Metric]:
 
 # -- in this process ------------------------------------------------------------------
 def _inproc(settings: BenchSettings) -> tuple[list[Metric], Metric]:
-    """Each concurrency on its own pair of engines, the points taking turns (so load
-    changes hit all alike), pumped by hand on this thread."""
-    rooms = settings.pick(3072, 256)
-    pairs = {
-        concurrency: PumpedPair(_config(2 * concurrency), _config(pool_blocks(concurrency)), TOKENS)
-        for concurrency in CONCURRENCY
-    }
-    batches: dict[int, list[Batch]] = {concurrency: [] for concurrency in CONCURRENCY}
+    """The points taking turns (so load changes hit all alike), each run on fresh
+    engines on their own pump threads, one scheduler thread per side."""
+    rooms = settings.pick(1536, 128)
+    plans = {c: _plan(rooms, c) for c in CONCURRENCY}
+    outcomes: dict[int, list[Outcome]] = {c: [] for c in CONCURRENCY}
 
     def point(concurrency: int) -> float:
-        batch = pairs[concurrency].batch(rooms, concurrency)
-        batches[concurrency].append(batch)
-        return batch.cpu_s
+        outcome = inproc_run(plans[concurrency])
+        outcomes[concurrency].append(outcome)
+        return rooms / outcome.rooms_per_s
 
-    try:
-        for concurrency, pair in pairs.items():
-            pair.batch(settings.pick(rooms // 2, 64), concurrency)  # warm up
-        cpu = interleaved({str(c): partial(point, c) for c in CONCURRENCY}, settings.reps)
-        leaked = sum(pair.used_blocks for pair in pairs.values())
-        assert leaked == 0, f"{leaked} blocks leaked"
-    finally:
-        for pair in pairs.values():
-            pair.close()
+    for concurrency in CONCURRENCY:
+        inproc_run(_plan(settings.pick(rooms // 2, 64), concurrency))  # warm up
+    seconds = interleaved({str(c): partial(point, c) for c in CONCURRENCY}, settings.reps)
     where = (
-        f"{TOKENS}-token rooms through a SenderEngine and a ReceiverEngine on the in-process "
-        "transport, pumped by hand on one thread, measured on its CPU clock (what one core "
-        "sustains, whatever else the machine runs)"
+        f"{TOKENS}-token rooms between a SenderEngine and a ReceiverEngine in this process "
+        "(in-process transport), each on its pump thread, each side's scheduler a lean loop "
+        "on a thread of its own; wall clock of the receiver's loop"
     )
-    metrics = _sweep(
-        INPROC,
-        where,
-        {c: [(b.rooms_per_cpu_s, b.latencies_s) for b in runs] for c, runs in batches.items()},
-        {
-            c: {
-                "rooms_per_batch": rooms,
-                "wall_clock_rooms_per_s": statistics.median(b.rooms_per_wall_s for b in runs),
-            }
-            for c, runs in batches.items()
-        },
-    )
+    metrics = _sweep(INPROC, where, outcomes, {c: {"rooms_per_run": rooms} for c in CONCURRENCY})
     low, high = RATIO
-    value, spread = compare(cpu[str(low)], cpu[str(high)])  # same rooms: times invert rates
+    value, spread = compare(seconds[str(low)], seconds[str(high)])  # same rooms: time ~ 1/rate
     ratio = Metric(
         "pressure_rooms_per_s_ratio",
         value,
         "x",
         f"in-process rooms/s at concurrency {high} over rooms/s at {low}, the receiver's pool "
         f"fitting a quarter of the open rooms ({pool_blocks(high)} and {pool_blocks(low)} "
-        "blocks), interleaved batches of one run (1.0: throughput holds under pressure)",
+        "blocks), interleaved runs of one bench run (1.0: throughput holds under pressure)",
         at_least(0.8),
         spread,
-        {
-            f"rooms_per_s_{c}": statistics.median(b.rooms_per_cpu_s for b in batches[c])
-            for c in RATIO
-        },
+        {f"rooms_per_s_{c}": statistics.median(o.rooms_per_s for o in outcomes[c]) for c in RATIO},
     )
     return metrics, ratio
 
 
-def _config(blocks: int) -> EngineConfig:
-    """An in-process engine of ``blocks`` blocks, one room's piece each."""
-    return EngineConfig(
-        num_blocks=blocks,
-        block_size=TOKENS,
-        hidden_size=HIDDEN,
-        default_alloc_tokens=TOKENS,
-        adaptive_alloc=False,
-    )
+def inproc_run(plan: Plan) -> Outcome:
+    """``plan`` through a sender and a receiver engine on the in-process transport."""
+    sender, (receiver,), _ = inproc_engines(plan.config("sender"), plan.config("receiver"))
+    engines = (sender, receiver)
+    try:
+        for engine in engines:
+            engine.start()
+        with ThreadPoolExecutor(len(engines), thread_name_prefix="scheduler") as pool:
+            sides = [
+                pool.submit(processes.scheduler_loop, plan, engine, sender.address)
+                for engine in engines
+            ]
+            sent, received = (side.result() for side in sides)
+    finally:
+        for engine in engines:
+            engine.close()
+    return Outcome.of(plan, sent, received)
+
+
+def _plan(rooms: int, concurrency: int) -> Plan:
+    return Plan(rooms, TOKENS, HIDDEN, concurrency, pool_blocks(concurrency))
 
 
 # -- across processes -----------------------------------------------------------------
@@ -141,14 +130,11 @@ def _processes(settings: BenchSettings) -> list[Metric]:
             for concurrency in CONCURRENCY
             for name, unit, definition in _names(MOONCAKE, concurrency, where)
         ]
-    rooms = settings.pick(2048, 128)
-    plans = [Plan(rooms, TOKENS, HIDDEN, c, pool_blocks(c)) for c in CONCURRENCY]
+    rooms = settings.pick(1536, 128)
+    plans = [_plan(rooms, c) for c in CONCURRENCY]
     repeats = [processes.run_plans(plans) for _ in range(settings.pick(3, 1))]
-    runs = {
-        concurrency: [(o.rooms_per_s, o.latencies_s) for o in outcomes]
-        for concurrency, *outcomes in zip(CONCURRENCY, *repeats, strict=True)
-    }
-    return _sweep(MOONCAKE, where, runs, {c: {"rooms_per_run": rooms} for c in CONCURRENCY})
+    outcomes = {c: list(runs) for c, *runs in zip(CONCURRENCY, *repeats, strict=True)}
+    return _sweep(MOONCAKE, where, outcomes, {c: {"rooms_per_run": rooms} for c in CONCURRENCY})
 
 
 # -- one point of the sweep -----------------------------------------------------------
@@ -175,13 +161,10 @@ def _names(transport: str, concurrency: int, where: str) -> list[tuple[str, str,
     ]
 
 
-Run = tuple[float, Sequence[float]]  # rooms per second, each room's latency in seconds
-
-
 def _sweep(
     transport: str,
     where: str,
-    runs: dict[int, list[Run]],
+    runs: dict[int, list[Outcome]],
     context: dict[int, dict[str, Number]],
 ) -> list[Metric]:
     """Rooms/s (with its ``context``) and p50/p99 latency at each concurrency, each the
@@ -189,9 +172,9 @@ def _sweep(
     metrics = []
     for concurrency in CONCURRENCY:
         spreads = [
-            Spread.of([rate for rate, _ in runs[concurrency]]),
+            Spread.of([run.rooms_per_s for run in runs[concurrency]]),
             *(
-                Spread.of([_percentile(latencies, q) * 1e3 for _, latencies in runs[concurrency]])
+                Spread.of([_percentile(run.latencies_s, q) * 1e3 for run in runs[concurrency]])
                 for q in (50, 99)
             ),
         ]
@@ -217,9 +200,8 @@ def _waiting(settings: BenchSettings) -> Metric:
     rooms = settings.pick(WAITING_ROOMS, 100)
     pool = rooms * WAITING_POOL // WAITING_ROOMS
     seconds = 0.25 if settings.quick else 3.0
-    sender = _config(rooms)
-    memory = waiting.cpu_shares(sender, _config(pool), rooms, seconds)
-    encoder = waiting.cpu_shares(sender, _config(rooms), rooms, seconds)
+    memory = waiting.cpu_shares(Plan(rooms, TOKENS, HIDDEN, rooms, pool), seconds)
+    encoder = waiting.cpu_shares(Plan(rooms, TOKENS, HIDDEN, rooms, rooms), seconds)
     return Metric(
         "waiting_cpu_share",
         max(memory.receiver, encoder.receiver),

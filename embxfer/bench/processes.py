@@ -1,7 +1,8 @@
 """Rooms per second across processes: an encoder process and a language process, each one
 engine on ZeroMQ and Mooncake (``embxfer.remote``) and a scheduler loop as lean as a
 serving scheduler's (create, poll, release; no per-room orchestration), started as
-``multiprocessing`` spawn children like the cross-process demo's workers."""
+``multiprocessing`` spawn children like the cross-process demo's workers. The same loop
+drives engines in one process (``scheduler_loop``), so both measure alike."""
 
 from __future__ import annotations
 
@@ -54,19 +55,34 @@ class Plan:
 
 
 @dataclass(frozen=True)
+class SideReport:
+    """What one side's scheduler loop saw: seconds from go to its last release, rooms
+    that failed (or whose bytes did not match), each room's latency (creation to
+    Success or Failed, as its loop saw it) in seconds."""
+
+    seconds: float
+    failed: int
+    latencies_s: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class Outcome:
-    """What the language process measured of one plan: rooms per second from go to its
-    last release, and the rooms' latencies (creation to Success, seen by its scheduler
-    loop), in seconds."""
+    """One plan as the language side measured it: rooms per second and latencies."""
 
     rooms_per_s: float
     latencies_s: tuple[float, ...]
 
+    @classmethod
+    def of(cls, plan: Plan, sender: SideReport, receiver: SideReport) -> Outcome:
+        """The receiver's numbers, if every room succeeded on both sides."""
+        if sender.failed or receiver.failed:
+            raise RuntimeError(f"{sender.failed + receiver.failed} rooms failed or mismatched")
+        return cls(plan.rooms / receiver.seconds, receiver.latencies_s)
+
 
 def _side(role: str, plans: Sequence[Plan], conn: Connection) -> None:
     """A worker: for each plan, build a fresh engine, trade addresses with the parent,
-    run every room on "go", report (seconds from go to the last room released, rooms
-    that failed, each room's latency), and close the engine once the parent says both
+    run every room on "go", report, and close the engine once the parent says both
     sides are done (a sender closed earlier could drop its last notices unsent)."""
     torch.set_num_threads(1)
     for plan in plans:
@@ -79,16 +95,17 @@ def _side(role: str, plans: Sequence[Plan], conn: Connection) -> None:
             engine.start()
             conn.send(engine.address)
             sender_address: str = conn.recv()  # the go signal
-            conn.send(_run(plan, engine, sender_address))
+            conn.send(scheduler_loop(plan, engine, sender_address))
             conn.recv()  # both sides are done
         finally:
             engine.close()
 
 
-def _run(
+def scheduler_loop(
     plan: Plan, engine: SenderEngine | ReceiverEngine, sender_address: str
-) -> tuple[float, int, list[float]]:
-    """Every room of ``plan`` through ``engine``: seconds, failures, latencies."""
+) -> SideReport:
+    """Every room of ``plan`` through ``engine`` (started), as a lean serving scheduler
+    runs them: open up to ``plan.window``, poll, release."""
     payload = plan.payload()
     open_room = _opener(engine, sender_address, payload)
     started = time.perf_counter()
@@ -114,7 +131,7 @@ def _run(
             handle.release()
         if not finished:
             time.sleep(_IDLE_S)
-    return time.perf_counter() - started, failed, latencies
+    return SideReport(time.perf_counter() - started, failed, tuple(latencies))
 
 
 def _opener(
@@ -167,14 +184,10 @@ def _run_plan(plan: Plan, pipes: Sequence[Connection], timeout_s: float) -> Outc
     addresses = [_receive(pipe, timeout_s, "start its engine") for pipe in pipes]
     for pipe in pipes:
         pipe.send(addresses[0])  # the sender's address
-    (_, sender_failed, _), (seconds, receiver_failed, latencies) = (
-        _receive(pipe, timeout_s, "finish") for pipe in pipes
-    )
+    sender, receiver = (_receive(pipe, timeout_s, "finish") for pipe in pipes)
     for pipe in pipes:
         pipe.send(None)  # the engines may close
-    if sender_failed or receiver_failed:
-        raise RuntimeError(f"{sender_failed + receiver_failed} rooms failed or mismatched")
-    return Outcome(plan.rooms / seconds, tuple(latencies))
+    return Outcome.of(plan, sender, receiver)
 
 
 def _receive(pipe: Connection, timeout_s: float, what: str) -> Any:

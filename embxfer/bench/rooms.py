@@ -4,13 +4,22 @@ processes over ZeroMQ and Mooncake."""
 
 from __future__ import annotations
 
+import time
+from collections import deque
+
+import torch
+
 from embxfer.bench import processes
 from embxfer.bench.core import BenchSettings, Metric, Number, Spread, at_least, skipped
 from embxfer.bench.processes import Plan
-from embxfer.bench.pumped import PumpedPair
+from embxfer.buffers.payload import EmbeddingPayload
 from embxfer.cluster.demo import ProcessOptions, run_processes
 from embxfer.config import EngineConfig
 from embxfer.demo import DemoSettings
+from embxfer.fsm.poll import KVPoll
+from embxfer.local import inproc_engines
+from embxfer.receiver import ReceiverHandle
+from embxfer.sender import SenderHandle
 from embxfer.transport import mooncake_data
 
 TOKENS = 16
@@ -21,18 +30,57 @@ CONCURRENCY = 256
 def rooms_per_s_inproc(settings: BenchSettings) -> Metric:
     """Tiny rooms through a sender and a receiver engine, ``CONCURRENCY`` open at once,
     each created, sent, polled to Success and released as a scheduler would."""
-    config = EngineConfig(num_blocks=4 * CONCURRENCY, hidden_size=HIDDEN)
-    pair = PumpedPair(config, config, TOKENS)
+    config = EngineConfig(num_blocks=4 * CONCURRENCY, hidden_size=HIDDEN, write_threads=False)
+    sender, (receiver,), _ = inproc_engines(config, config)
+    payload = EmbeddingPayload.from_embeddings(torch.ones(TOKENS, HIDDEN, dtype=torch.bfloat16))
+    engines = (sender, receiver)
+    next_id = 0
+
+    def batch(rooms: int) -> tuple[float, float]:
+        """Rooms per second of this thread's CPU time (all the engines' work runs on it)
+        and of wall-clock time (which other jobs on the machine also take)."""
+        nonlocal next_id
+        open_rooms: deque[tuple[SenderHandle, ReceiverHandle]] = deque()
+        started, cpu_started = time.perf_counter(), time.thread_time()
+        created = done = 0
+        while done < rooms:
+            while created < rooms and len(open_rooms) < CONCURRENCY:
+                next_id += 1
+                created += 1
+                send = sender.create_room(next_id)
+                recv = receiver.create_room(next_id, sender.address)
+                send.send(payload)
+                open_rooms.append((send, recv))
+            for engine in engines:
+                engine.run_once(0.0)
+            for _ in range(len(open_rooms)):
+                send, recv = open_rooms.popleft()
+                state = recv.poll()
+                if state is KVPoll.Failed:
+                    raise RuntimeError(f"room {recv.room_id} failed: {recv.reason}")
+                if state is KVPoll.Success and send.poll() is KVPoll.Success:
+                    recv.release()
+                    send.release()
+                    done += 1
+                else:
+                    open_rooms.append((send, recv))
+        while sender.rooms or receiver.rooms:  # releases are part of the work
+            for engine in engines:
+                engine.run_once(0.0)
+        cpu, wall = time.thread_time() - cpu_started, time.perf_counter() - started
+        return rooms / cpu, rooms / wall
+
     try:
-        pair.batch(settings.pick(2000, 100), CONCURRENCY)  # warm up; the sizer learns
+        batch(settings.pick(2000, 100))  # warm up; the adaptive sizer learns the length
         rooms = settings.pick(5000, 200)
-        batches = [pair.batch(rooms, CONCURRENCY) for _ in range(settings.reps)]
-        spread = Spread.of([batch.rooms_per_cpu_s for batch in batches])
-        wall = Spread.of([batch.rooms_per_wall_s for batch in batches])
-        leaked = pair.used_blocks
+        rates = [batch(rooms) for _ in range(settings.reps)]
+        spread = Spread.of([cpu for cpu, _ in rates])
+        wall = Spread.of([wall for _, wall in rates])
+        leaked = sender.used_blocks + receiver.used_blocks
         assert leaked == 0, f"{leaked} blocks leaked"
     finally:
-        pair.close()
+        for engine in engines:
+            engine.close()
     return Metric(
         "rooms_per_s",
         spread.median,

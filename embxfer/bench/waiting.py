@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from embxfer.config import EngineConfig
+from embxfer.bench.processes import Plan
 from embxfer.local import inproc_engines
 from embxfer.receiver import ReceiverEngine
 from embxfer.runtime import Runtime
@@ -31,22 +31,20 @@ class Shares:
     memory_waits: int  # rooms the receiver queued for memory
 
 
-def cpu_shares(
-    sender_config: EngineConfig, receiver_config: EngineConfig, rooms: int, seconds: float
-) -> Shares:
-    """Open ``rooms`` rooms on both sides (each room's first piece one receiver block:
-    those beyond the receiver's pool queue for memory), the encoder sending nothing; let
-    them settle into waiting, then measure each pump thread's CPU time over ``seconds``
-    of wall clock."""
-    sender, (receiver,), _ = inproc_engines(sender_config, receiver_config)
+def cpu_shares(plan: Plan, seconds: float) -> Shares:
+    """Open all ``plan.rooms`` rooms on both sides (each room's first piece one receiver
+    block: those beyond the receiver's pool queue for memory), the encoder sending
+    nothing; let them settle into waiting, then measure each pump thread's CPU time
+    over ``seconds`` of wall clock."""
+    sender, (receiver,), _ = inproc_engines(plan.config("sender"), plan.config("receiver"))
     engines: tuple[SenderEngine, ReceiverEngine] = (sender, receiver)
     for engine in engines:
         engine.start()
     try:
-        for room_id in range(1, rooms + 1):
+        for room_id in range(1, plan.rooms + 1):
             sender.create_room(room_id)  # the encoder has nothing to send yet
             receiver.create_room(room_id, sender.address)
-        _settle(receiver, rooms)
+        _settle(receiver, plan.rooms)
         clocks = [time.pthread_getcpuclockid(_pump_thread(engine).ident or 0) for engine in engines]
         cpu = [time.clock_gettime(clock) for clock in clocks]
         started = time.perf_counter()
