@@ -26,11 +26,11 @@ from embxfer.buffers.metadata import MetadataBuffers
 from embxfer.config import EngineConfig
 from embxfer.fsm.actions import Action, StopWaiting, WaitForMemory
 from embxfer.fsm.events import AbortRequested, Event, MemoryGranted, PeerLost, Tick
+from embxfer.fsm.messages import Heartbeat, Message
 from embxfer.fsm.poll import KVPoll
 from embxfer.fsm.room import Room
 from embxfer.metrics import EngineMetrics, Metrics, NoMetrics, default_metrics
 from embxfer.transport.base import ControlChannel, DataTransport
-from embxfer.transport.messages import Heartbeat, Message
 
 LOG = logging.getLogger("embxfer.runtime")
 

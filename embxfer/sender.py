@@ -18,27 +18,24 @@ from embxfer.buffers.segments import plan_segments
 from embxfer.config import EngineConfig
 from embxfer.fsm.actions import Action, SendMessage, StorePayload, WritePiece
 from embxfer.fsm.events import (
-    AbortReceived,
     AbortRequested,
     Event,
     PayloadReady,
     Released,
-    RequestReceived,
     WriteFinished,
 )
+from embxfer.fsm.messages import (
+    BufferRegion,
+    Message,
+    Register,
+    RegisterAck,
+)
 from embxfer.fsm.poll import KVPoll
+from embxfer.fsm.routing import room_event
 from embxfer.fsm.sender import SenderRoom
 from embxfer.metrics import Metrics
 from embxfer.runtime import Runtime, TransferFailed
 from embxfer.transport.base import ControlChannel, DataTransport, Segment, WriteResult
-from embxfer.transport.messages import (
-    Abort,
-    BufferRegion,
-    Message,
-    PieceRequest,
-    Register,
-    RegisterAck,
-)
 
 LOG = logging.getLogger("embxfer.sender")
 
@@ -75,7 +72,7 @@ class SenderEngine(Runtime[SenderRoom]):
         )
         self.receivers: dict[str, RemoteBuffers] = {}
         self._writers: dict[str, _Writer] = {}
-        self._parked: dict[int, list[tuple[float, str, PieceRequest | Abort]]] = {}
+        self._parked: dict[int, list[tuple[float, Event]]] = {}
         self._parked_count = 0
         self._local_regions = [
             BufferRegion(kind, base, size) for kind, base, size in self.buffers.regions()
@@ -89,47 +86,40 @@ class SenderEngine(Runtime[SenderRoom]):
 
     def _adopt(self, room: SenderRoom) -> None:
         if self.adopt(room):
-            for _, peer, message in self._parked.pop(room.room_id, []):
+            for _, event in self._parked.pop(room.room_id, []):
                 self._parked_count -= 1
-                self._deliver_room_message(room, peer, message)
+                self.deliver(room, event)
 
     # -- inbound ---------------------------------------------------------------------
     def on_message(self, peer: str, message: Message) -> None:
         if isinstance(message, Register):
             self._register(peer, message)
-        elif isinstance(message, (PieceRequest, Abort)):
-            # Only a registered receiver can be in a room, so only one may ask or abort:
-            # a stray peer guessing room ids must not fail other receivers' rooms.
-            if peer not in self.receivers:
-                self.reject("unregistered_peer", peer)
-                return
-            room = self.rooms.get(message.room)
-            if room is not None:
-                self._deliver_room_message(room, peer, message)
-            elif self.is_closed(message.room):
-                self.reject("closed_room", peer, room=message.room)
-            else:
-                self._park(peer, message)
-        else:
-            self.reject("unexpected_kind", peer, type(message).__name__)
-
-    def _deliver_room_message(
-        self, room: SenderRoom, peer: str, message: PieceRequest | Abort
-    ) -> None:
-        event: Event = (
-            RequestReceived(peer, message)
-            if isinstance(message, PieceRequest)
-            else AbortReceived(peer, message.reason)
-        )
-        self.deliver(room, event)
-
-    def _park(self, peer: str, message: PieceRequest | Abort) -> None:
-        """Hold a message for a room the scheduler has not created yet (it may be slower
-        than the receiver); dropped after the bootstrap timeout."""
-        if self._parked_count >= _PARKED_LIMIT:
-            self.reject("park_full", peer, room=message.room)
             return
-        self._parked.setdefault(message.room, []).append((self.clock(), peer, message))
+        routed = room_event("sender", peer, message)
+        if routed is None:
+            self.reject("unexpected_kind", peer, type(message).__name__)
+            return
+        # Only a registered receiver can be in a room, so only one may ask or abort: a
+        # stray peer guessing room ids must not fail other receivers' rooms.
+        if peer not in self.receivers:
+            self.reject("unregistered_peer", peer)
+            return
+        room_id, event = routed
+        room = self.rooms.get(room_id)
+        if room is not None:
+            self.deliver(room, event)
+        elif self.is_closed(room_id):
+            self.reject("closed_room", peer, room=room_id)
+        else:
+            self._park(peer, room_id, event)
+
+    def _park(self, peer: str, room_id: int, event: Event) -> None:
+        """Hold a room's event for a room the scheduler has not created yet (it may be
+        slower than the receiver); dropped after the bootstrap timeout."""
+        if self._parked_count >= _PARKED_LIMIT:
+            self.reject("park_full", peer, room=room_id)
+            return
+        self._parked.setdefault(room_id, []).append((self.clock(), event))
         self._parked_count += 1
 
     def _register(self, peer: str, message: Register) -> None:

@@ -55,8 +55,6 @@ from embxfer.fsm.actions import (
     WritePiece,
 )
 from embxfer.fsm.events import (
-    AbortAckReceived,
-    AbortReceived,
     AbortRequested,
     Event,
     MemoryGranted,
@@ -70,15 +68,16 @@ from embxfer.fsm.events import (
     WriteFinished,
 )
 from embxfer.fsm.memory import blocks_needed
+from embxfer.fsm.messages import Abort, AbortAck, PieceRequest, PieceWritten
 from embxfer.fsm.policy import ResumePolicy, SpillMode
 from embxfer.fsm.poll import KVPoll
 from embxfer.fsm.receiver import ReceiverRoom
 from embxfer.fsm.room import ACTIVE, FAILED, SUCCESS, Room, Timeouts, Verdict
+from embxfer.fsm.routing import room_event
 from embxfer.fsm.sender import SenderRoom
 from embxfer.transport.base import WriteResult
 from embxfer.transport.faults import INJECTED_WRITE_FAILURE
 from embxfer.transport.inproc import InprocDataTransport, InprocNetwork
-from embxfer.transport.messages import Abort, AbortAck, PieceRequest, PieceWritten
 from embxfer.transport.wire import WireError, decode, encode
 
 SENDER = "E"
@@ -1289,22 +1288,12 @@ def _event_at(
     engine: str, peer: str, message: RoomMessage, registered: tuple[str, ...]
 ) -> Event | None:
     """The event an engine's runtime makes of a message from ``peer`` (None: it rejects
-    the message as ``SenderEngine.on_message`` / ``ReceiverEngine.on_message`` do)."""
-    if engine == SENDER:
-        if peer not in registered:
-            return None
-        if isinstance(message, PieceRequest):
-            return RequestReceived(peer, message)
-        if isinstance(message, Abort):
-            return AbortReceived(peer, message.reason)
+    the message, as ``SenderEngine.on_message`` / ``ReceiverEngine.on_message`` do: a
+    sender takes room messages from registered receivers only)."""
+    if engine == SENDER and peer not in registered:
         return None
-    if isinstance(message, PieceWritten):
-        return PieceArrived(peer, message)
-    if isinstance(message, Abort):
-        return AbortReceived(peer, message.reason)
-    if isinstance(message, AbortAck):
-        return AbortAckReceived(peer)
-    return None
+    routed = room_event("sender" if engine == SENDER else "receiver", peer, message)
+    return None if routed is None else routed[1]
 
 
 def _writer(write: PendingWrite) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from embxfer.transport.messages import PieceRequest, PieceWritten
+from embxfer.fsm.messages import PieceRequest, PieceWritten
 
 
 @dataclass(frozen=True, slots=True)

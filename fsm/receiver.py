@@ -27,6 +27,7 @@ from embxfer.fsm.events import (
     Tick,
 )
 from embxfer.fsm.memory import BlockPool, blocks_needed
+from embxfer.fsm.messages import Abort, PieceRequest
 from embxfer.fsm.policy import ResumePolicy, SpillMode
 from embxfer.fsm.room import (
     ACTIVE,
@@ -42,7 +43,6 @@ from embxfer.fsm.room import (
     build_machine,
     verdict_table,
 )
-from embxfer.transport.messages import Abort, PieceRequest
 
 B, W, T, OK, F = BOOTSTRAPPING, WAITING, TRANSFERRING, SUCCESS, FAILED
 

@@ -25,6 +25,7 @@ from embxfer.fsm.events import (
     WriteFinished,
 )
 from embxfer.fsm.memory import BlockPool, blocks_needed
+from embxfer.fsm.messages import Abort, AbortAck, PieceWritten
 from embxfer.fsm.room import (
     ACTIVE,
     BOOTSTRAPPING,
@@ -39,7 +40,6 @@ from embxfer.fsm.room import (
     build_machine,
     verdict_table,
 )
-from embxfer.transport.messages import Abort, AbortAck, PieceWritten
 
 B, W, T, OK, F = BOOTSTRAPPING, WAITING, TRANSFERRING, SUCCESS, FAILED
 

@@ -14,10 +14,10 @@ from embxfer.fsm.events import (
     RequestReceived,
     WriteFinished,
 )
+from embxfer.fsm.messages import PieceRequest, PieceWritten
 from embxfer.fsm.receiver import ReceiverRoom
 from embxfer.fsm.room import Room, Timeouts
 from embxfer.fsm.sender import SenderRoom
-from embxfer.transport.messages import PieceRequest, PieceWritten
 
 BLOCK = 4
 ROOM = 7

@@ -18,10 +18,10 @@ from embxfer.fsm.events import (
     Released,
     Tick,
 )
+from embxfer.fsm.messages import PieceWritten
 from embxfer.fsm.policy import ResumePolicy, SpillMode
 from embxfer.fsm.poll import KVPoll
 from embxfer.fsm.receiver import ReceiverRoom
-from embxfer.transport.messages import PieceWritten
 
 from .rooms import (
     ACT,

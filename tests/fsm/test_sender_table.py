@@ -18,9 +18,9 @@ from embxfer.fsm.events import (
     Tick,
     WriteFinished,
 )
+from embxfer.fsm.messages import PieceRequest
 from embxfer.fsm.poll import STATE_NAMES
 from embxfer.fsm.sender import SenderRoom
-from embxfer.transport.messages import PieceRequest
 
 from .rooms import (
     ACT,

@@ -34,13 +34,7 @@ import pytest
 import zmq
 
 from embxfer.demo import DemoSettings, RoomOutcome, receiver_outcome
-from embxfer.fsm.poll import KVPoll
-from embxfer.receiver import ReceiverEngine
-from embxfer.remote import NetworkConfig, remote_receiver, remote_sender
-from embxfer.runtime import Runtime
-from embxfer.sender import SenderEngine
-from embxfer.transport.curve_keys import AllowList, EngineKeys, generate_keys
-from embxfer.transport.messages import (
+from embxfer.fsm.messages import (
     Abort,
     AbortAck,
     BufferRegion,
@@ -51,6 +45,12 @@ from embxfer.transport.messages import (
     Register,
     RegisterAck,
 )
+from embxfer.fsm.poll import KVPoll
+from embxfer.receiver import ReceiverEngine
+from embxfer.remote import NetworkConfig, remote_receiver, remote_sender
+from embxfer.runtime import Runtime
+from embxfer.sender import SenderEngine
+from embxfer.transport.curve_keys import AllowList, EngineKeys, generate_keys
 from embxfer.transport.mooncake_data import available
 from embxfer.transport.wire import (
     MAX_FRAME_BYTES,

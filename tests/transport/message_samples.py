@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from embxfer.transport.messages import (
+from embxfer.fsm.messages import (
     Abort,
     AbortAck,
     BufferRegion,

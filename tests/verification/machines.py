@@ -27,6 +27,7 @@ from embxfer.fsm.events import (
     Tick,
     WriteFinished,
 )
+from embxfer.fsm.messages import Abort, AbortAck, PieceRequest, PieceWritten
 from embxfer.fsm.policy import ResumePolicy, SpillMode
 from embxfer.fsm.receiver import ReceiverRoom
 from embxfer.fsm.sender import SenderRoom
@@ -48,7 +49,6 @@ from embxfer.simulation import (
     World,
     describe,
 )
-from embxfer.transport.messages import Abort, AbortAck, PieceRequest, PieceWritten
 
 STRANGER = "M"  # a peer no engine registered
 DELAYS = st.sampled_from([0.5, 1.0, 2.0, 29.0, 30.0, 60.0, 65.0]) | st.floats(0.001, 100.0)
