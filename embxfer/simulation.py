@@ -837,13 +837,10 @@ class World:
         self._room_keys.pop(key, None)
         room = self.rooms[key]
         before = room.state
-        try:
-            with self._acting_for(key[1]):
-                actions = room.handle(event, self.now)
-        except Violation:
-            raise
-        except Exception as exc:
-            raise Violation(f"{_side(key)} crashed on {event!r}: {exc!r}") from exc
+        with self._acting_for(key[1]):
+            actions = room.handle(event, self.now)
+        if room.crash:
+            raise Violation(f"{_side(key)} crashed on {event!r}: {room.crash}")
         forward = room.state == FAILED or KVPoll[room.state] > KVPoll[before]
         if before != room.state and not (before in ACTIVE and forward):
             raise Violation(f"{_side(key)} went from {before} to {room.state}")

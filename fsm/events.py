@@ -89,6 +89,13 @@ class MemoryGranted:
 
 
 @dataclass(frozen=True, slots=True)
+class CallbackFailed:
+    """A callback of this room raised on an earlier event (a bug): the room fails."""
+
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """Time passed: deadlines and quarantine ends."""
 
@@ -105,5 +112,6 @@ Event = (
     | PeerLost
     | Released
     | MemoryGranted
+    | CallbackFailed
     | Tick
 )
