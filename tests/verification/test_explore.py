@@ -7,7 +7,7 @@ import json
 import pytest
 
 from embxfer.cli import main
-from embxfer.explore import ExploreSettings, explore
+from embxfer.tools.explore import ExploreSettings, explore
 
 
 def test_every_interleaving_without_faults_succeeds() -> None:
