@@ -4,7 +4,7 @@
 server would, while this thread plays both schedulers. ``run(..., threaded=False)``
 instead pumps the engines from the scheduler loop on a virtual clock: no threads and no
 sleeps, so the same loops run as a deterministic test. Configuration comes from the
-environment (``EngineConfig.from_env``), SGLang's variable names included.
+environment (``EngineConfig.from_env``).
 """
 
 from __future__ import annotations
