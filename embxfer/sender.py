@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import NoReturn
@@ -365,6 +365,14 @@ class SenderHandle:
         """Hand over the embedding; it is copied into the engine's buffers."""
         payload.validate(self._engine.layout)
         event = PayloadReady(payload.num_tokens, payload)
+        self._engine.submit(lambda: self._engine.deliver(self._room, event))
+
+    def send_blocks(self, blocks: Sequence[int], num_tokens: int) -> None:
+        """Hand over an embedding of ``num_tokens`` tokens that the scheduler already
+        wrote into ``blocks`` (taken from the engine's ``memory``, written with
+        ``buffers.store``): nothing is copied. The room owns the blocks from now on and
+        frees them with its own (at once if it refuses them)."""
+        event = PayloadReady(num_tokens, None, tuple(blocks))
         self._engine.submit(lambda: self._engine.deliver(self._room, event))
 
     def poll(self) -> KVPoll:
