@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from embxfer.buffers.allocator import BlockAllocator
+from embxfer.buffers.layout import AUX_KIND
 from embxfer.buffers.metadata import MetadataBuffers
 from embxfer.buffers.payload import EmbeddingPayload
 from embxfer.buffers.segments import plan_segments
@@ -381,6 +382,15 @@ class SenderHandle:
     @property
     def reason(self) -> str:
         return self._room.reason
+
+    @property
+    def bytes_written(self) -> int:
+        """Bytes this room has written to its receivers so far: every token kind of every
+        piece confirmed, and each receiver's aux record."""
+        layout = self._engine.layout
+        written = [progress.written for progress in list(self._room.receivers.values())]
+        reached = sum(1 for tokens in written if tokens)
+        return sum(written) * layout.bytes_per_token + reached * layout.block_bytes(AUX_KIND)
 
     def failure_exception(self) -> NoReturn:
         """Raise the room's failure, with its reason (SGLang's contract)."""

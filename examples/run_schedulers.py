@@ -13,9 +13,9 @@ import argparse
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from embxfer import EmbeddingPayload, EngineConfig
+from embxfer import EmbeddingPayload, EngineConfig, ReceiverEngine, SenderEngine
 from embxfer.local import inproc_engines
 from embxfer.runtime import Runtime
 from embxfer.workload import payload_for
@@ -46,6 +46,69 @@ class VirtualClock:
         return self.now
 
 
+class Scheduler(Protocol):
+    """What ``drive`` needs of a scheduler loop."""
+
+    @property
+    def idle(self) -> bool: ...
+
+    def step(self) -> None: ...
+
+
+@dataclass
+class Engines:
+    """An encoder engine, language ranks, and the clock they run on."""
+
+    sender: SenderEngine
+    receivers: list[ReceiverEngine]
+    clock: VirtualClock
+    threaded: bool
+
+    @property
+    def all(self) -> list[Runtime[Any]]:
+        return [self.sender, *self.receivers]
+
+    @property
+    def leaked_blocks(self) -> int:
+        return sum(engine.allocator.used_blocks for engine in self.all)
+
+
+def make_engines(ranks: int, threaded: bool, **config: Any) -> Engines:
+    """In-process engines configured by ``EngineConfig.from_env()`` with ``config`` over it."""
+    clock = VirtualClock()
+    settings = EngineConfig.from_env(**config)
+    if not threaded:
+        settings = settings.replace(write_threads=False)  # writes inline: deterministic
+    sender, receivers, _ = inproc_engines(
+        settings, settings, ranks, clock=time.monotonic if threaded else clock
+    )
+    return Engines(sender, receivers, clock, threaded)
+
+
+def drive(engines: Engines, schedulers: Sequence[Scheduler], max_steps: int = 100_000) -> None:
+    """Step the schedulers until they and the engines are done, then close the engines.
+    Threaded, the engines run on their own pump threads; else this loop pumps them."""
+    if engines.threaded:
+        for engine in engines.all:
+            engine.start()
+    try:
+        for _ in range(max_steps):
+            if all(s.idle for s in schedulers) and not any(e.rooms for e in engines.all):
+                return
+            if engines.threaded:
+                time.sleep(0.0005)  # the engines' own threads do the work
+            else:
+                engines.clock.now += 0.001
+                for engine in engines.all:
+                    engine.run_once(0.0)
+            for scheduler in schedulers:
+                scheduler.step()
+        raise RuntimeError(f"requests not finished after {max_steps} steps")
+    finally:
+        for engine in engines.all:
+            engine.close()
+
+
 def run(
     lengths: Sequence[int],
     ranks: int = 1,
@@ -55,57 +118,26 @@ def run(
 ) -> Report:
     """Send one request per entry of ``lengths`` (room ids 1, 2, ...) from an encoder to
     ``ranks`` language ranks; ``config`` overrides ``EngineConfig.from_env()``."""
-    clock = VirtualClock()
-    settings = EngineConfig.from_env(**config)
-    if not threaded:
-        settings = settings.replace(write_threads=False)  # writes inline: deterministic
-    sender, receivers, _ = inproc_engines(
-        settings,
-        settings,
-        ranks,
-        clock=time.monotonic if threaded else clock,
-    )
-    engines: list[Runtime[Any]] = [sender, *receivers]
+    engines = make_engines(ranks, threaded, **config)
+    layout = engines.sender.layout
     report = Report()
 
     def encode(request: EncodeRequest) -> EmbeddingPayload:  # stands in for the vision tower
-        return payload_for(request.room_id, request.num_tokens, sender.layout, SEED)
+        return payload_for(request.room_id, request.num_tokens, layout, SEED)
 
     def prefill(room_id: int, embedding: EmbeddingPayload) -> None:
-        expected = payload_for(room_id, embedding.num_tokens, sender.layout, SEED)
+        expected = payload_for(room_id, embedding.num_tokens, layout, SEED)
         report.verified[room_id] = embedding.equals(expected)
 
-    def pump() -> None:
-        if threaded:
-            time.sleep(0.0005)  # the engines' own threads do the work
-            return
-        clock.now += 0.001
-        for engine in engines:
-            engine.run_once(0.0)
-
-    encoder = EncoderScheduler(sender, encode)
-    language = LanguageScheduler(receivers, sender.address, prefill)
+    encoder = EncoderScheduler(engines.sender, encode)
+    language = LanguageScheduler(engines.receivers, engines.sender.address, prefill)
     for room_id, tokens in enumerate(lengths, start=1):
         language.add(LanguageRequest(room_id))
         encoder.add(EncodeRequest(room_id, tokens))
-    if threaded:
-        for engine in engines:
-            engine.start()
-    try:
-        for _ in range(max_steps):
-            if encoder.idle and language.idle and not any(e.rooms for e in engines):
-                break
-            pump()
-            encoder.step()
-            language.step()
-        else:
-            raise RuntimeError(f"requests not finished after {max_steps} steps")
-    finally:
-        for engine in engines:
-            engine.close()
+    drive(engines, [encoder, language], max_steps)
     report.encoder, report.language = encoder.finished, language.finished
     report.resumes = language.resumes
-    report.leaked_blocks = sum(engine.allocator.used_blocks for engine in engines)
+    report.leaked_blocks = engines.leaked_blocks
     return report
 
 
