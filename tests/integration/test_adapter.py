@@ -5,6 +5,8 @@ the same report against sglang 0.5.23's own classes.)"""
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -22,6 +24,18 @@ PREFILL, DECODE = DisaggregationMode.PREFILL, DisaggregationMode.DECODE
 
 def test_the_adapter_conforms_to_the_stand_in_interface() -> None:
     conformance.verify(json.loads(json.dumps(conformance.check())), sglang=False)
+
+
+def test_the_readme_maps_every_method_of_the_interface() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("\n## Using it from SGLang\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    mapped = set(re.findall(r"^\| `(?:\w+\.)?(\w+)\(", "\n".join(rows), re.MULTILINE))
+    for _, methods in conformance.INTERFACE.values():
+        for method in methods:
+            if method != "__init__":
+                assert method in mapped, method
+    assert {"KVManager", "KVSender", "KVReceiver"} <= mapped
 
 
 @pytest.fixture
