@@ -79,7 +79,7 @@ over.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, NoReturn, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -89,9 +89,9 @@ from embxfer.buffers.metadata import MetadataBuffers
 from embxfer.buffers.payload import EmbeddingPayload
 from embxfer.config import EngineConfig
 from embxfer.fsm.poll import KVPoll
-from embxfer.receiver import ReceiverEngine
+from embxfer.receiver import ReceiverEngine, ReceiverHandle
 from embxfer.remote import NetworkConfig, remote_receiver, remote_sender
-from embxfer.sender import SenderEngine
+from embxfer.sender import SenderEngine, SenderHandle
 from embxfer.sglang_interface import (
     BaseKVManager,
     BaseKVReceiver,
@@ -192,7 +192,28 @@ def _blocks(kv_indices: Iterable[int], aux_index: int | None) -> tuple[int, ...]
     return blocks
 
 
-class EmbeddingKVSender(BaseKVSender):
+HandleT = TypeVar("HandleT", SenderHandle, ReceiverHandle)
+
+
+class _RoomCalls(Generic[HandleT]):
+    """The calls both sides answer from their room handle alone."""
+
+    _handle: HandleT
+
+    def poll(self) -> KVPoll:
+        return self._handle.poll()
+
+    def failure_exception(self) -> NoReturn:
+        self._handle.failure_exception()
+
+    def clear(self) -> None:
+        self._handle.release()
+
+    def abort(self) -> None:
+        self._handle.abort()
+
+
+class EmbeddingKVSender(_RoomCalls[SenderHandle], BaseKVSender):
     """One request's embedding on the encoder."""
 
     def __init__(
@@ -242,22 +263,13 @@ class EmbeddingKVSender(BaseKVSender):
         )
 
     def poll(self) -> KVPoll:
-        state = self._handle.poll()
+        state = super().poll()
         if state is KVPoll.Success and self._latency is None and self._sent_at is not None:
             self._latency = self._engine.clock() - self._sent_at
         return state
 
-    def failure_exception(self) -> NoReturn:
-        self._handle.failure_exception()
 
-    def clear(self) -> None:
-        self._handle.release()
-
-    def abort(self) -> None:
-        self._handle.abort()
-
-
-class EmbeddingKVReceiver(BaseKVReceiver):
+class EmbeddingKVReceiver(_RoomCalls[ReceiverHandle], BaseKVReceiver):
     """One request's embedding on one language rank."""
 
     def __init__(
@@ -299,9 +311,6 @@ class EmbeddingKVReceiver(BaseKVReceiver):
         self._provided = True
         self._handle.provide_blocks(blocks)
 
-    def poll(self) -> KVPoll:
-        return self._handle.poll()
-
     def result(self) -> EmbeddingPayload:
         """The embedding, once ``poll()`` is Success; valid until ``clear()``."""
         return self._handle.result()
@@ -310,12 +319,3 @@ class EmbeddingKVReceiver(BaseKVReceiver):
     def resumes(self) -> int:
         """Resumes of this room so far (beneath the interface)."""
         return self._handle.resumes
-
-    def failure_exception(self) -> NoReturn:
-        self._handle.failure_exception()
-
-    def clear(self) -> None:
-        self._handle.release()
-
-    def abort(self) -> None:
-        self._handle.abort()

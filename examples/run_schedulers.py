@@ -10,8 +10,10 @@ environment (``EngineConfig.from_env``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -141,14 +143,15 @@ def run(
     return report
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(run_example: Callable[..., Any] = run, description: str = __doc__) -> int:
+    """Run an example's ``run`` from the command line; print its report as JSON."""
+    parser = argparse.ArgumentParser(description=description.split("\n")[0])
     parser.add_argument("--tokens", default="500,2000,1024,10000,50000")
     parser.add_argument("--ranks", type=int, default=2)
     args = parser.parse_args()
     lengths = [int(n) for n in args.tokens.split(",")]
-    report = run(lengths, args.ranks, hidden_size=256, num_blocks=2048)
-    print(report)
+    report = run_example(lengths, args.ranks, hidden_size=256, num_blocks=2048)
+    print(json.dumps(dataclasses.asdict(report)))
     ok = all(report.verified.get(room, False) for room in range(1, len(lengths) + 1))
     return 0 if ok and not report.leaked_blocks else 1
 

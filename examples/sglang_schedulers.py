@@ -16,8 +16,6 @@ threads); ``run(..., threaded=False)`` pumps them on a virtual clock, as the tes
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field
@@ -29,9 +27,13 @@ from embxfer import EmbeddingPayload, KVPoll, TransferFailed
 from embxfer.adapter import EmbeddingKVManager, EmbeddingKVReceiver, EmbeddingKVSender
 from embxfer.sglang_interface import SGLANG_INSTALLED, DisaggregationMode
 from embxfer.workload import payload_for
+from examples import run_schedulers
+from examples.language_scheduler import LanguageRequest
 from examples.run_schedulers import SEED, drive, make_engines
 
 LOG = logging.getLogger("examples.sglang")
+
+Request = LanguageRequest[EmbeddingKVReceiver]  # a receiver per rank
 
 
 def _indices(blocks: Sequence[int]) -> np.ndarray[Any, np.dtype[np.int32]]:
@@ -116,19 +118,6 @@ class EncoderScheduler:
         job.sender.clear()  # the room frees its blocks once no write reads them
 
 
-@dataclass
-class LanguageRequest:
-    """A request waiting for its embedding on every rank."""
-
-    room_id: int
-    receivers: list[EmbeddingKVReceiver] = field(default_factory=list)
-    expected_tokens: int | None = None  # a size hint, when the scheduler knows it
-
-    def poll(self) -> KVPoll:
-        """The MIN over ranks (SGLang all-reduces exactly this across its TP group)."""
-        return min(receiver.poll() for receiver in self.receivers)
-
-
 class LanguageScheduler:
     """A language server's loop over its ranks: prealloc queue, transfer queue."""
 
@@ -143,16 +132,16 @@ class LanguageScheduler:
         self.encoder_addr = encoder_addr
         self.prefill = prefill
         self.default_tokens = default_tokens  # the first piece, without a hint
-        self.prealloc_queue: list[LanguageRequest] = []
-        self.transfer_queue: list[LanguageRequest] = []
+        self.prealloc_queue: list[Request] = []
+        self.transfer_queue: list[Request] = []
         self.finished: dict[int, str] = {}  # room -> "" (Success) or the failure reason
         self.resumes = 0
 
-    def add(self, request: LanguageRequest) -> None:
-        request.receivers = [
+    def add(self, request: Request) -> None:
+        request.handles = [
             EmbeddingKVReceiver(mgr, self.encoder_addr, request.room_id) for mgr in self.ranks
         ]
-        for receiver in request.receivers:
+        for receiver in request.handles:
             receiver.init(prefill_dp_rank=0)
         self.prealloc_queue.append(request)
 
@@ -182,8 +171,8 @@ class LanguageScheduler:
         for request in self.transfer_queue:
             state = request.poll()
             if state == KVPoll.Success:
-                self.prefill(request.room_id, request.receivers[0].result())
-                self.resumes += sum(receiver.resumes for receiver in request.receivers)
+                self.prefill(request.room_id, request.handles[0].result())
+                self.resumes += sum(receiver.resumes for receiver in request.handles)
                 self._end(request, "")
             elif state == KVPoll.Failed:
                 self._end(request, self._failure(request))
@@ -191,7 +180,7 @@ class LanguageScheduler:
                 in_flight.append(request)
         self.transfer_queue = in_flight
 
-    def _preallocate(self, request: LanguageRequest) -> bool:
+    def _preallocate(self, request: Request) -> bool:
         """The first piece's blocks on every rank, or none at all (then it waits)."""
         tokens = request.expected_tokens or self.default_tokens
         taken: list[tuple[EmbeddingKVManager, list[int]]] = []
@@ -202,20 +191,20 @@ class LanguageScheduler:
                     owner.memory.free(held)  # never handed over: still the scheduler's
                 return False
             taken.append((mgr, blocks))
-        for receiver, (_, blocks) in zip(request.receivers, taken, strict=True):
+        for receiver, (_, blocks) in zip(request.handles, taken, strict=True):
             receiver.send_metadata(_indices(blocks), aux_index=blocks[0])
         return True
 
-    def _failure(self, request: LanguageRequest) -> str:
-        failed = next(r for r in request.receivers if r.poll() == KVPoll.Failed)
+    def _failure(self, request: Request) -> str:
+        failed = next(r for r in request.handles if r.poll() == KVPoll.Failed)
         return _reason(failed)
 
-    def _end(self, request: LanguageRequest, reason: str) -> None:
+    def _end(self, request: Request, reason: str) -> None:
         """Abort (idempotent on ended rooms) on failure, then clear every rank."""
         if reason:
             LOG.warning("room=%d receive failed: %s", request.room_id, reason)
         self.finished[request.room_id] = reason
-        for receiver in request.receivers:
+        for receiver in request.handles:
             if reason:
                 receiver.abort()
             receiver.clear()  # the rooms free their blocks: results are used by now
@@ -267,7 +256,7 @@ def run(
         rank_mgrs, encoder_mgr.bootstrap_addr, prefill, engines.sender.config.default_alloc_tokens
     )
     for room_id, tokens in enumerate(lengths, start=1):
-        language.add(LanguageRequest(room_id))
+        language.add(Request(room_id))
         if room_id in cancel:
             language.cancel(room_id)
         encoder.add(room_id, tokens)
@@ -280,15 +269,7 @@ def run(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tokens", default="500,2000,1024,10000,50000")
-    parser.add_argument("--ranks", type=int, default=2)
-    args = parser.parse_args()
-    lengths = [int(n) for n in args.tokens.split(",")]
-    report = run(lengths, args.ranks, hidden_size=256, num_blocks=2048)
-    print(json.dumps(asdict(report)))
-    ok = all(report.verified.get(room, False) for room in range(1, len(lengths) + 1))
-    return 0 if ok and not report.leaked_blocks else 1
+    return run_schedulers.main(run, __doc__)
 
 
 if __name__ == "__main__":
