@@ -23,9 +23,9 @@ from embxfer.transport.base import Segment, WriteResult
 log = logging.getLogger(__name__)
 
 _INSTALL_HINT = (
-    "Mooncake Transfer Engine is not usable: pip install 'embxfer[mooncake]' (CPU memory; "
-    "'embxfer[mooncake-cuda]' or 'embxfer[mooncake-cuda13]' for GPU memory), and on "
-    "Debian/Ubuntu apt-get install libibverbs1 libnuma1"
+    "Mooncake Transfer Engine is not usable: pip install mooncake-transfer-engine-non-cuda "
+    "(embxfer[mooncake]; for GPU memory embxfer[mooncake-cuda] or [mooncake-cuda13]), "
+    "and on Debian/Ubuntu apt-get install libibverbs1 libnuma1"
 )
 # The wheels that install ``mooncake``, and whether their build registers GPU memory.
 WHEELS_WITH_CUDA = {
