@@ -764,6 +764,9 @@ class World:
         size = config.block_size
         if blocks_needed(total, size) > config.sender_blocks:
             return True
+        kept_in_place = policy.spill is SpillMode.NEVER_SPILL and initial < total
+        if kept_in_place and blocks_needed(total, size) > config.receiver_blocks:
+            return True
         received, ask = 0, initial
         while not policy.allow_partial:
             if blocks_needed(ask, size) > config.receiver_blocks:
@@ -1550,7 +1553,53 @@ def _quarantine_from_failure(original: Callable[..., None]) -> Callable[..., Non
     return enter_failed
 
 
-Breaker: TypeAlias = Callable[[Callable[..., None]], Callable[..., None]]
+def _lifo_ready(_original: Callable[..., Any]) -> Callable[..., Any]:
+    """The memory queue serves the newest waiter first (a stack, not a queue)."""
+
+    def ready(pool: FairPool[int]) -> int | None:
+        queue = pool.queue()
+        if not queue:
+            return None
+        waiter, ask = queue[-1]
+        return waiter if pool.free_blocks >= ask.floor else None
+
+    return ready
+
+
+def _grant_any(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Grant ``ready``'s choice wherever it stands in the queue."""
+
+    def grant(pool: FairPool[int], waiter: int) -> list[int]:
+        queue = pool.queue()
+        pool.restore_queue(
+            [e for e in queue if e[0] == waiter] + [e for e in queue if e[0] != waiter]
+        )
+        blocks: list[int] = original(pool, waiter)
+        return blocks
+
+    return grant
+
+
+def _hold_while_waiting(_original: Callable[..., Any]) -> Callable[..., Any]:
+    """The receiver waits for memory keeping the pieces it holds (it never spills first)."""
+
+    def take(room: ReceiverRoom, wanted: int, floor: int) -> list[int] | None:
+        return room.memory.take(wanted, wanted) or room.memory.take(wanted, floor)
+
+    return take
+
+
+def _writes_wait_for_every_receiver(original: Callable[..., None]) -> Callable[..., None]:
+    """The sender writes nothing until every receiver of the room has joined."""
+
+    def start_writes(room: SenderRoom) -> None:
+        if room.state != "Bootstrapping":
+            original(room)
+
+    return start_writes
+
+
+Breaker: TypeAlias = Callable[[Callable[..., Any]], Callable[..., Any]]
 MUTANTS: dict[str, tuple[tuple[type, str, Breaker], ...]] = {
     "dedup-on-blocks": ((SenderRoom, "_classify_request", _dedup_on_blocks),),
     "no-resume-request": ((ReceiverRoom, "_take_piece_and_resume", _no_resume_request),),
@@ -1560,6 +1609,10 @@ MUTANTS: dict[str, tuple[tuple[type, str, Breaker], ...]] = {
         (SenderRoom, "_start_writes", _serve_stale_requests),
         (ReceiverRoom, "_enter_failed", _quarantine_from_failure),
     ),
+    # Memory pressure: the progress and fairness rules, each undone.
+    "lifo-queue": ((FairPool, "ready", _lifo_ready), (FairPool, "grant", _grant_any)),
+    "hold-while-waiting": ((ReceiverRoom, "_take", _hold_while_waiting),),
+    "writes-wait-for-all": ((SenderRoom, "_start_writes", _writes_wait_for_every_receiver),),
 }
 """name -> the (class, method, breaker) patches that make the broken machines; a breaker
 makes the broken method from the original."""

@@ -250,6 +250,14 @@ class ReceiverRoom(Room):
             self._decide(Verdict.VIOLATION, "short piece that is not the last")
         elif end == msg.total_tokens:
             self._decide(Verdict.ALL_DONE)
+        elif self.policy.spill is SpillMode.NEVER_SPILL and (
+            blocks_needed(msg.total_tokens, self.memory.block_size) > self.memory.total_blocks
+        ):
+            self._decide(
+                Verdict.VIOLATION,
+                f"{msg.total_tokens} tokens kept in place can never fit "
+                f"{self.memory.total_blocks} blocks of {self.memory.block_size}",
+            )
         else:
             verdict, reason = self._servable(self._resume_tokens(msg.total_tokens - end))
             self._decide(Verdict.MORE_OWED if verdict is Verdict.ACT else verdict, reason)
