@@ -160,16 +160,19 @@ def test_resume_waits_for_memory_in_the_queue_until_the_deadline() -> None:
 
 
 def test_a_granted_resume_asks_for_the_rest() -> None:
-    allocator = FreeListAllocator(2, BLOCK)
+    allocator = FreeListAllocator(3, BLOCK)
     policy = ResumePolicy(spill=SpillMode.NEVER_SPILL)
     room = ReceiverRoom(ROOM, SENDER, memory(allocator), 8, TIMEOUTS, 0.0, policy)
     room.handle(PeerReady(), 0.0)
+    hog = allocator.alloc(BLOCK)  # the last free block goes elsewhere
+    assert hog is not None
     assert room.handle(piece(0, 8), 1.0) == [WaitForMemory(2, 2)]
-    room.memory.free(room.pieces[0].blocks[:1])  # as if another room's blocks came back
-    room.pieces[0] = room.pieces[0].__class__(0, 8, room.pieces[0].blocks[1:])
-    (ask,) = room.handle(MemoryGranted((0,)), 2.0)
+    allocator.free(hog)  # it comes back: the engine grants it to the waiting room
+    granted = tuple(allocator.alloc(BLOCK) or ())
+    (ask,) = room.handle(MemoryGranted(granted), 2.0)
     assert isinstance(ask, SendMessage) and ask.message.sent_tokens == 8
-    assert room.outstanding is not None and room.outstanding.blocks == (0,)
+    assert room.outstanding is not None and room.outstanding.blocks == granted
+    assert not room.waiting_for_memory
 
 
 def test_a_piece_that_can_never_fit_fails_the_room() -> None:
