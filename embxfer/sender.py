@@ -6,12 +6,13 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import NoReturn
 
 from embxfer.buffers.allocator import BlockAllocator
+from embxfer.buffers.layout import AUX_KIND
 from embxfer.buffers.metadata import MetadataBuffers
 from embxfer.buffers.payload import EmbeddingPayload
 from embxfer.buffers.segments import plan_segments
@@ -357,12 +358,29 @@ class SenderHandle:
         event = PayloadReady(payload.num_tokens, payload)
         self._engine.submit(lambda: self._engine.deliver(self._room, event))
 
+    def send_blocks(self, blocks: Sequence[int], num_tokens: int) -> None:
+        """Hand over an embedding of ``num_tokens`` tokens that the scheduler already
+        wrote into ``blocks`` (taken from the engine's ``memory``, written with
+        ``buffers.store``): nothing is copied. The room owns the blocks from now on and
+        frees them with its own (at once if it refuses them)."""
+        event = PayloadReady(num_tokens, None, tuple(blocks))
+        self._engine.submit(lambda: self._engine.deliver(self._room, event))
+
     def poll(self) -> KVPoll:
         return self._room.poll
 
     @property
     def reason(self) -> str:
         return self._room.reason
+
+    @property
+    def bytes_written(self) -> int:
+        """Bytes this room has written to its receivers so far: every token kind of every
+        piece confirmed, and each receiver's aux record."""
+        layout = self._engine.layout
+        written = [progress.written for progress in list(self._room.receivers.values())]
+        reached = sum(1 for tokens in written if tokens)
+        return sum(written) * layout.bytes_per_token + reached * layout.block_bytes(AUX_KIND)
 
     def failure_exception(self) -> NoReturn:
         """Raise the room's failure, with its reason (SGLang's contract)."""

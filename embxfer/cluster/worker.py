@@ -8,21 +8,17 @@ one ``RoomOutcome`` per room, and a ``WorkerReport`` at the end.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import signal
-import sys
-import tempfile
 import time
 import traceback
-from collections.abc import Iterator
 from concurrent.futures import Future
 from multiprocessing.connection import Connection
 from typing import Any, Generic, Protocol, TypeVar
 
 from embxfer.demo import TERMINAL, RoomOutcome, leaked_blocks, receiver_outcome, sender_outcome
 from embxfer.fsm.poll import KVPoll
+from embxfer.native_log import route_native_log
 from embxfer.receiver import ReceiverEngine, ReceiverHandle
 from embxfer.remote import remote_receiver, remote_sender
 from embxfer.runtime import Runtime
@@ -46,13 +42,13 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
         level=spec.log_level.upper(),
         format=f"%(asctime)s %(levelname)s {spec.side} %(name)s %(message)s",
     )
+    route_native_log()  # Mooncake's lines, logged with this worker's side
     try:
-        with _start_up_noise_hidden():
-            loop: _Loop[Any, Any] = (
-                _EncoderLoop(spec, remote_sender(spec.config, spec.network), conn)
-                if spec.is_encoder
-                else _LanguageLoop(spec, remote_receiver(spec.config, spec.network), conn)
-            )
+        loop: _Loop[Any, Any] = (
+            _EncoderLoop(spec, remote_sender(spec.config, spec.network), conn)
+            if spec.is_encoder
+            else _LanguageLoop(spec, remote_receiver(spec.config, spec.network), conn)
+        )
     except Exception:
         conn.send(StartFailed(traceback.format_exc()))
         return
@@ -82,29 +78,6 @@ def _reload_allow_list_on_sighup(engine: Runtime[Any]) -> None:
             LOG.error("allow-list not reloaded, the old one stays: %s", error)
 
     signal.signal(signal.SIGHUP, reload)
-
-
-# What Mooncake's glog prints on stderr as each engine starts, harmlessly.
-_START_UP_NOISE = ("Logging before InitGoogleLogging", "Local segment descriptor not found")
-
-
-@contextlib.contextmanager
-def _start_up_noise_hidden() -> Iterator[None]:
-    """Pass on everything written to stderr (fd 2, where glog writes) meanwhile except
-    Mooncake's start-up noise: from several workers at once it buries the progress bar."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as capture:
-        os.dup2(capture.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            capture.seek(0)
-            for line in capture.read().decode(errors="replace").splitlines(keepends=True):
-                if not any(noise in line for noise in _START_UP_NOISE):
-                    sys.stderr.write(line)
 
 
 class _Handle(Protocol):
