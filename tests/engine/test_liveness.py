@@ -10,6 +10,7 @@ from typing import Any
 from embxfer import EngineConfig, KVPoll, ResumePolicy, SpillMode, Timeouts
 from embxfer.receiver import ReceiverEngine
 from embxfer.sender import SenderEngine
+from embxfer.transport.faults import FaultPlan
 from embxfer.transport.inproc import InprocControlChannel, InprocDataTransport, InprocNetwork
 from embxfer.workload import payload_for
 
@@ -110,3 +111,44 @@ def test_a_receiver_waiting_on_a_room_the_sender_has_not_created_keeps_hearing_f
     pump(engines, clock, 0.05)
     assert got.poll() is KVPoll.Success
     assert sent.poll() is KVPoll.Success
+
+
+def test_after_a_partition_an_idle_receiver_the_sender_gave_up_on_registers_again() -> None:
+    """In a partition the sender gave a receiver up (the receiver had joined a room and
+    its abort of it was lost in the cut) while the receiver, with no room open, waited
+    for nothing. Once the network heals, the receiver's next room must register again,
+    not ask the sender as a stranger whose requests are turned down."""
+    clock = Clock()
+    network = InprocNetwork()
+    sender = SenderEngine(
+        CONFIG,
+        InprocControlChannel(network, "encoder"),
+        InprocDataTransport(network, "encoder-data"),
+        clock,
+    )
+    receiver = ReceiverEngine(
+        CONFIG,
+        InprocControlChannel(network, "language"),
+        InprocDataTransport(network, "language-data"),
+        clock,
+    )
+    engines = [sender, receiver]
+    first = sender.create_room(1)
+    joined = receiver.create_room(1, sender.address, expected_tokens=300)
+    pump(engines, clock, 0.05)
+    assert first.poll() is KVPoll.WaitingForInput  # joined; the payload is not in yet
+
+    network.faults.plan = FaultPlan(drop=1.0)  # the cut: every message is lost
+    joined.abort("the client went away")
+    pump(engines, clock, 5 * PEER_TIMEOUT_S)
+    assert first.poll() is KVPoll.Failed
+    assert first.reason == "receiver language lost"
+    network.faults.plan = None  # healed
+
+    got = receiver.create_room(2, sender.address)
+    sent = sender.create_room(2)
+    sent.send(payload_for(2, 300, sender.layout, seed=5))
+    pump(engines, clock, 0.05)
+    assert got.poll() is KVPoll.Success, got.reason
+    assert sent.poll() is KVPoll.Success, sent.reason
+    assert dict(sender.stats.rejected) == {}
