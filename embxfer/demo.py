@@ -146,6 +146,7 @@ class Side:
     failure_reasons: dict[str, int] = field(default_factory=dict)
     leaked_blocks: int | None = None  # None: its process is gone, nothing left to count
     exit: str = ""  # cross-process runs: how its process ended
+    address: str = ""  # cross-process runs: where its peers reached it
     fault_target: bool = False  # the injected fault hit this engine
     rejected: dict[str, int] = field(default_factory=dict)  # cross-process runs: by reason
 

@@ -72,6 +72,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="inject the fault once this many requests are done (0: a third of them)",
     )
     processes.add_argument(
+        "--hosts",
+        choices=["local", "netns"],
+        default="local",
+        help="local: every process on --host; netns (root): each process on a host of its "
+        "own, a network namespace with an address from 198.18.0.0/15, all joined by a "
+        "bridge; removed at the end",
+    )
+    processes.add_argument(
         "--host", default="127.0.0.1", help="address every process binds (and advertises)"
     )
     processes.add_argument(
@@ -109,16 +117,21 @@ def run(args: argparse.Namespace) -> int:
         write_grace_s=args.write_grace_s,
     )
     if args.transport == "inproc":
-        if args.fault:
-            raise SystemExit("--fault needs --transport mooncake (faults hit processes)")
+        if args.fault or args.hosts != "local":
+            raise SystemExit("--fault and --hosts need --transport mooncake (they hit processes)")
         summary = run_inproc(settings, progress=not args.no_progress)
     else:
         # Imported here: the in-process demo must not need Mooncake or spawn anything.
         from embxfer.cluster.demo import Fault, ProcessOptions, run_processes
         from embxfer.cluster.launcher import WorkerStartError
+        from embxfer.cluster.netns import NetnsError, unavailable
         from embxfer.remote import NetworkConfig
         from embxfer.transport.zmq_control import generate_curve_keys
 
+        netns = args.hosts == "netns"
+        if netns and (problem := unavailable()):
+            print(f"embxfer demo: --hosts netns: {problem}", file=sys.stderr)
+            return 2
         options = ProcessOptions(
             network=NetworkConfig(
                 host=args.host,
@@ -129,13 +142,14 @@ def run(args: argparse.Namespace) -> int:
             fault_after=args.fault_after,
             deadline_s=args.deadline_s,
             log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()),
+            netns=netns,
         )
         try:
             summary = run_processes(settings, options, progress=not args.no_progress)
         except KeyboardInterrupt:  # the workers are stopped and reaped by now
             print("embxfer demo: interrupted", file=sys.stderr)
             return 130
-        except WorkerStartError as error:
+        except (WorkerStartError, NetnsError) as error:
             print(f"embxfer demo: {error}", file=sys.stderr)
             return 2
     summary.print(args.json)

@@ -9,6 +9,7 @@ survivors to end every open room by their own deadlines and to give back every b
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import time
@@ -27,6 +28,7 @@ from embxfer.demo import (
 )
 from embxfer.remote import NetworkConfig
 
+from . import hosts
 from .launcher import Cluster
 
 LOG = logging.getLogger("embxfer.cluster")
@@ -55,6 +57,7 @@ class ProcessOptions:
     deadline_s: float = 600.0  # for the requests; start-up and wrap-up have their own bounds
     start_timeout_s: float = 120.0
     log_level: str = "WARNING"
+    netns: bool = False  # each process on a host of its own (a network namespace)
 
 
 def run_processes(
@@ -64,7 +67,9 @@ def run_processes(
     options = options or ProcessOptions()
     fault = options.fault.value if options.fault else ""
     summary = Summary("mooncake", settings.requests, fault=fault)
-    with Cluster(settings, options.network, options.log_level) as cluster:
+    with contextlib.ExitStack() as stack:
+        bed = stack.enter_context(hosts.testbed(settings)) if options.netns else None
+        cluster = stack.enter_context(Cluster(settings, options.network, options.log_level, bed))
         cluster.start(options.start_timeout_s)
         with progress_bar(settings.requests, progress) as bar:
             run = _Run(settings, options, cluster, Tally(settings, summary), bar)
@@ -98,6 +103,8 @@ class _Run:
         self.outcomes: dict[int, dict[str, RoomOutcome | None]] = {}
         self.fault_after = options.fault_after or max(1, settings.requests // 3)
         self.faulted = False
+        for side, worker in cluster.workers.items():
+            tally.summary.sides[side].address = worker.ready.address if worker.ready else ""
 
     def requests(self) -> None:
         """Open rooms as others end, until every request is done (or no more can start)."""

@@ -24,6 +24,7 @@ from types import TracebackType
 from embxfer.demo import ENCODER, DemoSettings, RoomOutcome
 from embxfer.remote import NetworkConfig
 
+from .hosts import place
 from .messages import (
     Command,
     Finish,
@@ -34,6 +35,7 @@ from .messages import (
     WorkerReport,
     WorkerSpec,
 )
+from .netns import Testbed
 from .worker import worker_main
 
 LOG = logging.getLogger("embxfer.cluster")
@@ -63,8 +65,13 @@ class Cluster:
     """An encoder process and ``settings.receivers`` language processes on ``network``."""
 
     def __init__(
-        self, settings: DemoSettings, network: NetworkConfig, log_level: str = "WARNING"
+        self,
+        settings: DemoSettings,
+        network: NetworkConfig,
+        log_level: str = "WARNING",
+        testbed: Testbed | None = None,
     ) -> None:
+        """``testbed``: run each worker on its own host of it (``--hosts netns``)."""
         self.settings = settings
         self._specs = [
             WorkerSpec(side, config, network, settings.seed, log_level)
@@ -74,6 +81,8 @@ class Cluster:
                 strict=True,
             )
         ]
+        if testbed is not None:
+            self._specs = [place(spec, testbed) for spec in self._specs]
         self.workers: dict[str, Worker] = {}
         self._outcomes: list[tuple[str, RoomOutcome]] = []  # received, not yet taken
         self._closed = False

@@ -23,6 +23,7 @@ class WorkerSpec:
     network: NetworkConfig
     seed: int  # the encoder makes payloads from it; language ranks check against them
     log_level: str = "WARNING"
+    netns: str = ""  # the network namespace (its file) the worker runs in; "": the parent's
 
     @property
     def is_encoder(self) -> bool:

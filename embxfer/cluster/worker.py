@@ -29,6 +29,7 @@ from embxfer.runtime import Runtime
 from embxfer.sender import SenderEngine, SenderHandle
 from embxfer.workload import payload_for
 
+from . import netns
 from .messages import Finish, OpenRoom, Ready, StartFailed, WorkerReport, WorkerSpec
 
 LOG = logging.getLogger("embxfer.cluster.worker")
@@ -39,6 +40,8 @@ _IDLE_POLL_S = 0.05
 
 def worker_main(spec: WorkerSpec, conn: Connection) -> None:
     """Entry point of a worker process (``multiprocessing`` spawn target)."""
+    if spec.netns:  # first: every socket and thread of the engine must be born there
+        netns.enter(spec.netns)
     # Ctrl-C reaches the whole process group; the parent handles it and stops us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(
