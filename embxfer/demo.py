@@ -9,6 +9,7 @@ cross-process demo (``embxfer.cluster``: ZeroMQ + Mooncake) has its workers repo
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from collections import Counter
@@ -147,6 +148,9 @@ class Side:
     leaked_blocks: int | None = None  # None: its process is gone, nothing left to count
     exit: str = ""  # cross-process runs: how its process ended
     address: str = ""  # cross-process runs: where its peers reached it
+    # cross-process runs: resident memory (MiB) once it was up ("start") and once the
+    # requests were done ("end")
+    rss_mib: dict[str, float] = field(default_factory=dict)
     fault_target: bool = False  # the injected fault hit this engine
     rejected: dict[str, int] = field(default_factory=dict)  # cross-process runs: by reason
 
@@ -165,6 +169,8 @@ class Summary:
     verified: bool = True
     leaked_blocks: int = 0
     seconds: float = 0.0
+    latency_p50_ms: float = 0.0  # from opening a request to every engine's end of it
+    latency_p99_ms: float = 0.0
     failure_reasons: dict[str, int] = field(default_factory=dict)
     fault: str = ""
     sides: dict[str, Side] = field(default_factory=dict)
@@ -181,9 +187,17 @@ class Summary:
             f"  verified        {self.verified}",
             f"  leaked blocks   {self.leaked_blocks}",
             f"  seconds         {self.seconds:.2f}",
+            f"  latency p50/p99 {self.latency_p50_ms:.1f} / {self.latency_p99_ms:.1f} ms",
         ]
         if self.not_started:
             lines.insert(4, f"  not started     {self.not_started}")
+        rss = [
+            f"{name} {side.rss_mib['start']:.0f} -> {side.rss_mib['end']:.0f}"
+            for name, side in self.sides.items()
+            if {"start", "end"} <= side.rss_mib.keys()
+        ]
+        if rss:
+            lines.append(f"  rss MiB         {', '.join(rss)}")
         if self.failed or self.fault:
             for name, side in self.sides.items():
                 rooms = ", ".join(f"{state} {n}" for state, n in side.rooms.items())
@@ -213,13 +227,16 @@ class Tally:
     def __init__(self, settings: DemoSettings, summary: Summary) -> None:
         self.summary = summary
         self.reasons: Counter[str] = Counter()
+        self._latencies: list[float] = []
         self._rooms = {name: Counter[str]() for name in settings.side_names()}
         self._reasons = {name: Counter[str]() for name in settings.side_names()}
         summary.sides = {name: Side() for name in settings.side_names()}
 
-    def request_done(self, outcomes: Mapping[str, RoomOutcome | None]) -> bool:
-        """One request is over: each side's outcome (None: it will never report). True
-        if it succeeded everywhere with the right bytes."""
+    def request_done(self, outcomes: Mapping[str, RoomOutcome | None], seconds: float) -> bool:
+        """One request is over, ``seconds`` after it was opened: each side's outcome
+        (None: it will never report). True if it succeeded everywhere with the right
+        bytes."""
+        self._latencies.append(seconds)
         ok = True
         for side, outcome in outcomes.items():
             if outcome is None:
@@ -248,11 +265,21 @@ class Tally:
     def finish(self, seconds: float) -> Summary:
         """The summary, once every request is counted; ``seconds`` the requests took."""
         self.summary.seconds = seconds
+        latencies = sorted(self._latencies)
+        self.summary.latency_p50_ms = round(_percentile(latencies, 0.50) * 1000, 2)
+        self.summary.latency_p99_ms = round(_percentile(latencies, 0.99) * 1000, 2)
         self.summary.failure_reasons = dict(self.reasons.most_common())
         for name, side in self.summary.sides.items():
             side.rooms = dict(sorted(self._rooms[name].items()))
             side.failure_reasons = dict(self._reasons[name].most_common())
         return self.summary
+
+
+def _percentile(ordered: list[float], q: float) -> float:
+    """The nearest-rank ``q`` quantile of ``ordered`` (0 when empty)."""
+    if not ordered:
+        return 0.0
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
 def leaked_blocks(engine: Runtime[Any], wait_s: float = 5.0) -> int:
@@ -279,7 +306,7 @@ def run_inproc(settings: DemoSettings, progress: bool = True) -> Summary:
     lengths = settings.lengths()
     layout = sender.layout
     started = time.perf_counter()
-    in_flight: dict[int, tuple[SenderHandle, list[ReceiverHandle]]] = {}
+    in_flight: dict[int, tuple[SenderHandle, list[ReceiverHandle], float]] = {}
     next_room = 0
     bar = progress_bar(settings.requests, progress)
     try:
@@ -294,15 +321,15 @@ def run_inproc(settings: DemoSettings, progress: bool = True) -> Summary:
                     for r in receivers
                 ]
                 sent.send(payload_for(room_id, tokens, sender.layout, settings.seed))
-                in_flight[room_id] = (sent, got)
-            for room_id, (sent, got) in list(in_flight.items()):
+                in_flight[room_id] = (sent, got, time.perf_counter())
+            for room_id, (sent, got, opened_at) in list(in_flight.items()):
                 if sent.poll() in TERMINAL and all(h.poll() in TERMINAL for h in got):
                     tokens = lengths[room_id - 1]
                     outcomes = {ENCODER: sender_outcome(sent)} | {
                         language_side(rank): receiver_outcome(h, layout, settings.seed, tokens)
                         for rank, h in enumerate(got)
                     }
-                    tally.request_done(outcomes)
+                    tally.request_done(outcomes, time.perf_counter() - opened_at)
                     sent.release()
                     for handle in got:
                         handle.release()

@@ -101,10 +101,13 @@ class _Run:
         self.finished = 0
         # open room -> the outcome of each side so far (None: that side went silent)
         self.outcomes: dict[int, dict[str, RoomOutcome | None]] = {}
+        self.opened_at: dict[int, float] = {}
         self.fault_after = options.fault_after or max(1, settings.requests // 3)
         self.faulted = False
         for side, worker in cluster.workers.items():
             tally.summary.sides[side].address = worker.ready.address if worker.ready else ""
+        for side, rss in cluster.rss_mib().items():
+            tally.summary.sides[side].rss_mib["start"] = rss
 
     def requests(self) -> None:
         """Open rooms as others end, until every request is done (or no more can start)."""
@@ -130,6 +133,7 @@ class _Run:
             room_id = self.opened + 1
             self.cluster.open(room_id, self.lengths[self.opened])
             self.outcomes[room_id] = {}
+            self.opened_at[room_id] = time.perf_counter()
             self.opened += 1
 
     def _count(self) -> None:
@@ -141,7 +145,10 @@ class _Run:
             for side in silent:
                 outcomes.setdefault(side, None)
             if len(outcomes) == len(self.cluster.workers):
-                self.tally.request_done({side: outcomes[side] for side in self.cluster.workers})
+                seconds = time.perf_counter() - self.opened_at.pop(room_id)
+                self.tally.request_done(
+                    {side: outcomes[side] for side in self.cluster.workers}, seconds
+                )
                 del self.outcomes[room_id]
                 self.finished += 1
                 self.bar.update()
@@ -162,6 +169,8 @@ class _Run:
     def wrap_up(self) -> None:
         """End the stalled worker, have the others end what is open and report their
         blocks; rooms nobody reported on are counted as such."""
+        for side, rss in self.cluster.rss_mib().items():
+            self.tally.summary.sides[side].rss_mib["end"] = rss
         for side, worker in self.cluster.workers.items():
             if worker.stopped:  # its peers are done with it; now its writes may fail
                 self.cluster.kill(side, "killed at the end")

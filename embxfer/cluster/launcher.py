@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from types import TracebackType
 
 from embxfer.demo import ENCODER, DemoSettings, RoomOutcome
@@ -195,6 +196,19 @@ class Cluster:
             code = worker.process.exitcode
             worker.exit = f"died (exit code {code})"
             LOG.warning("%s %s", worker.side, worker.exit)
+
+    def rss_mib(self) -> dict[str, float]:
+        """Resident memory of each worker still running, in MiB (Linux)."""
+        resident: dict[str, float] = {}
+        for side, worker in self.workers.items():
+            try:
+                status = Path(f"/proc/{worker.process.pid}/status").read_text()
+            except (OSError, ValueError):  # gone, or no /proc here
+                continue
+            for line in status.splitlines():
+                if line.startswith("VmRSS:"):
+                    resident[side] = round(int(line.split()[1]) / 1024, 1)  # kB
+        return resident
 
     def silent_sides(self) -> list[str]:
         """Workers that will report nothing more about rooms (dead, stopped or done)."""
