@@ -155,6 +155,21 @@ class Side:
     rejected: dict[str, int] = field(default_factory=dict)  # cross-process runs: by reason
 
 
+# The phases of a partition run, by when a request was open.
+BEFORE_CUT = "before_cut"  # opened and ended before the cut
+ACROSS_CUT = "across_cut"  # open at some moment while the host was cut off
+AFTER_HEAL = "after_heal"  # opened once it was back
+
+
+@dataclass
+class Phase:
+    """The requests of a partition run that were open at one time relative to the cut."""
+
+    succeeded: int = 0
+    failed: int = 0
+    slowest_s: float = 0.0  # the longest any of them took to end
+
+
 @dataclass
 class Summary:
     """How the run went; ``--json`` prints it as the last stdout line."""
@@ -174,6 +189,10 @@ class Summary:
     failure_reasons: dict[str, int] = field(default_factory=dict)
     fault: str = ""
     sides: dict[str, Side] = field(default_factory=dict)
+    # partition faults: how long the cable was out, and the requests by phase
+    partition_s: float = 0.0
+    partition: dict[str, Phase] = field(default_factory=dict)
+    succeeded_after_heal: int | None = None
 
     def render(self) -> str:
         rate = self.bytes / self.seconds / 1e9 if self.seconds else 0.0
@@ -198,6 +217,14 @@ class Summary:
         ]
         if rss:
             lines.append(f"  rss MiB         {', '.join(rss)}")
+        if self.partition:
+            lines.append(f"  cut for         {self.partition_s:.1f} s")
+            lines += [
+                f"    {name:<13} succeeded {p.succeeded}, failed {p.failed}, "
+                f"slowest {p.slowest_s:.2f} s"
+                for name, p in self.partition.items()
+            ]
+            lines.append(f"  succeeded after heal {self.succeeded_after_heal}")
         if self.failed or self.fault:
             for name, side in self.sides.items():
                 rooms = ", ".join(f"{state} {n}" for state, n in side.rooms.items())
@@ -208,12 +235,16 @@ class Summary:
 
     def ok(self) -> bool:
         """The run did what it must: every byte checked out, every engine the fault spared
-        accounted for each of its rooms and leaked no block, and without a fault every
-        request succeeded."""
-        spared = [side for side in self.sides.values() if not side.fault_target]
+        accounted for each of its rooms and leaked no block, without a fault every
+        request succeeded, and after a partition healed every new one did."""
+        # A partition kills nobody: every engine must account for its rooms.
+        spared = [s for s in self.sides.values() if not s.fault_target or self.partition]
         accounted = all(s.leaked_blocks is not None and UNREPORTED not in s.rooms for s in spared)
         complete = bool(self.fault) or (self.failed == 0 and self.not_started == 0)
-        return self.verified and self.leaked_blocks == 0 and accounted and complete
+        # After a partition heals, the rooms opened from then on all succeed.
+        after_heal = self.partition.get(AFTER_HEAL)
+        healed = after_heal is None or (after_heal.succeeded > 0 and after_heal.failed == 0)
+        return self.verified and self.leaked_blocks == 0 and accounted and complete and healed
 
     def print(self, as_json: bool) -> None:
         print(self.render())

@@ -7,6 +7,7 @@ import logging
 import sys
 
 from embxfer.demo import DemoSettings, run_inproc
+from embxfer.fsm.room import Timeouts
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,16 +54,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--write-grace-s",
         type=float,
-        default=defaults.write_grace_s,
         help="how long a receiver keeps blocks a lost sender might still write "
-        "(the library's default, 65 s, outlasts a stalled Mooncake write)",
+        f"(default {defaults.write_grace_s:g} s; with a partition fault the library's "
+        f"default, {Timeouts().write_grace_s:g} s, which outlasts a stalled Mooncake write)",
     )
     processes = parser.add_argument_group("cross-process runs (--transport mooncake)")
     processes.add_argument(
         "--fault",
-        choices=["kill-receiver", "kill-sender", "stall-receiver"],
+        choices=[
+            "kill-receiver",
+            "kill-sender",
+            "stall-receiver",
+            "partition-receiver",
+            "partition-sender",
+        ],
         help="mid-run: SIGKILL the last language process or the encoder, or SIGSTOP the "
-        "last language process; the summary says how every room ended",
+        "last language process, or (--hosts netns) cut the host of the last language "
+        "process or of the encoder off for --partition-s; the summary says how every room "
+        "ended",
+    )
+    processes.add_argument(
+        "--partition-s",
+        type=float,
+        default=5.0,
+        help="how long a partition fault keeps the host cut off",
     )
     processes.add_argument(
         "--fault-after",
@@ -114,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         receiver_tokens=args.receiver_tokens,
         timeout_s=args.timeout_s,
         peer_timeout_s=args.peer_timeout_s,
-        write_grace_s=args.write_grace_s,
+        write_grace_s=_write_grace_s(args),
     )
     if args.transport == "inproc":
         if args.fault or args.hosts != "local":
@@ -132,18 +147,23 @@ def run(args: argparse.Namespace) -> int:
         if netns and (problem := unavailable()):
             print(f"embxfer demo: --hosts netns: {problem}", file=sys.stderr)
             return 2
-        options = ProcessOptions(
-            network=NetworkConfig(
-                host=args.host,
-                advertise_host=args.advertise_host,
-                curve=generate_curve_keys() if args.curve else None,
-            ),
-            fault=Fault(args.fault) if args.fault else None,
-            fault_after=args.fault_after,
-            deadline_s=args.deadline_s,
-            log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()),
-            netns=netns,
-        )
+        try:
+            options = ProcessOptions(
+                network=NetworkConfig(
+                    host=args.host,
+                    advertise_host=args.advertise_host,
+                    curve=generate_curve_keys() if args.curve else None,
+                ),
+                fault=Fault(args.fault) if args.fault else None,
+                fault_after=args.fault_after,
+                deadline_s=args.deadline_s,
+                log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()),
+                netns=netns,
+                partition_s=args.partition_s,
+            )
+        except ValueError as error:  # options that do not go together
+            print(f"embxfer demo: {error}", file=sys.stderr)
+            return 2
         try:
             summary = run_processes(settings, options, progress=not args.no_progress)
         except KeyboardInterrupt:  # the workers are stopped and reaped by now
@@ -154,3 +174,16 @@ def run(args: argparse.Namespace) -> int:
             return 2
     summary.print(args.json)
     return 0 if summary.ok() else 1
+
+
+def _write_grace_s(args: argparse.Namespace) -> float:
+    """A cut holds writes in flight until the heal: blocks they target must be held
+    as long as a stalled Mooncake write may last (the sender's word frees them sooner)."""
+    if args.write_grace_s is not None:
+        return float(args.write_grace_s)
+    if args.fault:
+        from embxfer.cluster.demo import Fault  # processes only: see run
+
+        if Fault(args.fault).is_partition:
+            return Timeouts().write_grace_s
+    return DemoSettings().write_grace_s

@@ -3,8 +3,10 @@
 The parent is the orchestrator: it paces the requests (at most ``concurrency`` rooms
 open at once), opens each room on the encoder and on every language rank, counts each
 room as every engine reports how it ended, and, with a fault, hits one worker mid-run.
-After a fault it opens no new room (they could not complete) and waits for the
+After a kill or stall it opens no new room (they could not complete) and waits for the
 survivors to end every open room by their own deadlines and to give back every block.
+A partition (``--hosts netns`` only) kills nobody: rooms go on opening through the cut
+and after the heal (``partition``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from embxfer.remote import NetworkConfig
 
 from . import hosts
 from .launcher import Cluster
+from .netns import Testbed
+from .partition import Partition
 
 LOG = logging.getLogger("embxfer.cluster")
 
@@ -42,9 +46,18 @@ class Fault(enum.Enum):
     # SIGSTOP the last language rank: it answers no control message, and its Mooncake
     # server holds every write to it (for ~60 s); it is killed once the others are done.
     STALL_RECEIVER = "stall-receiver"
+    # Unplug the host of the last language rank, or of the encoder, for ``partition_s``
+    # (``--hosts netns`` only), then plug it back.
+    PARTITION_RECEIVER = "partition-receiver"
+    PARTITION_SENDER = "partition-sender"
 
     def target(self, settings: DemoSettings) -> str:
-        return ENCODER if self is Fault.KILL_SENDER else language_side(settings.receivers - 1)
+        on_encoder = self in (Fault.KILL_SENDER, Fault.PARTITION_SENDER)
+        return ENCODER if on_encoder else language_side(settings.receivers - 1)
+
+    @property
+    def is_partition(self) -> bool:
+        return self in (Fault.PARTITION_RECEIVER, Fault.PARTITION_SENDER)
 
 
 @dataclass(frozen=True)
@@ -58,6 +71,13 @@ class ProcessOptions:
     start_timeout_s: float = 120.0
     log_level: str = "WARNING"
     netns: bool = False  # each process on a host of its own (a network namespace)
+    partition_s: float = 5.0  # how long a partition fault keeps the host cut off
+
+    def __post_init__(self) -> None:
+        if self.fault is not None and self.fault.is_partition and not self.netns:
+            raise ValueError(f"--fault {self.fault.value} needs --hosts netns")
+        if self.partition_s <= 0:
+            raise ValueError(f"--partition-s must be positive, not {self.partition_s:g}")
 
 
 def run_processes(
@@ -72,7 +92,7 @@ def run_processes(
         cluster = stack.enter_context(Cluster(settings, options.network, options.log_level, bed))
         cluster.start(options.start_timeout_s)
         with progress_bar(settings.requests, progress) as bar:
-            run = _Run(settings, options, cluster, Tally(settings, summary), bar)
+            run = _Run(settings, options, cluster, Tally(settings, summary), bar, bed)
             started = time.perf_counter()
             run.requests()
             seconds = time.perf_counter() - started
@@ -90,6 +110,7 @@ class _Run:
         cluster: Cluster,
         tally: Tally,
         bar: tqdm[object],
+        testbed: Testbed | None = None,
     ) -> None:
         self.settings = settings
         self.options = options
@@ -104,6 +125,11 @@ class _Run:
         self.opened_at: dict[int, float] = {}
         self.fault_after = options.fault_after or max(1, settings.requests // 3)
         self.faulted = False
+        self.partition: Partition | None = None
+        if options.fault is not None and options.fault.is_partition:
+            assert testbed is not None  # ProcessOptions checks
+            host = hosts.host_name(options.fault.target(settings))
+            self.partition = Partition(testbed, host, options.partition_s)
         for side, worker in cluster.workers.items():
             tally.summary.sides[side].address = worker.ready.address if worker.ready else ""
         for side, rss in cluster.rss_mib().items():
@@ -112,7 +138,11 @@ class _Run:
     def requests(self) -> None:
         """Open rooms as others end, until every request is done (or no more can start)."""
         deadline = time.monotonic() + self.options.deadline_s
-        while self.outcomes or (self.opened < self.settings.requests and self._healthy()):
+        while (
+            self.outcomes
+            or (self.opened < self.settings.requests and self._healthy())
+            or (self.partition is not None and self.partition.cut_now)
+        ):
             if time.monotonic() >= deadline:
                 LOG.warning("run deadline passed with %d rooms open", len(self.outcomes))
                 return
@@ -120,6 +150,8 @@ class _Run:
             self.cluster.receive(0.01)
             self._count()
             self._inject_fault()
+            if self.partition is not None:
+                self.partition.heal_when_due()
 
     def _healthy(self) -> bool:
         return not self.cluster.silent_sides()
@@ -134,6 +166,8 @@ class _Run:
             self.cluster.open(room_id, self.lengths[self.opened])
             self.outcomes[room_id] = {}
             self.opened_at[room_id] = time.perf_counter()
+            if self.partition is not None:
+                self.partition.opened(room_id)
             self.opened += 1
 
     def _count(self) -> None:
@@ -146,9 +180,11 @@ class _Run:
                 outcomes.setdefault(side, None)
             if len(outcomes) == len(self.cluster.workers):
                 seconds = time.perf_counter() - self.opened_at.pop(room_id)
-                self.tally.request_done(
+                ok = self.tally.request_done(
                     {side: outcomes[side] for side in self.cluster.workers}, seconds
                 )
+                if self.partition is not None:
+                    self.partition.ended(room_id, ok, seconds)
                 del self.outcomes[room_id]
                 self.finished += 1
                 self.bar.update()
@@ -161,7 +197,9 @@ class _Run:
         target = fault.target(self.settings)
         self.tally.summary.sides[target].fault_target = True
         LOG.warning("injecting %s into %s", fault.value, target)
-        if fault is Fault.STALL_RECEIVER:
+        if self.partition is not None:
+            self.partition.cut(self.outcomes)
+        elif fault is Fault.STALL_RECEIVER:
             self.cluster.stop(target, "stopped by the fault")
         else:
             self.cluster.kill(target, "killed by the fault")
@@ -171,6 +209,10 @@ class _Run:
         blocks; rooms nobody reported on are counted as such."""
         for side, rss in self.cluster.rss_mib().items():
             self.tally.summary.sides[side].rss_mib["end"] = rss
+        if self.partition is not None:
+            self.tally.summary.partition_s = self.partition.seconds
+            self.tally.summary.partition = self.partition.phases
+            self.tally.summary.succeeded_after_heal = self.partition.succeeded_after_heal
         for side, worker in self.cluster.workers.items():
             if worker.stopped:  # its peers are done with it; now its writes may fail
                 self.cluster.kill(side, "killed at the end")
