@@ -259,8 +259,9 @@ class Runtime(Generic[RoomT]):
                 "%s%s rejected a message from %s: %s %s", where, self.role, peer, reason, detail
             )
 
-    def _count_wire_rejects(self) -> None:
-        """Frames the control channel dropped (garbage, bad version, ...) since last time."""
+    def count_channel_rejects(self) -> None:
+        """Count frames the control channel dropped (garbage, bad version, refused keys,
+        ...) since last time: at every heartbeat, and before reading the final counts."""
         for reason, total in self.control.rejected.items():
             new = total - self._wire_rejects.get(reason, 0)
             if new > 0:
@@ -309,7 +310,7 @@ class Runtime(Generic[RoomT]):
                 self.peer_lost(peer)
             else:
                 self.control.send(peer, Heartbeat())
-        self._count_wire_rejects()
+        self.count_channel_rejects()
         self.housekeeping(now)
 
     def peer_lost(self, peer: str) -> None:

@@ -147,9 +147,18 @@ class _Loop(Generic[EngineT, HandleT]):
             self.collect()
             time.sleep(0.01)
         leaked = leaked_blocks(self.engine, max(0.0, deadline - time.monotonic()))
-        rejected: Future[dict[str, int]] = Future()  # the pump thread owns the counters
-        self.engine.submit(lambda: rejected.set_result(dict(self.engine.stats.rejected)))
-        self.conn.send(WorkerReport(leaked, rejected.result(timeout=5.0)))
+        self.conn.send(WorkerReport(leaked, self.rejected()))
+
+    def rejected(self) -> dict[str, int]:
+        """What the engine rejected so far, by reason, up to the last frame it took in."""
+        counts: Future[dict[str, int]] = Future()  # the pump thread owns the counters
+
+        def read() -> None:
+            self.engine.count_channel_rejects()
+            counts.set_result(dict(self.engine.stats.rejected))
+
+        self.engine.submit(read)
+        return counts.result(timeout=5.0)
 
     def start(self, command: OpenRoom) -> HandleT:
         raise NotImplementedError
