@@ -171,6 +171,20 @@ class Phase:
 
 
 @dataclass
+class Flood:
+    """Hostile frames thrown at the encoder during a run, and how it counted them."""
+
+    frames: int = 0
+    heartbeats: int = 0  # frames that were valid heartbeats: accepted, and harmless
+    expected: dict[str, int] = field(default_factory=dict)  # rejections predicted, by reason
+    counted: dict[str, int] = field(default_factory=dict)  # rejections the encoder counted
+    matched: bool = False  # every frame counted, by the predicted reason
+    seconds: float = 0.0  # from the fuzzer's start to the last frame judged
+    requests: int = 0  # real requests that ran meanwhile
+    error: str = ""  # why the fuzzer could not throw everything
+
+
+@dataclass
 class Summary:
     """How the run went; ``--json`` prints it as the last stdout line."""
 
@@ -193,6 +207,7 @@ class Summary:
     partition_s: float = 0.0
     partition: dict[str, Phase] = field(default_factory=dict)
     succeeded_after_heal: int | None = None
+    flood: Flood | None = None  # --fuzz-frames
 
     def render(self) -> str:
         rate = self.bytes / self.seconds / 1e9 if self.seconds else 0.0
@@ -225,6 +240,14 @@ class Summary:
                 for name, p in self.partition.items()
             ]
             lines.append(f"  succeeded after heal {self.succeeded_after_heal}")
+        if self.flood is not None:
+            flood = self.flood
+            lines.append(
+                f"  flood           {flood.frames:,} frames in {flood.seconds:.1f} s beside "
+                f"{flood.requests} requests; all counted as predicted: {flood.matched}"
+            )
+            lines += [f"    {n:>9,} x {reason}" for reason, n in flood.counted.items()]
+            lines.append(f"    {flood.heartbeats:>9,} x heartbeat (accepted)")
         if self.failed or self.fault:
             for name, side in self.sides.items():
                 rooms = ", ".join(f"{state} {n}" for state, n in side.rooms.items())
@@ -236,7 +259,8 @@ class Summary:
     def ok(self) -> bool:
         """The run did what it must: every byte checked out, every engine the fault spared
         accounted for each of its rooms and leaked no block, without a fault every
-        request succeeded, and after a partition healed every new one did."""
+        request succeeded, after a partition healed every new one did, and a flood's
+        every frame was counted as predicted."""
         # A partition kills nobody: every engine must account for its rooms.
         spared = [s for s in self.sides.values() if not s.fault_target or self.partition]
         accounted = all(s.leaked_blocks is not None and UNREPORTED not in s.rooms for s in spared)
@@ -244,7 +268,15 @@ class Summary:
         # After a partition heals, the rooms opened from then on all succeed.
         after_heal = self.partition.get(AFTER_HEAL)
         healed = after_heal is None or (after_heal.succeeded > 0 and after_heal.failed == 0)
-        return self.verified and self.leaked_blocks == 0 and accounted and complete and healed
+        flood = self.flood is None or self.flood.matched
+        return (
+            self.verified
+            and self.leaked_blocks == 0
+            and accounted
+            and complete
+            and healed
+            and flood
+        )
 
     def print(self, as_json: bool) -> None:
         print(self.render())

@@ -107,6 +107,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="authenticate and encrypt the control plane with a fresh CURVE keypair",
     )
     processes.add_argument(
+        "--fuzz-frames",
+        type=int,
+        default=0,
+        metavar="N",
+        help="a fuzzer process (on a host of its own with --hosts netns) throws N hostile "
+        "control frames at the encoder; rooms run until the encoder has judged them all, "
+        "and the summary compares its counters, reason by reason, with the prediction",
+    )
+    processes.add_argument(
         "--deadline-s",
         type=float,
         default=600.0,
@@ -160,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
                 log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()),
                 netns=netns,
                 partition_s=args.partition_s,
+                fuzz_frames=args.fuzz_frames,
             )
         except ValueError as error:  # options that do not go together
             print(f"embxfer demo: {error}", file=sys.stderr)

@@ -31,6 +31,7 @@ from embxfer.demo import (
 from embxfer.remote import NetworkConfig
 
 from . import hosts
+from .fuzzer import Flood, FuzzSpec
 from .launcher import Cluster
 from .netns import Testbed
 from .partition import Partition
@@ -71,6 +72,7 @@ class ProcessOptions:
     start_timeout_s: float = 120.0
     log_level: str = "WARNING"
     netns: bool = False  # each process on a host of its own (a network namespace)
+    fuzz_frames: int = 0  # hostile frames a fuzzer throws at the encoder meanwhile
     partition_s: float = 5.0  # how long a partition fault keeps the host cut off
 
     def __post_init__(self) -> None:
@@ -88,16 +90,38 @@ def run_processes(
     fault = options.fault.value if options.fault else ""
     summary = Summary("mooncake", settings.requests, fault=fault)
     with contextlib.ExitStack() as stack:
-        bed = stack.enter_context(hosts.testbed(settings)) if options.netns else None
+        extra = [hosts.FUZZER] if options.fuzz_frames else []
+        bed = stack.enter_context(hosts.testbed(settings, extra)) if options.netns else None
         cluster = stack.enter_context(Cluster(settings, options.network, options.log_level, bed))
         cluster.start(options.start_timeout_s)
+        flood = None
+        if options.fuzz_frames:
+            flood = stack.enter_context(Flood(_fuzz_spec(settings, options, cluster, bed)))
         with progress_bar(settings.requests, progress) as bar:
-            run = _Run(settings, options, cluster, Tally(settings, summary), bar, bed)
+            tally = Tally(settings, summary)
+            run = _Run(settings, options, cluster, tally, bar, bed, flood)
             started = time.perf_counter()
             run.requests()
             seconds = time.perf_counter() - started
         run.wrap_up()
         return run.tally.finish(seconds)
+
+
+def _fuzz_spec(
+    settings: DemoSettings, options: ProcessOptions, cluster: Cluster, bed: Testbed | None
+) -> FuzzSpec:
+    """The fuzzer aims at the encoder from its own host (or the cluster's address)."""
+    host = bed.hosts[hosts.host_name(hosts.FUZZER)] if bed is not None else None
+    return FuzzSpec(
+        target=cluster.sender_address,
+        frames=options.fuzz_frames,
+        seed=settings.seed,
+        layout=settings.sender_config().layout,
+        good_rooms=range(1, settings.requests + 1),
+        host=host.address if host is not None else options.network.reachable_host,
+        netns=host.path if host is not None else "",
+        timeout_s=options.deadline_s,
+    )
 
 
 class _Run:
@@ -111,6 +135,7 @@ class _Run:
         tally: Tally,
         bar: tqdm[object],
         testbed: Testbed | None = None,
+        flood: Flood | None = None,
     ) -> None:
         self.settings = settings
         self.options = options
@@ -125,6 +150,7 @@ class _Run:
         self.opened_at: dict[int, float] = {}
         self.fault_after = options.fault_after or max(1, settings.requests // 3)
         self.faulted = False
+        self.flood = flood
         self.partition: Partition | None = None
         if options.fault is not None and options.fault.is_partition:
             assert testbed is not None  # ProcessOptions checks
@@ -140,7 +166,7 @@ class _Run:
         deadline = time.monotonic() + self.options.deadline_s
         while (
             self.outcomes
-            or (self.opened < self.settings.requests and self._healthy())
+            or (self._wanted() and self._healthy())
             or (self.partition is not None and self.partition.cut_now)
         ):
             if time.monotonic() >= deadline:
@@ -152,18 +178,21 @@ class _Run:
             self._inject_fault()
             if self.partition is not None:
                 self.partition.heal_when_due()
+            if self.flood is not None:
+                self.flood.step(self.cluster)
+
+    def _wanted(self) -> bool:
+        """More rooms to open: requests left, or a flood still to judge beside them."""
+        flooding = self.flood is not None and not self.flood.done
+        return self.opened < self.settings.requests or flooding
 
     def _healthy(self) -> bool:
         return not self.cluster.silent_sides()
 
     def _open_rooms(self) -> None:
-        while (
-            self.opened < self.settings.requests
-            and len(self.outcomes) < self.settings.concurrency
-            and self._healthy()
-        ):
+        while self._wanted() and len(self.outcomes) < self.settings.concurrency and self._healthy():
             room_id = self.opened + 1
-            self.cluster.open(room_id, self.lengths[self.opened])
+            self.cluster.open(room_id, self.lengths[self.opened % len(self.lengths)])
             self.outcomes[room_id] = {}
             self.opened_at[room_id] = time.perf_counter()
             if self.partition is not None:
@@ -219,7 +248,11 @@ class _Run:
         grace = self.settings.write_grace_s + self.settings.timeout_s
         self.cluster.finish(wait_s=grace, timeout_s=grace + 30.0)
         self._count()
-        self.tally.summary.not_started = self.settings.requests - self.opened
+        self.tally.summary.not_started = max(0, self.settings.requests - self.opened)
+        if self.flood is not None:  # rooms ran as long as the flood did
+            self.tally.summary.requests = max(self.settings.requests, self.opened)
+            self.flood.summary.requests = self.opened
+            self.tally.summary.flood = self.flood.summary
         for side, worker in self.cluster.workers.items():
             self.tally.summary.sides[side].exit = worker.exit
             if worker.report is not None:

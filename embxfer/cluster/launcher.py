@@ -28,9 +28,11 @@ from embxfer.remote import NetworkConfig
 from .hosts import place
 from .messages import (
     Command,
+    CountRejected,
     Finish,
     OpenRoom,
     Ready,
+    Rejected,
     Report,
     StartFailed,
     WorkerReport,
@@ -59,6 +61,7 @@ class Worker:
     report: WorkerReport | None = None
     answering: bool = True  # False once it reported, died, was killed or stopped
     stopped: bool = False  # SIGSTOPped: only SIGKILL ends it
+    rejected: dict[str, int] | None = None  # its engine's rejections when last asked
     exit: str = ""  # how it ended, for the summary
 
 
@@ -185,6 +188,8 @@ class Cluster:
         elif isinstance(message, WorkerReport):
             worker.report = message
             worker.answering = False
+        elif isinstance(message, Rejected):
+            worker.rejected = message.counts
         else:
             LOG.warning("%s sent an unexpected %r", worker.side, message)
 
@@ -209,6 +214,10 @@ class Cluster:
                 if line.startswith("VmRSS:"):
                     resident[side] = round(int(line.split()[1]) / 1024, 1)  # kB
         return resident
+
+    def ask_rejected(self, side: str) -> None:
+        """Ask ``side`` for its engine's rejections so far; its answer lands in ``rejected``."""
+        self._send(self.workers[side], CountRejected())
 
     def silent_sides(self) -> list[str]:
         """Workers that will report nothing more about rooms (dead, stopped or done)."""

@@ -51,7 +51,12 @@ class Finish:
     wait_s: float
 
 
-Command = OpenRoom | Finish
+@dataclass(frozen=True)
+class CountRejected:
+    """Report what the engine rejected so far (``Rejected``)."""
+
+
+Command = OpenRoom | Finish | CountRejected
 
 
 # -- worker -> parent ----------------------------------------------------------------
@@ -78,4 +83,11 @@ class WorkerReport:
     rejected: dict[str, int]
 
 
-Report = Ready | StartFailed | RoomOutcome | WorkerReport
+@dataclass(frozen=True)
+class Rejected:
+    """The inbound frames or messages the engine rejected so far, by reason."""
+
+    counts: dict[str, int]
+
+
+Report = Ready | StartFailed | RoomOutcome | WorkerReport | Rejected

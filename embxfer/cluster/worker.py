@@ -30,7 +30,16 @@ from embxfer.sender import SenderEngine, SenderHandle
 from embxfer.workload import payload_for
 
 from . import netns
-from .messages import Finish, OpenRoom, Ready, StartFailed, WorkerReport, WorkerSpec
+from .messages import (
+    CountRejected,
+    Finish,
+    OpenRoom,
+    Ready,
+    Rejected,
+    StartFailed,
+    WorkerReport,
+    WorkerSpec,
+)
 
 LOG = logging.getLogger("embxfer.cluster.worker")
 
@@ -125,6 +134,9 @@ class _Loop(Generic[EngineT, HandleT]):
                 if isinstance(command, Finish):
                     self.finish(command.wait_s)
                     return
+                if isinstance(command, CountRejected):
+                    self.conn.send(Rejected(self.rejected()))
+                    continue
                 assert isinstance(command, OpenRoom)
                 self.open[command.room_id] = (self.start(command), command.tokens)
             self.collect()
