@@ -73,7 +73,7 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
         engine.start()
         conn.send(Ready(engine.address))
         loop.run()
-    except (EOFError, BrokenPipeError):
+    except (EOFError, ConnectionError):  # its pipe closed, or was reset as it died
         LOG.warning("%s: the parent is gone; shutting down", spec.side)
     finally:
         engine.close()
