@@ -31,6 +31,7 @@ from embxfer.runtime import Runtime, TransferFailed
 from embxfer.transport.base import ControlChannel, DataTransport, Segment, WriteResult
 from embxfer.transport.messages import (
     Abort,
+    AbortAck,
     BufferRegion,
     Message,
     PieceRequest,
@@ -99,6 +100,11 @@ class SenderEngine(Runtime[SenderRoom]):
             room = self.rooms.get(message.room)
             if room is not None:
                 self._deliver_room_message(room, peer, message)
+            elif self.is_closed(message.room) and isinstance(message, Abort):
+                # A receiver gave up on a room this engine finished and forgot. A room is
+                # forgotten only once no write of it is in flight, so answer as the room
+                # would have: the receiver may free the blocks it holds against one.
+                self.control.send(peer, AbortAck(message.room))
             elif self.is_closed(message.room):
                 self.reject("closed_room", peer, room=message.room)
             else:
