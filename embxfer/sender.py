@@ -92,23 +92,26 @@ class SenderEngine(Runtime[SenderRoom]):
         if isinstance(message, Register):
             self._register(peer, message)
         elif isinstance(message, (PieceRequest, Abort)):
+            room = self.rooms.get(message.room)
+            forgotten = room is None and self.is_closed(message.room)
+            if forgotten and isinstance(message, Abort):
+                # A receiver gave up on a room this engine finished and forgot (its last
+                # notice was lost, in a partition say, after which this engine may have
+                # given the receiver up too). A room is forgotten only once none of its
+                # writes is in flight: say so, as the room would have, and the receiver
+                # frees the blocks it holds against a late write. That fails nothing,
+                # whoever asks.
+                self.control.send(peer, AbortAck(message.room))
             # Only a registered receiver can be in a room, so only one may ask or abort:
             # a stray peer guessing room ids must not fail other receivers' rooms.
             if peer not in self.receivers:
                 self.reject("unregistered_peer", peer)
-                return
-            room = self.rooms.get(message.room)
-            if room is not None:
+            elif room is not None:
                 self._deliver_room_message(room, peer, message)
-            elif self.is_closed(message.room) and isinstance(message, Abort):
-                # A receiver gave up on a room this engine finished and forgot. A room is
-                # forgotten only once no write of it is in flight, so answer as the room
-                # would have: the receiver may free the blocks it holds against one.
-                self.control.send(peer, AbortAck(message.room))
-            elif self.is_closed(message.room):
-                self.reject("closed_room", peer, room=message.room)
-            else:
+            elif not forgotten:
                 self._park(peer, message)
+            elif isinstance(message, PieceRequest):
+                self.reject("closed_room", peer, room=message.room)
         else:
             self.reject("unexpected_kind", peer, type(message).__name__)
 
