@@ -18,6 +18,11 @@ class BlockAllocator(Protocol):
         ...
 
     @property
+    def total_blocks(self) -> int:
+        """Blocks this allocator manages."""
+        ...
+
+    @property
     def free_blocks(self) -> int:
         """Blocks available right now."""
         ...

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from embxfer.fsm.memory import blocks_needed
 
-def blocks_needed(num_tokens: int, block_size: int) -> int:
-    """Blocks covering ``num_tokens`` tokens (whole blocks, rounded up)."""
-    return -(-num_tokens // block_size)
+__all__ = ["blocks_needed", "check_blocks", "contiguous_start"]
 
 
 def check_blocks(blocks: Sequence[int], count: int, limit: int, what: str) -> Sequence[int]:

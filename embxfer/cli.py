@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "diagram": ("embxfer.diagram_cli", "draw the room state machines (Mermaid, DOT, SVG, table)"),
     "bench": ("embxfer.bench_cli", "measure against raw Mooncake writes and memcpy"),
     "explore": ("embxfer.explore", "search every interleaving of a small configuration"),
+    "keys": ("embxfer.keys_cli", "per-engine CURVE keys and the allow-list"),
 }
 
 

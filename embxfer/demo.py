@@ -136,6 +136,11 @@ def receiver_outcome(
     return RoomOutcome(handle.room_id, state.name, "", handle.resumes, result.nbytes)
 
 
+# Faults the engines must absorb: every request still succeeds (spoof-abort: messages
+# in other engines' names, which CURVE with per-engine keys refuses).
+HARMLESS_FAULTS = frozenset({"spoof-abort"})
+SPOOF_REFUSAL = "identity_mismatch"  # how an engine counts a message its sender's key may not send
+
 UNREPORTED = "Unreported"  # a side's room whose engine died (or was stopped) before it ended
 
 
@@ -202,6 +207,8 @@ class Summary:
     latency_p99_ms: float = 0.0
     failure_reasons: dict[str, int] = field(default_factory=dict)
     fault: str = ""
+    spoofed: int = 0  # messages the spoof-abort fault sent in other engines' names
+    rejected: dict[str, int] = field(default_factory=dict)  # all engines, by reason
     sides: dict[str, Side] = field(default_factory=dict)
     # partition faults: how long the cable was out, and the requests by phase
     partition_s: float = 0.0
@@ -225,6 +232,14 @@ class Summary:
         ]
         if self.not_started:
             lines.insert(4, f"  not started     {self.not_started}")
+        if self.spoofed:
+            refused = self.rejected.get(SPOOF_REFUSAL, 0)
+            lines.append(
+                f"  spoofed         {self.spoofed} sent, {refused} refused ({SPOOF_REFUSAL})"
+            )
+        if self.rejected:
+            counts = ", ".join(f"{reason} {n}" for reason, n in sorted(self.rejected.items()))
+            lines.append(f"  rejected        {counts}")
         rss = [
             f"{name} {side.rss_mib['start']:.0f} -> {side.rss_mib['end']:.0f}"
             for name, side in self.sides.items()
@@ -258,13 +273,16 @@ class Summary:
 
     def ok(self) -> bool:
         """The run did what it must: every byte checked out, every engine the fault spared
-        accounted for each of its rooms and leaked no block, without a fault every
-        request succeeded, after a partition healed every new one did, and a flood's
-        every frame was counted as predicted."""
+        accounted for each of its rooms and leaked no block, without a fault (or with a
+        harmless one) every request succeeded, every spoofed message was refused, after
+        a partition healed every new request succeeded, and a flood's every frame was
+        counted as predicted."""
         # A partition kills nobody: every engine must account for its rooms.
         spared = [s for s in self.sides.values() if not s.fault_target or self.partition]
         accounted = all(s.leaked_blocks is not None and UNREPORTED not in s.rooms for s in spared)
-        complete = bool(self.fault) or (self.failed == 0 and self.not_started == 0)
+        harmful = bool(self.fault) and self.fault not in HARMLESS_FAULTS
+        complete = harmful or (self.failed == 0 and self.not_started == 0)
+        refused = self.rejected.get(SPOOF_REFUSAL, 0) == self.spoofed
         # After a partition heals, the rooms opened from then on all succeed.
         after_heal = self.partition.get(AFTER_HEAL)
         healed = after_heal is None or (after_heal.succeeded > 0 and after_heal.failed == 0)
@@ -274,6 +292,7 @@ class Summary:
             and self.leaked_blocks == 0
             and accounted
             and complete
+            and refused
             and healed
             and flood
         )
@@ -325,6 +344,12 @@ class Tally:
         self.summary.sides[side].leaked_blocks = blocks
         self.summary.leaked_blocks += blocks
 
+    def rejected(self, side: str, counts: Mapping[str, int]) -> None:
+        """Inbound messages ``side``'s engine refused, by reason (cross-process runs)."""
+        self.summary.sides[side].rejected = dict(counts)
+        for reason, count in counts.items():
+            self.summary.rejected[reason] = self.summary.rejected.get(reason, 0) + count
+
     def finish(self, seconds: float) -> Summary:
         """The summary, once every request is counted; ``seconds`` the requests took."""
         self.summary.seconds = seconds
@@ -351,7 +376,7 @@ def leaked_blocks(engine: Runtime[Any], wait_s: float = 5.0) -> int:
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline and engine.rooms:
         time.sleep(0.01)
-    return engine.allocator.used_blocks
+    return engine.used_blocks
 
 
 def run_inproc(settings: DemoSettings, progress: bool = True) -> Summary:

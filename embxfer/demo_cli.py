@@ -66,13 +66,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             "kill-receiver",
             "kill-sender",
             "stall-receiver",
+            "spoof-abort",
             "partition-receiver",
             "partition-sender",
         ],
         help="mid-run: SIGKILL the last language process or the encoder, or SIGSTOP the "
         "last language process, or (--hosts netns) cut the host of the last language "
         "process or of the encoder off for --partition-s; the summary says how every room "
-        "ended",
+        "ended. spoof-abort: an extra process (with --curve, holding a valid key of its "
+        "own) sends Aborts for every live room in other engines' names (with --curve every "
+        "room must still succeed)",
     )
     processes.add_argument(
         "--partition-s",
@@ -105,7 +108,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     processes.add_argument(
         "--curve",
         action="store_true",
-        help="authenticate and encrypt the control plane with a fresh CURVE keypair",
+        help="CURVE on the control plane with per-engine keys, made for the run in a "
+        "temporary directory: each engine admits only the run's keys, and each key "
+        "speaks only for its own engine's address (a worker reloads its allow-list on "
+        "SIGHUP)",
     )
     processes.add_argument(
         "--fuzz-frames",
@@ -151,7 +157,6 @@ def run(args: argparse.Namespace) -> int:
         from embxfer.cluster.launcher import WorkerStartError
         from embxfer.cluster.netns import NetnsError, unavailable
         from embxfer.remote import NetworkConfig
-        from embxfer.transport.zmq_control import generate_curve_keys
 
         netns = args.hosts == "netns"
         if netns and (problem := unavailable()):
@@ -159,11 +164,8 @@ def run(args: argparse.Namespace) -> int:
             return 2
         try:
             options = ProcessOptions(
-                network=NetworkConfig(
-                    host=args.host,
-                    advertise_host=args.advertise_host,
-                    curve=generate_curve_keys() if args.curve else None,
-                ),
+                network=NetworkConfig(host=args.host, advertise_host=args.advertise_host),
+                curve=args.curve,
                 fault=Fault(args.fault) if args.fault else None,
                 fault_after=args.fault_after,
                 deadline_s=args.deadline_s,
@@ -199,5 +201,5 @@ def _write_grace_s(args: argparse.Namespace) -> float:
         from embxfer.cluster.demo import Fault  # processes only: see run
 
         if Fault(args.fault).is_partition:
-            return min(2 * args.partition_s + 5.0, Timeouts().write_grace_s)
+            return min(2.0 * float(args.partition_s) + 5.0, Timeouts().write_grace_s)
     return DemoSettings().write_grace_s

@@ -22,6 +22,7 @@ import msgspec
 import zmq
 
 from embxfer.buffers.layout import ALL_KINDS, BufferLayout
+from embxfer.transport.curve_keys import AllowList, EngineKeys
 from embxfer.transport.messages import (
     Abort,
     AbortAck,
@@ -166,11 +167,11 @@ class Volley:
     frames: Iterable[list[bytes]]
 
 
-def wrong_envelopes(host: str) -> Iterator[Volley]:
+def wrong_envelopes(address: str) -> Iterator[Volley]:
     """Frames the control channel must refuse for their ZeroMQ envelope, each counted as
-    ``malformed``: two or three parts instead of one (100), and a routing identity that
-    is not a ``tcp://`` address (100 heartbeats)."""
-    yield Volley(unused_address(host).encode(), [[b"", b"two parts"], [b"a", b"b", b"c"]] * 50)
+    ``malformed``: two or three parts instead of one (100, claiming ``address``), and a
+    routing identity that is not a ``tcp://`` address (100 heartbeats)."""
+    yield Volley(address.encode(), [[b"", b"two parts"], [b"a", b"b", b"c"]] * 50)
     yield Volley(b"\xffnot-an-address", [[encode(Heartbeat())]] * 100)
 
 
@@ -184,14 +185,20 @@ def unused_address(host: str) -> str:
         return f"tcp://{host}:{probe.getsockname()[1]}"
 
 
-def throw(target: str, volley: Volley, timeout_s: float) -> int:
+def throw(target: str, volley: Volley, timeout_s: float, keys: EngineKeys | None = None) -> int:
     """Send every frame of ``volley`` to ``target`` and wait until they are on their way;
-    a full queue waits (never drops: every frame is counted). The number sent."""
+    a full queue waits (never drops: every frame is counted). With ``keys``, over CURVE
+    as the engine they belong to. The number sent."""
     context = zmq.Context()
     dealer = context.socket(zmq.DEALER)
     dealer.setsockopt(zmq.LINGER, 0)
     dealer.setsockopt(zmq.ROUTING_ID, volley.identity)
     dealer.setsockopt(zmq.SNDHWM, 10_000)
+    if keys is not None:
+        public, secret = keys.keypair()
+        dealer.setsockopt(zmq.CURVE_SERVERKEY, AllowList(keys.allow_list).key_of(target) or b"")
+        dealer.setsockopt(zmq.CURVE_PUBLICKEY, public)
+        dealer.setsockopt(zmq.CURVE_SECRETKEY, secret)
     dealer.connect(target)
     deadline = time.monotonic() + timeout_s
     sent = 0

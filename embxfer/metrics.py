@@ -33,7 +33,7 @@ class Occupancy(Protocol):
     """What occupancy gauges read from an allocator."""
 
     @property
-    def used_blocks(self) -> int: ...
+    def free_blocks(self) -> int: ...
 
     @property
     def total_blocks(self) -> int: ...
@@ -166,7 +166,7 @@ class _PrometheusEngine:
 
         def used() -> int:
             alive = ref()
-            return 0 if alive is None else alive.used_blocks
+            return 0 if alive is None else alive.total_blocks - alive.free_blocks
 
         self._metrics.used_blocks.labels(*self._labels).set_function(used)
         self._metrics.total_blocks.labels(*self._labels).set(allocator.total_blocks)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
+from embxfer.buffers.allocator import BlockAllocator
 from embxfer.buffers.assembly import StoredPiece, assemble, stage_piece
 from embxfer.buffers.layout import TOKEN_KINDS
+from embxfer.buffers.metadata import MetadataBuffers
 from embxfer.buffers.payload import EmbeddingPayload
 from embxfer.config import EngineConfig
 from embxfer.fsm.actions import Action, SendMessage, SpillPiece
@@ -18,6 +20,7 @@ from embxfer.fsm.events import (
     AbortReceived,
     AbortRequested,
     Event,
+    MemoryGranted,
     PeerReady,
     PieceArrived,
     Released,
@@ -61,8 +64,13 @@ class ReceiverEngine(Runtime[ReceiverRoom]):
         data: DataTransport,
         clock: Callable[[], float] = time.monotonic,
         metrics: Metrics | None = None,
+        *,
+        allocator: BlockAllocator | None = None,
+        buffers: MetadataBuffers | None = None,
     ) -> None:
-        super().__init__(config, control, data, clock, metrics)
+        super().__init__(
+            config, control, data, clock, metrics, allocator=allocator, buffers=buffers
+        )
         self.sizer = AdaptiveSizer(
             config.default_alloc_tokens,
             quantile=config.adaptive_quantile,
@@ -85,14 +93,19 @@ class ReceiverEngine(Runtime[ReceiverRoom]):
         sender: str,
         required_receivers: int = 1,
         expected_tokens: int | None = None,
+        scheduler_allocates: bool = False,
     ) -> ReceiverHandle:
         """A room receiving from ``sender`` (its control address). ``expected_tokens``,
-        when the scheduler knows the length, is allocated up front: no resume needed."""
+        when the scheduler knows the length, is allocated up front: no resume needed.
+
+        ``scheduler_allocates``: the scheduler allocates the first piece's blocks from
+        ``self.memory`` itself and hands them over with ``ReceiverHandle.provide_blocks``
+        (SGLang's ``send_metadata``); resumes still allocate beneath it."""
         room = ReceiverRoom(
             room_id,
             sender,
-            self.allocator,
-            self.sizer.initial_tokens(expected_tokens),
+            self.memory,
+            None if scheduler_allocates else self.sizer.initial_tokens(expected_tokens),
             self.config.timeouts,
             self.clock(),
             self.config.policy,
@@ -242,6 +255,13 @@ class ReceiverHandle:
     def failure_exception(self) -> NoReturn:
         """Raise the room's failure, with its reason (SGLang's contract)."""
         raise TransferFailed(self.room_id, self._room.reason or "room has not failed")
+
+    def provide_blocks(self, blocks: Sequence[int]) -> None:
+        """Hand over the first piece's blocks (a room made with ``scheduler_allocates``),
+        taken from the engine's ``memory``; the room owns them from now on and frees
+        them with its own. Blocks the room did not wait for are freed at once."""
+        granted = MemoryGranted(tuple(blocks))
+        self._engine.submit(lambda: self._engine.deliver(self._room, granted))
 
     def abort(self, reason: str = "requested") -> None:
         self._engine.submit(lambda: self._engine.deliver(self._room, AbortRequested(reason)))

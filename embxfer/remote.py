@@ -15,8 +15,9 @@ from embxfer.config import EngineConfig
 from embxfer.receiver import ReceiverEngine
 from embxfer.sender import SenderEngine
 from embxfer.transport.base import ControlChannel, DataTransport
+from embxfer.transport.curve_keys import EngineKeys
 from embxfer.transport.mooncake_data import MooncakeDataTransport
-from embxfer.transport.zmq_control import CurveKeys, ZmqControlChannel
+from embxfer.transport.zmq_control import ZmqControlChannel
 
 
 @dataclass(frozen=True)
@@ -24,15 +25,17 @@ class NetworkConfig:
     """Where one engine listens and how its peers reach it.
 
     ``curve`` is the one switch for an authenticated, encrypted control plane: None
-    (the default) runs it in the clear, a keypair shared by every engine of the
-    deployment turns CURVE on (see ``generate_curve_keys``). Data writes are one-sided
-    into registered memory and are not encrypted by Mooncake either way.
+    (the default) runs it in the clear; this engine's own keys (``EngineKeys``, written
+    by ``embxfer keys generate``) turn CURVE on, and then its certificate names its
+    control address (``control_port`` 0 binds the port it names). Data writes are
+    one-sided into registered memory, neither authenticated nor encrypted by Mooncake:
+    the data network must be isolated (``specs/protocol.md``, threat model).
     """
 
     host: str = "127.0.0.1"  # bind address of the control socket (may be a wildcard)
     advertise_host: str | None = None  # what peers are told; needed when host is a wildcard
     control_port: int = 0  # 0: the OS picks one
-    curve: CurveKeys | None = None
+    curve: EngineKeys | None = None
     data_protocol: str = "tcp"  # Mooncake: "tcp", or "rdma" on a cluster
     data_device: str = ""  # Mooncake's RDMA device list ("" for TCP)
 

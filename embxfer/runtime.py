@@ -20,11 +20,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from embxfer.buffers.allocator import FreeListAllocator
+from embxfer.buffers.allocator import BlockAllocator, FreeListAllocator
+from embxfer.buffers.fair_pool import FairPool
 from embxfer.buffers.metadata import MetadataBuffers
 from embxfer.config import EngineConfig
-from embxfer.fsm.actions import Action
-from embxfer.fsm.events import AbortRequested, Event, PeerLost, Tick
+from embxfer.fsm.actions import Action, StopWaiting, WaitForMemory
+from embxfer.fsm.events import AbortRequested, Event, MemoryGranted, PeerLost, Tick
 from embxfer.fsm.poll import KVPoll
 from embxfer.fsm.room import Room
 from embxfer.metrics import EngineMetrics, Metrics, NoMetrics, default_metrics
@@ -66,6 +67,7 @@ class EngineStats:
     succeeded: int = 0
     failed: int = 0
     resumes: int = 0
+    memory_waits: int = 0  # times a room queued for blocks
     payload_bytes: int = 0
     failure_reasons: Counter[str] = field(default_factory=Counter)
     rejected: Counter[str] = field(default_factory=Counter)
@@ -103,7 +105,14 @@ class PeerClock:
 
 
 class Runtime(Generic[RoomT]):
-    """Rooms of one role, their memory, their transports and the thread that drives them."""
+    """Rooms of one role, their memory, their transports and the thread that drives them.
+
+    A scheduler that owns the memory passes its own ``allocator`` (any
+    ``BlockAllocator`` over the layout's blocks) and ``buffers``; by default the engine
+    makes both from ``config``. Either way the engine wraps the allocator in a
+    ``FairPool``: rooms that cannot get blocks wait in one FIFO queue, served whenever
+    blocks come back.
+    """
 
     def __init__(
         self,
@@ -112,14 +121,25 @@ class Runtime(Generic[RoomT]):
         data: DataTransport,
         clock: Callable[[], float] = time.monotonic,
         metrics: Metrics | None = None,
+        *,
+        allocator: BlockAllocator | None = None,
+        buffers: MetadataBuffers | None = None,
     ) -> None:
         self.config = config
         self.control = control
         self.data = data
         self.clock = clock
         self.layout = config.layout
-        self.buffers = MetadataBuffers(self.layout)
-        self.allocator = FreeListAllocator(self.layout.num_blocks, self.layout.block_size)
+        self.buffers = buffers or MetadataBuffers(self.layout)
+        self.allocator: BlockAllocator = allocator or FreeListAllocator(
+            self.layout.num_blocks, self.layout.block_size
+        )
+        if self.allocator.block_size != self.layout.block_size:
+            raise ValueError(
+                f"allocator blocks hold {self.allocator.block_size} tokens, "
+                f"the layout's {self.layout.block_size}"
+            )
+        self.memory: FairPool[int] = FairPool(self.allocator, on_free=self._blocks_freed)
         for address, length in self.buffers.memory_ranges():
             data.register(address, length)
         self.rooms: dict[int, RoomT] = {}
@@ -137,6 +157,7 @@ class Runtime(Generic[RoomT]):
         self._next_heartbeat = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pump_id: int | None = None
 
     # -- lifecycle -----------------------------------------------------------------
     @property
@@ -171,7 +192,13 @@ class Runtime(Generic[RoomT]):
         if pump is not None and pump.ident != threading.get_ident():
             self.control.wake()
 
+    @property
+    def used_blocks(self) -> int:
+        """Blocks allocated from this engine's memory right now."""
+        return self.allocator.total_blocks - self.allocator.free_blocks
+
     def _pump(self) -> None:
+        self._pump_id = threading.get_ident()
         while not self._stop.is_set():
             try:
                 self.run_once(0.05)
@@ -189,6 +216,7 @@ class Runtime(Generic[RoomT]):
         while self._commands:
             self._commands.popleft()()
         self._fire_timers()
+        self._serve_memory()
         self._heartbeat()
 
     # -- the one way events reach rooms ----------------------------------------------
@@ -202,7 +230,13 @@ class Runtime(Generic[RoomT]):
             LOG.exception("room=%d crashed on %s", room.room_id, type(event).__name__)
             actions = room.handle(AbortRequested(f"internal error: {exc!r}"), now)
         for action in actions:
-            self.carry_out(room, action)
+            if isinstance(action, WaitForMemory):
+                self.stats.memory_waits += 1
+                self.memory.wait(room.room_id, action.tokens, action.floor_tokens)
+            elif isinstance(action, StopWaiting):
+                self.memory.cancel(room.room_id)
+            else:
+                self.carry_out(room, action)
         if room.terminal and not was_terminal:
             self._count_end(room)
         if self.rooms.get(room.room_id) is room:
@@ -267,6 +301,25 @@ class Runtime(Generic[RoomT]):
             if new > 0:
                 self._wire_rejects[reason] = total
                 self.stats.rejected_message(reason, new)
+
+    # -- memory ----------------------------------------------------------------------
+    def _serve_memory(self) -> None:
+        """Grant blocks to the rooms at the head of the memory queue, in turn, for as
+        long as the head's floor fits (a grant's room may free or queue more)."""
+        memory = self.memory
+        while (room_id := memory.ready()) is not None:
+            blocks = memory.grant(room_id)
+            room = self.rooms.get(room_id)
+            if room is None:  # cannot happen: a room leaves the queue before it is gone
+                LOG.error("%s granted blocks to unknown room %r", self.role, room_id)
+                memory.free(blocks)
+                continue
+            self.deliver(room, MemoryGranted(tuple(blocks)))
+
+    def _blocks_freed(self) -> None:
+        """Another thread (a scheduler) freed blocks: wake the pump to serve the queue."""
+        if self._pump_id is not None and self._pump_id != threading.get_ident():
+            self.control.wake()
 
     # -- time ------------------------------------------------------------------------
     def _schedule(self, room: RoomT) -> None:

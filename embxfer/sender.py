@@ -11,6 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import NoReturn
 
+from embxfer.buffers.allocator import BlockAllocator
+from embxfer.buffers.metadata import MetadataBuffers
 from embxfer.buffers.payload import EmbeddingPayload
 from embxfer.buffers.segments import plan_segments
 from embxfer.config import EngineConfig
@@ -65,8 +67,13 @@ class SenderEngine(Runtime[SenderRoom]):
         data: DataTransport,
         clock: Callable[[], float] = time.monotonic,
         metrics: Metrics | None = None,
+        *,
+        allocator: BlockAllocator | None = None,
+        buffers: MetadataBuffers | None = None,
     ) -> None:
-        super().__init__(config, control, data, clock, metrics)
+        super().__init__(
+            config, control, data, clock, metrics, allocator=allocator, buffers=buffers
+        )
         self.receivers: dict[str, RemoteBuffers] = {}
         self._writers: dict[str, _Writer] = {}
         self._parked: dict[int, list[tuple[float, str, PieceRequest | Abort]]] = {}
@@ -77,7 +84,7 @@ class SenderEngine(Runtime[SenderRoom]):
 
     def create_room(self, room_id: int) -> SenderHandle:
         """A room for one request; receivers join it by asking for pieces."""
-        room = SenderRoom(room_id, self.allocator, self.config.timeouts, self.clock())
+        room = SenderRoom(room_id, self.memory, self.config.timeouts, self.clock())
         self.submit(lambda: self._adopt(room))
         return SenderHandle(self, room)
 

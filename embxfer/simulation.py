@@ -40,16 +40,26 @@ import torch
 
 from embxfer.buffers.allocator import FreeListAllocator
 from embxfer.buffers.assembly import StoredPiece, assemble, stage_piece
+from embxfer.buffers.fair_pool import Ask, FairPool
 from embxfer.buffers.layout import BufferLayout
 from embxfer.buffers.metadata import MetadataBuffers
 from embxfer.buffers.payload import EmbeddingPayload, random_payload
 from embxfer.buffers.segments import plan_segments
-from embxfer.fsm.actions import Action, SendMessage, SpillPiece, StorePayload, WritePiece
+from embxfer.fsm.actions import (
+    Action,
+    SendMessage,
+    SpillPiece,
+    StopWaiting,
+    StorePayload,
+    WaitForMemory,
+    WritePiece,
+)
 from embxfer.fsm.events import (
     AbortAckReceived,
     AbortReceived,
     AbortRequested,
     Event,
+    MemoryGranted,
     PayloadReady,
     PeerLost,
     PeerReady,
@@ -59,7 +69,8 @@ from embxfer.fsm.events import (
     Tick,
     WriteFinished,
 )
-from embxfer.fsm.policy import ResumePolicy
+from embxfer.fsm.memory import blocks_needed
+from embxfer.fsm.policy import ResumePolicy, SpillMode
 from embxfer.fsm.poll import KVPoll
 from embxfer.fsm.receiver import ReceiverRoom
 from embxfer.fsm.room import ACTIVE, FAILED, SUCCESS, Room, Timeouts, Verdict
@@ -75,9 +86,9 @@ HOG = -1
 """Owner of the blocks ``Hog`` takes: memory the scheduler uses for something else."""
 UNBOUNDED = 1 << 30
 
-SIM_TIMEOUTS = Timeouts(bootstrap_s=30.0, progress_s=30.0, retry_s=1.0, write_grace_s=65.0)
-"""The default timeouts in whole seconds (retries included), so that times relative to
-the clock are exact and equal states compare equal."""
+SIM_TIMEOUTS = Timeouts(bootstrap_s=30.0, progress_s=30.0, write_grace_s=65.0)
+"""The default timeouts in whole seconds, so that times relative to the clock are exact
+and equal states compare equal."""
 
 RoomKey: TypeAlias = tuple[str, int]
 """(engine, room id): one side of a room."""
@@ -552,6 +563,10 @@ class TrackedAllocator:
         return self.inner.block_size
 
     @property
+    def total_blocks(self) -> int:
+        return self.inner.total_blocks
+
+    @property
     def free_blocks(self) -> int:
         return self.inner.free_blocks
 
@@ -580,6 +595,8 @@ class Snapshot:
     totals: dict[int, int]
     payloads: dict[int, object]
     allocators: dict[str, dict[str, Any]]
+    queues: dict[str, tuple[tuple[int, Ask], ...]]
+    queued: dict[str, list[int]]
     owners: dict[str, dict[int, int]]
     in_flight: list[Envelope]
     writes: list[PendingWrite]
@@ -620,6 +637,14 @@ class World:
             engine: TrackedAllocator(self, engine, FreeListAllocator(n, config.block_size))
             for engine, n in sizes.items()
         }
+        # Each engine's memory queue, served after every move as the runtime serves it
+        # after every pump iteration.
+        self.pools: dict[str, FairPool[int]] = {
+            engine: FairPool(allocator) for engine, allocator in self.allocators.items()
+        }
+        # The reference model of fairness: rooms in the order they began to wait. No room
+        # may get blocks while one that began to wait before it still waits.
+        self.queued: dict[str, list[int]] = {engine: [] for engine in self.engines}
         # The reference model: who owns each allocated block, per engine.
         self.owners: dict[str, dict[int, int]] = {engine: {} for engine in self.engines}
         self.rooms: dict[RoomKey, Room] = {}
@@ -698,6 +723,7 @@ class World:
         if self.auto_release:
             for key in [key for key, room in self.live_rooms() if _releasable(room)]:
                 self._run(key, Released())
+        self._serve_memory()
         self.check()
 
     def _spend(self, **costs: int) -> None:
@@ -712,15 +738,17 @@ class World:
         self.members[room] = members
         self.totals[room] = move.total_tokens
         self.payloads[room] = self.data.payload(room, move.total_tokens)
+        if any(self._never_fits(move.total_tokens, initial) for initial in move.initial_tokens):
+            self.tainted.add(room)  # refused, as the spec says: it may (must) fail
         timeouts = self.config.timeouts
-        self.rooms[(SENDER, room)] = SenderRoom(room, self.allocators[SENDER], timeouts, self.now)
+        self.rooms[(SENDER, room)] = SenderRoom(room, self.pools[SENDER], timeouts, self.now)
         self._owned.add((SENDER, room))
         for receiver, initial in zip(members, move.initial_tokens, strict=True):
             self._owned.add((receiver, room))
             self.rooms[(receiver, room)] = ReceiverRoom(
                 room,
                 SENDER,
-                self.allocators[receiver],
+                self.pools[receiver],
                 initial,
                 timeouts,
                 self.now,
@@ -728,6 +756,25 @@ class World:
                 len(members),
             )
             self._run((receiver, room), PeerReady())
+
+    def _never_fits(self, total: int, initial: int) -> bool:
+        """Whether one of the room's pieces can never be granted: a payload larger than
+        the sender's pool, or, with partial pieces off, a piece larger than a receiver's."""
+        config, policy = self.config, self.config.policy
+        size = config.block_size
+        if blocks_needed(total, size) > config.sender_blocks:
+            return True
+        received, ask = 0, initial
+        while not policy.allow_partial:
+            if blocks_needed(ask, size) > config.receiver_blocks:
+                return True
+            received += min(total - received, blocks_needed(ask, size) * size)
+            if received >= total:
+                break
+            ask = total - received
+            if policy.max_resume_tokens:
+                ask = min(ask, policy.max_resume_tokens)
+        return False
 
     def _deliver(self, envelope: Envelope) -> None:
         if envelope.dst in self.dead:
@@ -817,8 +864,28 @@ class World:
             self.writes.append(PendingWrite(room, action, self.now))
         elif isinstance(action, StorePayload):
             self.data.store(room, action.blocks, action.payload)
+        elif isinstance(action, WaitForMemory):
+            self.queued[engine].append(room)
+            self.pools[engine].wait(room, action.tokens, action.floor_tokens)
+        elif isinstance(action, StopWaiting):
+            self.queued[engine].remove(room)
+            self.pools[engine].cancel(room)
         else:
             self.data.spill(engine, room, action)
+
+    def _serve_memory(self) -> None:
+        """Grant blocks to the rooms each engine's queue says are next, as the runtime
+        does, until no head fits (a grant may free or queue more)."""
+        granted = True
+        while granted:
+            granted = False
+            for engine, pool in self.pools.items():
+                room = None if engine in self.dead else pool.ready()
+                if room is not None:
+                    with self._acting_for(room):
+                        blocks = pool.grant(room)
+                    self._run((engine, room), MemoryGranted(tuple(blocks)))
+                    granted = True
 
     @contextmanager
     def _acting_for(self, owner: int) -> Iterator[None]:
@@ -833,6 +900,14 @@ class World:
         owner = self._owner
         if owner is None:
             raise Violation(f"{engine} allocated {blocks} outside any room's event")
+        queued = self.queued[engine]
+        if owner != HOG and queued:
+            if queued[0] != owner:
+                raise Violation(
+                    f"room {owner} got {engine} blocks {list(blocks)} while room "
+                    f"{queued[0]} waited ahead of it"
+                )
+            del queued[0]
         owners = self.owners[engine]
         just_freed = {b for e, freed in self._freed if e == engine for b in freed}
         for block in blocks:
@@ -1020,9 +1095,52 @@ class World:
                     raise Violation(f"room {room_id} failed with no fault: {side.reason}")
             if room_id in busy or room_id not in self.handed or all(s.terminal for s in sides):
                 continue
-            if not any(_waiting_for_memory(side) for side in sides):
-                states = ", ".join(f"{_describe_room(s)}" for s in sides)
+            states = ", ".join(f"{_describe_room(s)}" for s in sides)
+            waiting = [
+                engine
+                for engine, side in zip((SENDER, *members), sides, strict=True)
+                if _waiting_for_memory(side)
+            ]
+            if not waiting:
                 raise Violation(f"room {room_id} is stuck, nothing in flight: {states}")
+            if self._settled() and self._progress_promised():
+                raise Violation(
+                    f"deadlock: room {room_id} waits for memory on {', '.join(waiting)} and "
+                    f"nothing can free any: {states}; queues {self._queues_text()}"
+                )
+
+    def _settled(self) -> bool:
+        """Nothing left for a healthy system to do but let time pass."""
+        return not self.owed() and not any(_releasable(room) for _, room in self.live_rooms())
+
+    def _progress_promised(self) -> bool:
+        """Whether the spec promises that rooms waiting for memory get it without time
+        passing (its progress rule): no engine's memory is held by others (hogs) or by
+        rooms a fault touched (their deadlines free it), ``NEVER_SPILL`` rooms do not
+        keep pieces while they wait, and the sender's memory holds every payload of its
+        open rooms."""
+        if self.dead or any(self.hogs.values()):
+            return False
+        if self.config.policy.spill is SpillMode.NEVER_SPILL:
+            return False
+        if any(
+            room_id in self.tainted and bool(list(_held_blocks(room)))
+            for (_, room_id), room in self.rooms.items()
+        ):
+            return False  # a room a fault touched may hold blocks until its deadline
+        payload_blocks = sum(
+            blocks_needed(self.totals[room], self.config.block_size)
+            for room, members in self.members.items()
+            if not all(self.rooms[(e, room)].terminal for e in (SENDER, *members))
+        )
+        return payload_blocks <= self.config.sender_blocks
+
+    def _queues_text(self) -> str:
+        return " ".join(
+            f"{engine}:{[room for room, _ in pool.queue()]}"
+            for engine, pool in self.pools.items()
+            if pool.waiting
+        )
 
     def final_check(self) -> None:
         """Once everything settled: every room finished, every block back."""
@@ -1071,6 +1189,8 @@ class World:
             dict(self.totals),
             dict(self.payloads),
             {e: _allocator_state(a.inner) for e, a in self.allocators.items()},
+            {e: pool.queue() for e, pool in self.pools.items()},
+            {e: list(q) for e, q in self.queued.items()},
             {e: dict(o) for e, o in self.owners.items()},
             list(self.in_flight),
             list(self.writes),
@@ -1094,6 +1214,9 @@ class World:
         self.payloads = dict(snapshot.payloads)
         for engine, state in snapshot.allocators.items():
             vars(self.allocators[engine].inner).update(_copy_containers(state))
+        for engine, queue in snapshot.queues.items():
+            self.pools[engine].restore_queue(queue)
+        self.queued = {e: list(q) for e, q in snapshot.queued.items()}
         self.owners = {e: dict(o) for e, o in snapshot.owners.items()}
         self.in_flight = list(snapshot.in_flight)
         self.writes = list(snapshot.writes)
@@ -1135,6 +1258,7 @@ class World:
         return (
             rooms,
             tuple(tuple(a.inner._stack) for a in self.allocators.values()),
+            tuple(pool.queue() for pool in self.pools.values()),
             tuple(sorted((channel, arrange(items)) for channel, items in channels.items())),
             tuple(sorted((writer, arrange(items)) for writer, items in writers.items())),
             frozenset(self.handed),
@@ -1211,10 +1335,8 @@ def _held_blocks(room: Room) -> Iterable[int]:
 
 def _waiting_for_memory(room: Room) -> bool:
     """Back-pressure: the room waits for blocks (a legitimate reason to sit idle)."""
-    if isinstance(room, ReceiverRoom):
-        return room.state in ACTIVE and room.waiting_for_memory
-    assert isinstance(room, SenderRoom)
-    return room.state in ACTIVE and not room.total_tokens
+    assert isinstance(room, (SenderRoom, ReceiverRoom))
+    return room.state in ACTIVE and room.waiting_for_memory
 
 
 def _side(key: RoomKey) -> str:
@@ -1248,7 +1370,7 @@ _SLOTS: dict[type, tuple[str, ...]] = {}
 # ``_room_key`` takes relative to the clock itself.
 _UNKEYED = frozenset(
     {"_actions", "_verdict", "verdict_reason", "reason", "resumes", "ignored", "now"}
-    | {"timeouts", "allocator", "policy", "room_id", "sender", "deadline", "quarantine_until"}
+    | {"timeouts", "memory", "policy", "room_id", "sender", "deadline", "quarantine_until"}
 )
 
 

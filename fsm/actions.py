@@ -56,4 +56,18 @@ class SpillPiece:
     blocks: tuple[int, ...]
 
 
-Action = SendMessage | StorePayload | WritePiece | SpillPiece
+@dataclass(frozen=True, slots=True)
+class WaitForMemory:
+    """Queue the room for ``tokens`` tokens of blocks (at least ``floor_tokens``): it
+    could not take them now. The engine answers with ``MemoryGranted`` in turn."""
+
+    tokens: int
+    floor_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class StopWaiting:
+    """Take the room out of the memory queue: it no longer needs blocks (it failed)."""
+
+
+Action = SendMessage | StorePayload | WritePiece | SpillPiece | WaitForMemory | StopWaiting

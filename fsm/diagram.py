@@ -25,6 +25,7 @@ from transitions.extensions import GraphMachine
 
 from embxfer.buffers.allocator import FreeListAllocator
 from embxfer.buffers.blocks import blocks_needed
+from embxfer.buffers.fair_pool import FairPool
 from embxfer.fsm.actions import Action, SendMessage, SpillPiece, StorePayload, WritePiece
 from embxfer.fsm.events import (
     Event,
@@ -279,9 +280,11 @@ class _Exchange:
 
     def __init__(self, total_tokens: int, initial_tokens: int, policy: ResumePolicy) -> None:
         bs = 128
-        self.sender_memory = FreeListAllocator(blocks_needed(total_tokens, bs), bs)
-        self.receiver_memory = FreeListAllocator(
-            blocks_needed(max(total_tokens, initial_tokens), bs) + 1, bs
+        self.sender_memory: FairPool[int] = FairPool(
+            FreeListAllocator(blocks_needed(total_tokens, bs), bs)
+        )
+        self.receiver_memory: FairPool[int] = FairPool(
+            FreeListAllocator(blocks_needed(max(total_tokens, initial_tokens), bs) + 1, bs)
         )
         timeouts = Timeouts()
         self.sender = SenderRoom(1, self.sender_memory, timeouts, 0.0)
@@ -337,7 +340,7 @@ def _walk(total_tokens: int, initial_tokens: int, policy: ResumePolicy) -> Itera
     yield f"Note over {_L}: scheduler: result() joins {pieces} pieces, {total_tokens} tokens"
     ex.run(ex.receiver, Released())
     ex.run(ex.sender, Released())
-    if ex.sender_memory.used_blocks or ex.receiver_memory.used_blocks:
+    if any(m.free_blocks != m.total_blocks for m in (ex.sender_memory, ex.receiver_memory)):
         raise DiagramError("blocks still held after release")
     yield f"Note over {_E},{_L}: release(): every block is back with its allocator"
 

@@ -81,8 +81,16 @@ class Released:
 
 
 @dataclass(frozen=True, slots=True)
+class MemoryGranted:
+    """Blocks taken for this room, which waited for them: its turn in the engine's queue
+    came, or (receiver) the scheduler handed over the blocks of the first piece."""
+
+    blocks: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
-    """Time passed: deadlines, back-pressure retries and quarantine ends."""
+    """Time passed: deadlines and quarantine ends."""
 
 
 Event = (
@@ -96,5 +104,6 @@ Event = (
     | AbortRequested
     | PeerLost
     | Released
+    | MemoryGranted
     | Tick
 )

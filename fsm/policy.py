@@ -21,13 +21,22 @@ class ResumePolicy:
 
     ``max_resume_tokens`` caps one resume's allocation (None: the whole rest), so very
     long embeddings arrive in several bounded pieces. ``allow_partial``: when the
-    allocation does not fit, take what is free (at least one block) and resume again
-    later rather than wait.
+    allocation does not fit, take what is free and resume again later rather than wait
+    for all of it, as long as that is at least ``min_piece_tokens`` (or the whole pool,
+    if that is smaller): each piece is then real progress, and any piece fits.
     """
 
     spill: SpillMode = SpillMode.KEEP_THEN_SPILL
     max_resume_tokens: int | None = None
     allow_partial: bool = True
+    min_piece_tokens: int = 1024
+
+    def floor_tokens(self, wanted: int, pool_tokens: int) -> int:
+        """The fewest tokens a piece of ``wanted`` may be granted with in a pool of
+        ``pool_tokens``: all of them unless partial pieces are allowed."""
+        if not self.allow_partial:
+            return wanted
+        return max(1, min(wanted, self.min_piece_tokens, pool_tokens))
 
 
 class AdaptiveSizer:

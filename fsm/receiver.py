@@ -13,19 +13,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from embxfer.buffers.allocator import BlockAllocator
-from embxfer.fsm.actions import SendMessage, SpillPiece
+from embxfer.fsm.actions import SendMessage, SpillPiece, StopWaiting, WaitForMemory
 from embxfer.fsm.events import (
     AbortAckReceived,
     AbortReceived,
     AbortRequested,
     Event,
+    MemoryGranted,
     PeerLost,
     PeerReady,
     PieceArrived,
     Released,
     Tick,
 )
+from embxfer.fsm.memory import BlockPool, blocks_needed
 from embxfer.fsm.policy import ResumePolicy, SpillMode
 from embxfer.fsm.room import (
     ACTIVE,
@@ -48,7 +49,9 @@ B, W, T, OK, F = BOOTSTRAPPING, WAITING, TRANSFERRING, SUCCESS, FAILED
 # (trigger, source, dest, condition, callback); see SENDER_TABLE for how rows are read.
 RECEIVER_TABLE = verdict_table(
     [
-        # The sender accepted this engine's registration: allocate and ask.
+        # The sender accepted this engine's registration: allocate and ask (or fail if
+        # the first piece can never fit this engine's memory).
+        ("peer_ready", B, F, "violation", ""),
         ("peer_ready", B, W, "", "_request_next"),
         ("peer_ready", [W, T, *TERMINAL], None, "", "_ignore"),
         # The sender reports a piece written (keyed by its sent_tokens offset).
@@ -68,9 +71,14 @@ RECEIVER_TABLE = verdict_table(
         ("abort", TERMINAL, None, "", "_ignore"),
         ("peer_lost", ACTIVE, F, "violation", ""),
         ("peer_lost", [*ACTIVE, *TERMINAL], None, "", "_ignore"),
-        # Time passes: deadlines, memory retries, end of quarantine.
+        # Blocks the room waited for: its turn in the memory queue came, or the scheduler
+        # handed over the first piece's blocks (kept until the sender is ready). Blocks
+        # the room does not await go back at once.
+        ("granted", B, None, "act", "_keep_provided"),
+        ("granted", [W, T], None, "act", "_use_grant"),
+        ("granted", [*ACTIVE, *TERMINAL], None, "", "_return_grant"),
+        # Time passes: deadlines, end of quarantine.
         ("tick", ACTIVE, F, "deadline_passed", ""),
-        ("tick", [W, T], None, "retry_due", "_request_next"),
         ("tick", F, None, "settle", "_free_quarantine"),
         ("tick", [*ACTIVE, *TERMINAL], None, "", "_ignore"),
         # The scheduler lets go of the room (after taking the result).
@@ -103,13 +111,15 @@ class ReceiverRoom(Room):
     """One request on the language side; see the module docstring and RECEIVER_TABLE."""
 
     __slots__ = (
-        "allocator",
         "initial_tokens",
+        "memory",
         "outstanding",
         "pieces",
         "policy",
+        "provided",
         "quarantine",
         "quarantine_until",
+        "queued",
         "received",
         "released",
         "required_receivers",
@@ -125,6 +135,7 @@ class ReceiverRoom(Room):
         AbortAckReceived: "abort_ack",
         AbortRequested: "abort",
         PeerLost: "peer_lost",
+        MemoryGranted: "granted",
         Tick: "tick",
         Released: "release",
     }
@@ -133,18 +144,20 @@ class ReceiverRoom(Room):
         self,
         room_id: int,
         sender: str,
-        allocator: BlockAllocator,
-        initial_tokens: int,
+        memory: BlockPool,
+        initial_tokens: int | None,
         timeouts: Timeouts,
         now: float,
         policy: ResumePolicy | None = None,
         required_receivers: int = 1,
     ) -> None:
+        """``initial_tokens``: what the first request allocates; None when the scheduler
+        hands over the first piece's blocks itself (``MemoryGranted``)."""
         super().__init__(room_id, timeouts, now)
-        if initial_tokens <= 0:
+        if initial_tokens is not None and initial_tokens <= 0:
             raise ValueError(f"initial_tokens must be positive, got {initial_tokens}")
         self.sender = sender
-        self.allocator = allocator
+        self.memory = memory
         self.initial_tokens = initial_tokens
         self.policy = policy or ResumePolicy()
         self.required_receivers = required_receivers
@@ -152,7 +165,9 @@ class ReceiverRoom(Room):
         self.received = 0
         self.pieces: list[Piece] = []
         self.outstanding: Outstanding | None = None
+        self.provided: tuple[int, ...] = ()  # the scheduler's blocks, before the sender is ready
         self.waiting_for_memory = False
+        self.queued = False  # waiting in the engine's memory queue (not for the scheduler)
         self.quarantine: tuple[int, ...] = ()
         self.quarantine_until = 0.0
         self.released = False
@@ -167,15 +182,15 @@ class ReceiverRoom(Room):
         held = [b for piece in self.pieces for b in piece.blocks]
         if self.outstanding is not None:
             held.extend(self.outstanding.blocks)
+        held.extend(self.provided)
         held.extend(self.quarantine)
         return held
 
     @property
     def wakeup(self) -> float:
-        """When this room next needs a Tick."""
+        """When this room next needs a Tick: waiting for memory costs no timer but the
+        deadline's, since a grant comes as an event."""
         if self.state in ACTIVE:
-            if self.waiting_for_memory:
-                return min(self.deadline, self.now + self.timeouts.retry_s)
             return self.deadline
         return self.quarantine_until if self.quarantine else float("inf")
 
@@ -194,6 +209,11 @@ class ReceiverRoom(Room):
                 self._decide(Verdict.VIOLATION, f"sender {event.peer} lost")
             else:
                 self._decide(Verdict.STALE, "no abort to acknowledge")
+        elif isinstance(event, PeerReady):
+            tokens = self.initial_tokens
+            self._decide(*self._servable(tokens) if tokens is not None else (Verdict.ACT,))
+        elif isinstance(event, MemoryGranted):
+            self._classify_grant()
         elif isinstance(event, Tick):
             self._classify_tick()
         elif isinstance(event, AbortRequested):
@@ -231,61 +251,104 @@ class ReceiverRoom(Room):
         elif end == msg.total_tokens:
             self._decide(Verdict.ALL_DONE)
         else:
-            self._decide(Verdict.MORE_OWED)
+            verdict, reason = self._servable(self._resume_tokens(msg.total_tokens - end))
+            self._decide(Verdict.MORE_OWED if verdict is Verdict.ACT else verdict, reason)
+
+    def _servable(self, tokens: int) -> tuple[Verdict, str]:
+        """ACT if a piece of ``tokens`` tokens can ever be granted here, else why not."""
+        floor = self.policy.floor_tokens(tokens, self.memory.total_blocks * self.memory.block_size)
+        if floor > self.memory.total_blocks * self.memory.block_size:
+            return Verdict.VIOLATION, (
+                f"a piece of {floor} tokens can never fit {self.memory.total_blocks} blocks "
+                f"of {self.memory.block_size} (partial pieces are off)"
+            )
+        return Verdict.ACT, ""
+
+    def _classify_grant(self) -> None:
+        scheduler_blocks_due = self.initial_tokens is None and not self.provided
+        if (self.state == BOOTSTRAPPING and scheduler_blocks_due) or (
+            self.state in (WAITING, TRANSFERRING) and self.waiting_for_memory
+        ):
+            self._decide(Verdict.ACT)
+        else:
+            self._decide(Verdict.STALE, "blocks the room did not wait for")
 
     def _classify_tick(self) -> None:
         if self.state in ACTIVE and self.now >= self.deadline:
-            self._decide(Verdict.DEADLINE, f"deadline passed in {self.state}")
-        elif self.state in ACTIVE and self.waiting_for_memory:
-            self._decide(Verdict.RETRY_DUE)
+            waiting = " waiting for memory" if self.waiting_for_memory else ""
+            self._decide(Verdict.DEADLINE, f"deadline passed in {self.state}{waiting}")
         elif self.quarantine and self.now >= self.quarantine_until:
             self._decide(Verdict.SETTLE)
         else:
             self._decide(Verdict.STALE, "nothing due")
 
     # -- callbacks -------------------------------------------------------------------
-    def _request_next(self, _event: Event) -> None:
-        """Allocate for the next piece and ask for it; wait for memory if there is none."""
-        if self.received:
-            wanted = self.total_tokens - self.received
-            cap = self.policy.max_resume_tokens
-            wanted = min(wanted, cap) if cap else wanted
-        else:
-            wanted = self.initial_tokens
-        blocks = self._allocate(wanted)
-        self.waiting_for_memory = blocks is None
-        if blocks is None:
-            return  # back-pressure: Tick retries until the deadline
-        allocated = len(blocks) * self.allocator.block_size
-        self.outstanding = Outstanding(self.received, tuple(blocks), allocated, self.now)
-        self._progressed()
-        self._actions.append(
-            SendMessage(
-                self.sender,
-                PieceRequest(
-                    self.room_id, self.received, tuple(blocks), allocated, self.required_receivers
-                ),
-            )
-        )
+    def _resume_tokens(self, rest: int) -> int:
+        cap = self.policy.max_resume_tokens
+        return min(rest, cap) if cap else rest
 
-    def _allocate(self, wanted: int) -> list[int] | None:
+    def _request_next(self, _event: Event) -> None:
+        """Allocate for the next piece and ask for it, or wait for memory in turn (the
+        scheduler's blocks, for a first piece it allocates itself)."""
+        if self.initial_tokens is None and not self.received:
+            if self.provided:
+                provided, self.provided = self.provided, ()
+                self._ask_for(provided)
+            else:
+                self.waiting_for_memory = True
+            return
+        wanted = self._resume_tokens(self.total_tokens - self.received)
+        if not self.received:
+            assert self.initial_tokens is not None
+            wanted = self.initial_tokens
+        floor = self.policy.floor_tokens(wanted, self.memory.total_blocks * self.memory.block_size)
+        blocks = self._take(wanted, floor)
+        if blocks is None:
+            self.waiting_for_memory = self.queued = True
+            self._actions.append(WaitForMemory(wanted, floor))
+        else:
+            self._ask_for(tuple(blocks))
+
+    def _take(self, wanted: int, floor: int) -> list[int] | None:
+        """Blocks now, if that is fair: the whole ask, after spilling kept pieces when
+        the policy says so, else at least the floor. A room that must wait first spills
+        what it may, so that no waiting room holds blocks it could give up."""
         spill = self.policy.spill
         if spill is SpillMode.ALWAYS_SPILL:
             self._spill_pieces()
-        blocks = self.allocator.alloc(wanted)
+        blocks = self.memory.take(wanted, wanted)
         if blocks is None and spill is SpillMode.KEEP_THEN_SPILL and self._spill_pieces():
-            blocks = self.allocator.alloc(wanted)
-        free = self.allocator.free_blocks
-        if blocks is None and self.policy.allow_partial and free:
-            blocks = self.allocator.alloc(free * self.allocator.block_size)
+            blocks = self.memory.take(wanted, wanted)
+        if blocks is None and floor < wanted:
+            blocks = self.memory.take(wanted, floor)
         return blocks
+
+    def _ask_for(self, blocks: tuple[int, ...]) -> None:
+        allocated = len(blocks) * self.memory.block_size
+        self.outstanding = Outstanding(self.received, blocks, allocated, self.now)
+        self._progressed()
+        request = PieceRequest(
+            self.room_id, self.received, blocks, allocated, self.required_receivers
+        )
+        self._actions.append(SendMessage(self.sender, request))
+
+    def _keep_provided(self, event: MemoryGranted) -> None:
+        self.provided = event.blocks
+
+    def _use_grant(self, event: MemoryGranted) -> None:
+        self.waiting_for_memory = self.queued = False
+        self._ask_for(event.blocks)
+
+    def _return_grant(self, event: MemoryGranted) -> None:
+        self.memory.free(event.blocks)
+        self._ignore(event)
 
     def _spill_pieces(self) -> bool:
         """Copy kept pieces to staging memory and free their blocks; True if any were."""
         kept = [p for p in self.pieces if p.blocks]
         for piece in kept:
             self._actions.append(SpillPiece(piece.sent_tokens, piece.tokens, piece.blocks))
-            self.allocator.free(piece.blocks)
+            self.memory.free(piece.blocks)
         self.pieces = [Piece(p.sent_tokens, p.tokens, ()) for p in self.pieces]
         return bool(kept)
 
@@ -293,9 +356,9 @@ class ReceiverRoom(Room):
         msg = event.message
         out = self.outstanding
         assert out is not None
-        used = -(-msg.tokens // self.allocator.block_size)
+        used = blocks_needed(msg.tokens, self.memory.block_size)
         if used < len(out.blocks):
-            self.allocator.free(out.blocks[used:])  # over-allocated: give back at once
+            self.memory.free(out.blocks[used:])  # over-allocated: give back at once
         self.total_tokens = msg.total_tokens
         self.pieces.append(Piece(msg.sent_tokens, msg.tokens, out.blocks[:used]))
         self.received += msg.tokens
@@ -309,7 +372,7 @@ class ReceiverRoom(Room):
 
     def _free_quarantine(self, _event: Event) -> None:
         if self.quarantine:
-            self.allocator.free(self.quarantine)
+            self.memory.free(self.quarantine)
             self.quarantine = ()
 
     def _mark_released(self, _event: Event) -> None:
@@ -320,18 +383,24 @@ class ReceiverRoom(Room):
     def _free_pieces(self) -> None:
         for piece in self.pieces:
             if piece.blocks:
-                self.allocator.free(piece.blocks)
+                self.memory.free(piece.blocks)
         self.pieces = []
 
     def _enter_failed(self, event: Event) -> None:
-        """Free what no write can target; hold the outstanding blocks until it is safe.
+        """Leave the memory queue, free what no write can target, and hold the
+        outstanding blocks until it is safe.
 
         Without the sender's word, that is ``write_grace_s`` after the last moment a
         write for the request may start: the sender starts none once the request has
         waited ``progress_s`` (see ``SenderRoom._start_writes``)."""
         self._record_failure()
-        self.waiting_for_memory = False
+        if self.queued:
+            self._actions.append(StopWaiting())
+        self.waiting_for_memory = self.queued = False
         self._free_pieces()
+        if self.provided:
+            self.memory.free(self.provided)
+            self.provided = ()
         sender_quiet = isinstance(event, AbortReceived)
         if self.outstanding is not None:
             last_start = max(self.now, self.outstanding.asked_at + self.timeouts.progress_s)

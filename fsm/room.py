@@ -42,7 +42,6 @@ class Verdict(enum.Enum):
     LAST_RECEIVER = "last_receiver"  # sender: the final receiver of the room joined
     ALL_DONE = "all_done"  # every token is where it belongs
     MORE_OWED = "more_owed"  # a piece landed and a resume must follow
-    RETRY_DUE = "retry_due"  # waiting for memory: try to allocate again
     DEADLINE = "deadline_passed"  # a deadline passed: room fails
     SETTLE = "settle"  # a terminal room can give memory back
 
@@ -53,7 +52,6 @@ class Timeouts:
 
     bootstrap_s: float = 30.0  # in Bootstrapping: waiting for the peer(s)
     progress_s: float = 30.0  # in WaitingForInput/Transferring: without any progress
-    retry_s: float = 0.002  # back-pressure: how soon to retry an allocation
     # Receiver: how long blocks that a write may still target are held after a failure
     # without the sender's acknowledgement, counted from the last moment the sender may
     # start that write (``progress_s`` after the request). Must exceed the longest write

@@ -11,12 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from embxfer.buffers.allocator import BlockAllocator
-from embxfer.fsm.actions import SendMessage, StorePayload, WritePiece
+from embxfer.fsm.actions import SendMessage, StopWaiting, StorePayload, WaitForMemory, WritePiece
 from embxfer.fsm.events import (
     AbortReceived,
     AbortRequested,
     Event,
+    MemoryGranted,
     PayloadReady,
     PeerLost,
     Released,
@@ -24,6 +24,7 @@ from embxfer.fsm.events import (
     Tick,
     WriteFinished,
 )
+from embxfer.fsm.memory import BlockPool, blocks_needed
 from embxfer.fsm.room import (
     ACTIVE,
     BOOTSTRAPPING,
@@ -53,19 +54,23 @@ SENDER_TABLE = verdict_table(
         ("request", [B, W, T], None, "act", "_accept_request"),
         ("request", OK, None, "", "_ignore"),
         ("request", F, None, "", "_answer_late_request"),
-        # The scheduler hands over the embedding.
+        # The scheduler hands over the embedding; it is stored once source blocks are
+        # granted (at once, or in turn in the memory queue).
         ("payload", [B, W], None, "stale", "_ignore"),
         ("payload", [B, W], F, "violation", ""),
         ("payload", [B, W], None, "act", "_take_payload"),
         ("payload", [T, *TERMINAL], None, "", "_ignore"),
-        # The data transport finished writing a piece.
-        ("write_done", [W, T], None, "stale", "_ignore"),
-        ("write_done", [W, T], F, "violation", "_settle_write"),
+        ("granted", [B, W], None, "act", "_store_payload"),
+        ("granted", [*ACTIVE, *TERMINAL], None, "", "_return_grant"),
+        # The data transport finished writing a piece. Each receiver is served as soon
+        # as it asks, also while others have yet to join (Bootstrapping).
+        ("write_done", ACTIVE, None, "stale", "_ignore"),
+        ("write_done", ACTIVE, F, "violation", "_settle_write"),
         ("write_done", [W, T], OK, "all_done", "_report_piece"),
         ("write_done", [W, T], T, "more_owed", "_report_piece"),
-        ("write_done", [W, T], None, "act", "_report_piece"),
+        ("write_done", ACTIVE, None, "", "_report_piece"),
         ("write_done", F, None, "settle", "_settle_write"),
-        ("write_done", [B, *TERMINAL], None, "", "_ignore"),
+        ("write_done", TERMINAL, None, "", "_ignore"),
         # Aborts: from the scheduler, or from a receiver (answered with AbortAck).
         ("abort", ACTIVE, F, "", ""),
         ("abort", TERMINAL, None, "", "_ignore"),
@@ -76,7 +81,6 @@ SENDER_TABLE = verdict_table(
         ("peer_lost", [*ACTIVE, *TERMINAL], None, "", "_ignore"),
         # Time passes.
         ("tick", ACTIVE, F, "deadline_passed", ""),
-        ("tick", [B, W], None, "retry_due", "_retry_payload"),
         ("tick", [*ACTIVE, *TERMINAL], None, "", "_ignore"),
         # The scheduler lets go of the room.
         ("release", ACTIVE, F, "", "_mark_released"),
@@ -103,7 +107,7 @@ class SenderRoom(Room):
 
     __slots__ = (
         "_pending_payload",
-        "allocator",
+        "memory",
         "receivers",
         "released",
         "required_receivers",
@@ -119,20 +123,19 @@ class SenderRoom(Room):
         AbortRequested: "abort",
         AbortReceived: "peer_abort",
         PeerLost: "peer_lost",
+        MemoryGranted: "granted",
         Tick: "tick",
         Released: "release",
     }
 
-    def __init__(
-        self, room_id: int, allocator: BlockAllocator, timeouts: Timeouts, now: float
-    ) -> None:
+    def __init__(self, room_id: int, memory: BlockPool, timeouts: Timeouts, now: float) -> None:
         super().__init__(room_id, timeouts, now)
-        self.allocator = allocator
+        self.memory = memory
         self.receivers: dict[str, ReceiverProgress] = {}
         self.required_receivers = 0  # learned from the first request
         self.total_tokens = 0  # known once the payload is in
         self.src_blocks: tuple[int, ...] = ()
-        self._pending_payload: PayloadReady | None = None  # waiting for source blocks
+        self._pending_payload: PayloadReady | None = None  # queued for source blocks
         self.writes_in_flight = 0
         self.released = False
 
@@ -142,13 +145,14 @@ class SenderRoom(Room):
         return self.released and self.terminal and not self.src_blocks and not self.writes_in_flight
 
     @property
+    def waiting_for_memory(self) -> bool:
+        """The payload is in, its source blocks are not: the room waits in the queue."""
+        return self._pending_payload is not None
+
+    @property
     def wakeup(self) -> float:
-        """When this room next needs a Tick."""
-        if self.terminal:
-            return float("inf")
-        if self._pending_payload is not None:
-            return min(self.deadline, self.now + self.timeouts.retry_s)
-        return self.deadline
+        """When this room next needs a Tick: only its deadline (memory comes as an event)."""
+        return float("inf") if self.terminal else self.deadline
 
     # -- classification: what each event means in the current state ------------------
     def _classify(self, event: Event) -> None:
@@ -174,18 +178,22 @@ class SenderRoom(Room):
                 self._decide(Verdict.STALE, f"{event.peer} is not a receiver of this room")
         elif isinstance(event, Tick):
             if self.now >= self.deadline:
-                self._decide(Verdict.DEADLINE, f"deadline passed in {self.state}")
-            elif self._pending_payload is not None:
-                self._decide(Verdict.RETRY_DUE)
+                waiting = " waiting for memory" if self._pending_payload is not None else ""
+                self._decide(Verdict.DEADLINE, f"deadline passed in {self.state}{waiting}")
             else:
                 self._decide(Verdict.STALE, "nothing due")
+        elif isinstance(event, MemoryGranted):
+            if self._pending_payload is not None:
+                self._decide(Verdict.ACT)
+            else:
+                self._decide(Verdict.STALE, "blocks the room did not wait for")
         else:
             self._decide(Verdict.ACT, "released before completion")
 
     def _classify_request(self, event: RequestReceived) -> None:
         req = event.request
         known = self.receivers.get(event.receiver)
-        bs = self.allocator.block_size
+        bs = self.memory.block_size
         if known is not None and req.sent_tokens <= known.requested_at:
             self._decide(Verdict.STALE, f"request at sent_tokens={req.sent_tokens} already seen")
         elif self.required_receivers and req.required_receivers != self.required_receivers:
@@ -220,6 +228,12 @@ class SenderRoom(Room):
             self._decide(Verdict.STALE, "payload already handed over")
         elif event.total_tokens <= 0:
             self._decide(Verdict.VIOLATION, f"payload of {event.total_tokens} tokens")
+        elif blocks_needed(event.total_tokens, self.memory.block_size) > self.memory.total_blocks:
+            self._decide(
+                Verdict.VIOLATION,
+                f"payload of {event.total_tokens} tokens can never fit "
+                f"{self.memory.total_blocks} blocks of {self.memory.block_size}",
+            )
         else:
             self._decide(Verdict.ACT)
 
@@ -266,28 +280,35 @@ class SenderRoom(Room):
     def _take_payload(self, event: PayloadReady) -> None:
         self._pending_payload = event
         self._progressed()
-        self._retry_payload(event)
+        total = event.total_tokens
+        blocks = self.memory.take(total, total)
+        if blocks is None:
+            self._actions.append(WaitForMemory(total, total))
+        else:
+            self._store_payload(MemoryGranted(tuple(blocks)))
 
-    def _retry_payload(self, _event: Event) -> None:
+    def _store_payload(self, event: MemoryGranted) -> None:
         pending = self._pending_payload
         assert pending is not None
-        blocks = self.allocator.alloc(pending.total_tokens)
-        if blocks is None:
-            return  # back-pressure: Tick retries until the deadline
         self._pending_payload = None
         self.total_tokens = pending.total_tokens
-        self.src_blocks = tuple(blocks)
+        self.src_blocks = event.blocks
         self._actions.append(StorePayload(self.src_blocks, pending.payload))
         self._start_writes()
 
-    def _start_writes(self) -> None:
-        """Once every receiver has joined and the payload is stored, serve each
-        receiver whose latest request has no piece yet.
+    def _return_grant(self, event: MemoryGranted) -> None:
+        self.memory.free(event.blocks)
+        self._ignore(event)
 
-        A request that waited ``progress_s`` (for the other receivers, or the payload)
-        is never served: its receiver has given up on it, and may free the blocks it
-        names ``write_grace_s`` after that; a write started later could land in them."""
-        if self.state == BOOTSTRAPPING or not self.src_blocks:
+    def _start_writes(self) -> None:
+        """Once the payload is stored, serve each receiver whose latest request has no
+        piece yet, whether or not the room's other receivers have joined: a receiver's
+        blocks are then never held waiting on another receiver's memory.
+
+        A request that waited ``progress_s`` (for the payload) is never served: its
+        receiver has given up on it, and may free the blocks it names
+        ``write_grace_s`` after that; a write started later could land in them."""
+        if not self.src_blocks:
             return
         expired = self.now - self.timeouts.progress_s
         for peer, progress in self.receivers.items():
@@ -299,11 +320,11 @@ class SenderRoom(Room):
                 self._write(peer, progress)
 
     def _write(self, peer: str, progress: ReceiverProgress) -> None:
-        bs = self.allocator.block_size
+        bs = self.memory.block_size
         start = progress.requested_at
         tokens = self._piece_tokens(progress)
         first = start // bs
-        nblocks = -(-tokens // bs)
+        nblocks = blocks_needed(tokens, bs)
         progress.in_flight = True
         self.writes_in_flight += 1
         self._actions.append(
@@ -344,7 +365,7 @@ class SenderRoom(Room):
 
     def _free_if_idle(self) -> None:
         if self.src_blocks and not self.writes_in_flight and self.terminal:
-            self.allocator.free(self.src_blocks)
+            self.memory.free(self.src_blocks)
             self.src_blocks = ()
 
     def _notify(self, peer: str, notice: str) -> None:
@@ -373,7 +394,9 @@ class SenderRoom(Room):
 
     def _enter_failed(self, event: Event) -> None:
         self._record_failure()
-        self._pending_payload = None
+        if self._pending_payload is not None:
+            self._actions.append(StopWaiting())
+            self._pending_payload = None
         aborter = event.peer if isinstance(event, AbortReceived) else None
         for peer in self.receivers:
             self._notify(peer, "ack" if peer == aborter else "abort")

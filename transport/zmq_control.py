@@ -1,9 +1,14 @@
 """ZeroMQ control channel: one ROUTER to receive, one DEALER per peer to send.
 
 Each engine binds a ROUTER at its own address. To reach a peer it connects a DEALER
-to the peer's ROUTER whose routing identity is its own address, so the receiving
+to the peer's ROUTER whose routing identity names its own address, so the receiving
 ROUTER learns who sent a frame from the identity frame and can answer through its own
 DEALER. One TCP connection per direction and pair keeps each peer's messages in order.
+
+With per-engine CURVE keys (``transport.curve_keys``) the identity is no longer taken
+on trust: pyzmq's authenticator admits only keys in the allow-list, every frame carries
+its connection's authenticated key (the ZAP User-Id), and a frame whose claimed address
+is not the one its key's certificate names is refused before it is decoded.
 """
 
 from __future__ import annotations
@@ -11,52 +16,40 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import secrets
 import threading
 import time
 from collections import Counter, OrderedDict
-from dataclasses import dataclass
 from types import TracebackType
 
 import zmq
-from zmq.utils import z85
+from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils.monitor import recv_monitor_message
 
 from embxfer.transport.base import Inbound
+from embxfer.transport.curve_keys import AllowList, EngineKeys
 from embxfer.transport.messages import Message
 from embxfer.transport.wire import RejectCounter, WireError, decode_inbound, encode
 
 log = logging.getLogger(__name__)
 
-_ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # fixed by the ZAP spec (RFC 27)
 _WAKE_ENDPOINT = "inproc://embxfer-wake"
 _WAKE_HWM = 1024  # wakes queued before more are dropped (then plenty are pending)
 _RECONNECT_IVL_MAX_MS = 2000  # back off from a dead peer instead of retrying every 100 ms
 _WILDCARD_HOSTS = frozenset({"0.0.0.0", "*", "::", ""})
-
-
-@dataclass(frozen=True, slots=True)
-class CurveKeys:
-    """The one CURVE keypair a deployment shares (Z85 text, 40 bytes each).
-
-    Every engine's ROUTER is a CURVE server with this secret key and every DEALER a
-    CURVE client presenting this same keypair, so one switch in the deployment's
-    configuration turns encryption on everywhere. The channel answers ZAP requests
-    itself and admits only clients that present this public key, which CURVE makes
-    them prove by holding the secret key: a peer without the secret cannot connect.
-    Any holder of the keypair can still claim any address as its identity.
-    """
-
-    public_key: bytes
-    secret_key: bytes
-
-    def __post_init__(self) -> None:
-        if len(self.public_key) != 40 or len(self.secret_key) != 40:
-            raise ValueError("CURVE keys must be 40-byte Z85 text (see generate_curve_keys)")
-
-
-def generate_curve_keys() -> CurveKeys:
-    """A fresh keypair for a deployment; distribute it to every engine out of band."""
-    public_key, secret_key = zmq.curve_keypair()
-    return CurveKeys(public_key=public_key, secret_key=secret_key)
+_ZAP_ALL_DOMAINS = "*"
+# A routing identity is "<address>#<nonce>", a fresh random nonce for each DEALER: a
+# client claiming another engine's address (even one that learned the nonce that engine
+# uses towards it) never takes that engine's connection to a third over. ROUTER_HANDOVER
+# gives an identity to its newest claimant, dropping what the old connection had queued.
+_NONCE_SEPARATOR = "#"
+_NONCE_BYTES = 8
+# Handshakes the ROUTER refused, as its monitor reports them, and how they are counted.
+_HANDSHAKE_REFUSALS: dict[int, str] = {
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "unauthenticated",  # the allow-list lacks the key
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "handshake_failed",  # e.g. no CURVE at all
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake_failed",  # e.g. a wrong server key
+}
 
 
 class ZmqControlChannel:
@@ -71,12 +64,15 @@ class ZmqControlChannel:
     runtime's to recover from with timeouts.
 
     ``receive`` returns frames that arrived, validated by the wire codec; anything
-    invalid is dropped and counted in ``rejected``. The peer of an
-    :class:`~embxfer.transport.base.Inbound` is the sender's advertised address, as
-    the sender claims it in its routing identity.
+    invalid is dropped and counted in ``rejected``, as are refused handshakes. The peer
+    of an :class:`~embxfer.transport.base.Inbound` is the sender's advertised address:
+    in the clear, as the sender claims it in its routing identity; with ``curve``, the
+    address its authenticated key's certificate names (a frame claiming any other is
+    refused as ``identity_mismatch``).
 
     The channel owns its ``zmq.Context`` so that ``close`` can terminate it without
-    waiting on anyone else's sockets. Everything except ``wake`` belongs to one thread.
+    waiting on anyone else's sockets. Everything except ``wake`` and
+    ``reload_allow_list`` belongs to one thread.
     """
 
     def __init__(
@@ -85,7 +81,7 @@ class ZmqControlChannel:
         port: int | None = 0,
         *,
         advertise_host: str | None = None,
-        curve: CurveKeys | None = None,
+        curve: EngineKeys | None = None,
         queue_limit: int = 1000,
         max_batch: int = 1024,
         max_peers: int = 1024,
@@ -93,7 +89,9 @@ class ZmqControlChannel:
         """Bind at ``host:port`` (an IPv4 address or name; ``port`` 0 or None: the OS picks).
 
         Peers are told ``advertise_host`` (default ``host``); binding a wildcard
-        needs it, since advertising an unreachable address hangs peers.
+        needs it, since advertising an unreachable address hangs peers. With ``curve``
+        the engine's certificate names its address: ``port`` 0 binds the port it names,
+        and a channel whose address differs from it raises ValueError.
         """
         if advertise_host is None:
             if host in _WILDCARD_HOSTS:
@@ -102,27 +100,38 @@ class ZmqControlChannel:
                 )
             advertise_host = host
         self._curve = curve
-        self._curve_client_key = z85.decode(curve.public_key) if curve is not None else b""
+        self._keypair = curve.keypair() if curve is not None else (b"", b"")
+        self._allowed = AllowList(curve.allow_list) if curve is not None else None
+        certified = self._certified_address()
+        if certified and not port:
+            port = int(certified.rsplit(":", 1)[1])
         self._queue_limit = queue_limit
         self._max_batch = max_batch
         self._max_peers = max_peers
-        self._dealers: OrderedDict[str, zmq.Socket[bytes]] = OrderedDict()
+        # peer -> (its DEALER, the server key it was connected with: b"" in the clear)
+        self._dealers: OrderedDict[str, tuple[zmq.Socket[bytes], bytes]] = OrderedDict()
         self._closed = False
         self._wake_lock = threading.Lock()
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self._authenticator: ThreadAuthenticator | None = None
         try:
-            self._zap = self._bind_zap()
+            self._start_authenticator()
             self._router = self._ctx.socket(zmq.ROUTER)
             self._router.setsockopt(zmq.LINGER, 0)
             self._router.setsockopt(zmq.RCVHWM, queue_limit)
-            # A sender restarted at the same address takes its identity over at once.
+            # The same DEALER reconnecting (a network blip) takes its identity over at once.
             self._router.setsockopt(zmq.ROUTER_HANDOVER, 1)
             if curve is not None:
                 self._router.setsockopt(zmq.CURVE_SERVER, 1)
-                self._router.setsockopt(zmq.CURVE_SECRETKEY, curve.secret_key)
+                self._router.setsockopt(zmq.CURVE_SECRETKEY, self._keypair[1])
+            self._monitor = self._router.get_monitor_socket(sum(_HANDSHAKE_REFUSALS))
             self._router.bind(f"tcp://{host}:{port or '*'}")
             endpoint = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
             self._address = f"tcp://{advertise_host}:{endpoint.rsplit(':', 1)[1]}"
+            if certified and certified != self._address:
+                raise ValueError(
+                    f"the certificate names {certified}, the channel is {self._address}"
+                )
             # The wake pipe's high-water marks must not be tiny: the PUSH side learns
             # that the PULL side drained the pipe only from a command ZeroMQ processes
             # lazily, so with a mark of 1 a wake after a drain often met a pipe it still
@@ -136,24 +145,34 @@ class ZmqControlChannel:
             self._wake_push.setsockopt(zmq.SNDHWM, _WAKE_HWM)
             self._wake_push.connect(_WAKE_ENDPOINT)
         except BaseException:
-            self._ctx.destroy(linger=0)
+            self._terminate()
             raise
         self._frame_rejects = RejectCounter(self._address)
-        self._auth_rejects = _Tally(f"{self._address} refused a CURVE client from")
+        self._refusals = _Tally(f"{self._address} refused")
         self._drops = _Tally(f"{self._address} dropped a message to")
         self._poller = zmq.Poller()
-        for socket in (self._router, self._wake_pull, self._zap):
-            if socket is not None:
-                self._poller.register(socket, zmq.POLLIN)
+        for socket in (self._router, self._wake_pull, self._monitor):
+            self._poller.register(socket, zmq.POLLIN)
 
-    def _bind_zap(self) -> zmq.Socket[bytes] | None:
-        """With CURVE, the ZAP handler must exist before the ROUTER accepts anyone."""
+    def _certified_address(self) -> str:
+        """With CURVE, the address this engine's own certificate names ("" in the clear)."""
+        if self._curve is None or self._allowed is None:
+            return ""
+        address = self._allowed.address_of(self._keypair[0].decode("ascii"))
+        if address is None:
+            raise ValueError(
+                f"the key of {self._curve.secret_certificate} is not in its allow-list"
+            )
+        return address
+
+    def _start_authenticator(self) -> None:
+        """With CURVE, pyzmq's authenticator (its own thread, answering ZAP requests from
+        the allow-list) must run before the ROUTER accepts anyone."""
         if self._curve is None:
-            return None
-        zap = self._ctx.socket(zmq.REP)
-        zap.setsockopt(zmq.LINGER, 0)
-        zap.bind(_ZAP_ENDPOINT)
-        return zap
+            return
+        self._authenticator = ThreadAuthenticator(self._ctx)
+        self._authenticator.start()
+        self._authenticator.configure_curve(_ZAP_ALL_DOMAINS, self._curve.allow_list)
 
     @property
     def address(self) -> str:
@@ -162,13 +181,30 @@ class ZmqControlChannel:
 
     @property
     def rejected(self) -> dict[str, int]:
-        """Inbound frames dropped, by wire reason; refused CURVE clients are ``unauthenticated``."""
-        return self._frame_rejects.snapshot() | self._auth_rejects.snapshot()
+        """Inbound frames dropped, by wire reason, and refusals: handshakes
+        (``unauthenticated``, ``handshake_failed``) and frames whose key may not speak for
+        the address they claim (``identity_mismatch``, ``revoked_key``)."""
+        return self._frame_rejects.snapshot() | self._refusals.snapshot()
 
     @property
     def dropped(self) -> dict[str, int]:
-        """Outbound messages dropped, by reason (queue full, bad address, closed)."""
+        """Outbound messages dropped, by reason (queue full, bad address, unknown peer
+        key, closed)."""
         return self._drops.snapshot()
+
+    def reload_allow_list(self) -> None:
+        """Read the allow-list directory again; any thread may call it (a signal handler).
+
+        A key removed from it is refused from now on: at its next handshake, and for
+        every frame on a connection it already has. A peer whose key changed is
+        reconnected at the next send. A certificate that cannot be used raises
+        ValueError, and the list in force stays."""
+        if self._curve is None:
+            raise ValueError("a channel in the clear has no allow-list")
+        self._allowed = AllowList(self._curve.allow_list)
+        if self._authenticator is not None:
+            self._authenticator.configure_curve(_ZAP_ALL_DOMAINS, self._curve.allow_list)
+        log.info("%s reloaded its allow-list: %d keys", self._address, len(self._allowed))
 
     def send(self, peer: str, message: Message) -> None:
         """Queue ``message`` for ``peer`` without blocking; drop and count if it cannot."""
@@ -182,32 +218,43 @@ class ZmqControlChannel:
             self._drops.add(peer, "queue_full")
 
     def _dealer(self, peer: str) -> zmq.Socket[bytes] | None:
-        """The cached DEALER for ``peer``, connecting one (and evicting the LRU) if new."""
+        """The cached DEALER for ``peer``, connecting one (and evicting the LRU) if new or
+        if the key the allow-list has for the peer changed since."""
         if self._closed:
             self._drops.add(peer, "closed")
             return None
-        dealer = self._dealers.get(peer)
-        if dealer is not None:
-            self._dealers.move_to_end(peer)
-            return dealer
+        server_key = b""
+        if self._allowed is not None:
+            server_key = self._allowed.key_of(peer) or b""
+            if not server_key:
+                self._drops.add(peer, "unknown_peer")
+                return None
+        cached = self._dealers.get(peer)
+        if cached is not None:
+            if cached[1] == server_key:
+                self._dealers.move_to_end(peer)
+                return cached[0]
+            del self._dealers[peer]
+            cached[0].close()
         dealer = self._ctx.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
         dealer.setsockopt(zmq.SNDHWM, self._queue_limit)
         dealer.setsockopt(zmq.RECONNECT_IVL_MAX, _RECONNECT_IVL_MAX_MS)
-        dealer.setsockopt(zmq.ROUTING_ID, self._address.encode())
-        if self._curve is not None:
-            dealer.setsockopt(zmq.CURVE_SERVERKEY, self._curve.public_key)
-            dealer.setsockopt(zmq.CURVE_PUBLICKEY, self._curve.public_key)
-            dealer.setsockopt(zmq.CURVE_SECRETKEY, self._curve.secret_key)
+        nonce = secrets.token_hex(_NONCE_BYTES)
+        dealer.setsockopt(zmq.ROUTING_ID, f"{self._address}{_NONCE_SEPARATOR}{nonce}".encode())
+        if server_key:
+            dealer.setsockopt(zmq.CURVE_SERVERKEY, server_key)
+            dealer.setsockopt(zmq.CURVE_PUBLICKEY, self._keypair[0])
+            dealer.setsockopt(zmq.CURVE_SECRETKEY, self._keypair[1])
         try:
             dealer.connect(peer)
         except zmq.ZMQError:
             dealer.close()
             self._drops.add(peer, "bad_address")
             return None
-        self._dealers[peer] = dealer
+        self._dealers[peer] = (dealer, server_key)
         if len(self._dealers) > self._max_peers:
-            self._dealers.popitem(last=False)[1].close()
+            self._dealers.popitem(last=False)[1][0].close()
         return dealer
 
     def receive(self, timeout_s: float) -> list[Inbound]:
@@ -219,8 +266,8 @@ class ZmqControlChannel:
         while True:
             remaining_ms = math.ceil(max(deadline - time.monotonic(), 0.0) * 1000)
             ready = dict(self._poller.poll(remaining_ms))
-            if self._zap is not None and self._zap in ready:
-                self._answer_zap(self._zap)
+            if self._monitor in ready:
+                self._count_refused_handshakes()
             woken = self._wake_pull in ready
             if woken:
                 self._drain_wakes()
@@ -231,33 +278,51 @@ class ZmqControlChannel:
 
     def _drain_router(self, inbound: list[Inbound]) -> None:
         """Take up to ``max_batch`` frames so one busy peer cannot stall the pump."""
+        allowed = self._allowed  # one allow-list for the batch, whatever a reload does
         for _ in range(self._max_batch):
             try:
-                frames = self._router.recv_multipart(zmq.NOBLOCK)
+                frames = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            item = self._validate(frames)
+            item = self._validate(frames, allowed)
             if item is not None:
                 inbound.append(item)
 
-    def _validate(self, frames: list[bytes]) -> Inbound | None:
+    def _validate(self, frames: list[zmq.Frame], allowed: AllowList | None) -> Inbound | None:
         """ROUTER frames ``[identity, payload]`` -> Inbound, or count the reason and drop.
 
         A wrong shape counts as ``malformed``: the multipart framing is this channel's
-        envelope around the wire codec's.
+        envelope around the wire codec's. With CURVE, who may speak is settled first:
+        nothing a key may not send is even decoded.
         """
-        peer = _peer_address(frames[0])
+        peer = _peer_address(frames[0].bytes)
         if peer is None:
             self._frame_rejects.record(
-                repr(frames[0]), WireError("malformed", "routing identity is no tcp:// address")
+                repr(frames[0].bytes),
+                WireError("malformed", "routing identity is no tcp:// address"),
             )
             return None
+        if allowed is not None:
+            speaker = allowed.address_of(_user_id(frames[-1]))
+            if speaker != peer:
+                self._refusals.add(peer, "revoked_key" if speaker is None else "identity_mismatch")
+                return None
         if len(frames) != 2:
             self._frame_rejects.record(
                 peer, WireError("malformed", f"{len(frames) - 1} frames, not 1")
             )
             return None
-        return decode_inbound(peer, frames[1], self._frame_rejects)
+        return decode_inbound(peer, frames[1].bytes, self._frame_rejects)
+
+    def _count_refused_handshakes(self) -> None:
+        while True:
+            try:
+                event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            reason = _HANDSHAKE_REFUSALS.get(event["event"])
+            if reason is not None:
+                self._refusals.add("a connection", reason)
 
     def _drain_wakes(self) -> None:
         while True:
@@ -265,23 +330,6 @@ class ZmqControlChannel:
                 self._wake_pull.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-
-    def _answer_zap(self, zap: zmq.Socket[bytes]) -> None:
-        """Admit a CURVE client only if it proved it holds the deployment's keypair.
-
-        Answered on the pump thread inside ``receive``, so no authenticator thread is
-        needed; a handshake waits for the next ``receive``.
-        """
-        request = zap.recv_multipart()
-        # ZAP 1.0 request: version, request id, domain, address, identity, mechanism, key.
-        allowed = (
-            len(request) == 7 and request[5] == b"CURVE" and request[6] == self._curve_client_key
-        )
-        if not allowed:
-            address = request[3].decode("ascii", "replace") if len(request) > 3 else "?"
-            self._auth_rejects.add(address, "unauthenticated")
-        status = (b"200", b"OK") if allowed else (b"400", b"unknown client key")
-        zap.send_multipart([b"1.0", request[1], *status, b"", b""])
 
     def wake(self) -> None:
         """Make a blocked ``receive`` return; any thread may call it, also after close."""
@@ -292,12 +340,17 @@ class ZmqControlChannel:
                 self._wake_push.send(b"", zmq.NOBLOCK)
 
     def close(self) -> None:
-        """Close every socket and terminate the context; idempotent."""
+        """Close every socket, stop the authenticator and terminate the context; idempotent."""
         with self._wake_lock:
             if self._closed:
                 return
             self._closed = True
         self._dealers.clear()
+        self._terminate()
+
+    def _terminate(self) -> None:
+        if self._authenticator is not None:
+            self._authenticator.stop()  # before its sockets go with the context
         self._ctx.destroy(linger=0)
 
     def __enter__(self) -> ZmqControlChannel:
@@ -332,9 +385,20 @@ class _Tally:
 
 
 def _peer_address(identity: bytes) -> str | None:
-    """The sender's address from its routing identity; ZeroMQ's generated ids fail."""
+    """The address a routing identity claims (``<address>#<nonce>``, or a bare address);
+    ZeroMQ's generated ids fail."""
     try:
-        peer = identity.decode("ascii")
+        claim = identity.decode("ascii")
     except UnicodeDecodeError:
         return None
+    peer = claim.split(_NONCE_SEPARATOR, 1)[0]
     return peer if peer.startswith("tcp://") else None
+
+
+def _user_id(frame: zmq.Frame) -> str | None:
+    """The ZAP User-Id of the connection a frame came on: the client's Z85 public key."""
+    try:
+        user_id = frame.get("User-Id")
+    except zmq.ZMQError:  # no authenticated user on this connection
+        return None
+    return user_id if isinstance(user_id, str) else None

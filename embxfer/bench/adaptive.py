@@ -110,10 +110,10 @@ class _Simulation:
     def _pump(self, done: Callable[[], bool]) -> int:
         """Run both engines until ``done``; the receiver blocks this allocated (each
         event settles before the next, so only the one room acting allocates)."""
-        before = self.receiver.allocator.used_blocks
+        before = self.receiver.used_blocks
         for _ in range(100):
             if done():
-                return self.receiver.allocator.used_blocks - before
+                return self.receiver.used_blocks - before
             for engine in self.engines:
                 engine.run_once(0.0)
         raise RuntimeError(f"{self.policy}: engines did not settle")
@@ -143,7 +143,7 @@ class _Simulation:
                     heapq.heappush(events, (later, next(order), "release", room_id))
                 else:
                     self._release(room_id)
-                peak = max(peak, self.receiver.allocator.used_blocks)
+                peak = max(peak, self.receiver.used_blocks)
         finally:
             for engine in self.engines:
                 engine.close()

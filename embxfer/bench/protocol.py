@@ -15,6 +15,7 @@ import tracemalloc
 
 from embxfer.bench.core import BenchSettings, Metric, Spread, at_most
 from embxfer.buffers.allocator import FreeListAllocator
+from embxfer.buffers.fair_pool import FairPool
 from embxfer.fsm.actions import SendMessage
 from embxfer.fsm.events import (
     PayloadReady,
@@ -42,12 +43,14 @@ class Pair:
     def __init__(self, sender_blocks: FreeListAllocator, receiver_blocks: FreeListAllocator):
         self.sender_blocks = sender_blocks
         self.receiver_blocks = receiver_blocks
+        self.sender_memory: FairPool[int] = FairPool(sender_blocks)
+        self.receiver_memory: FairPool[int] = FairPool(receiver_blocks)
 
     def open(self, room_id: int) -> tuple[SenderRoom, ReceiverRoom]:
         """Both rooms with the first piece requested and its write in flight: the state in
         which a room holds the most (both sides' progress records and block lists)."""
-        receiver = ReceiverRoom(room_id, SENDER, self.receiver_blocks, TOKENS, _TIMEOUTS, 0.0)
-        sender = SenderRoom(room_id, self.sender_blocks, _TIMEOUTS, 0.0)
+        receiver = ReceiverRoom(room_id, SENDER, self.receiver_memory, TOKENS, _TIMEOUTS, 0.0)
+        sender = SenderRoom(room_id, self.sender_memory, _TIMEOUTS, 0.0)
         (ask,) = receiver.handle(PeerReady(), 0.0)
         assert isinstance(ask, SendMessage) and isinstance(ask.message, PieceRequest)
         sender.handle(RequestReceived(RECEIVER, ask.message), 0.0)

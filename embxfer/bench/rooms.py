@@ -76,7 +76,7 @@ def rooms_per_s_inproc(settings: BenchSettings) -> Metric:
         rates = [batch(rooms) for _ in range(settings.reps)]
         spread = Spread.of([cpu for cpu, _ in rates])
         wall = Spread.of([wall for _, wall in rates])
-        leaked = sender.allocator.used_blocks + receiver.allocator.used_blocks
+        leaked = sender.used_blocks + receiver.used_blocks
         assert leaked == 0, f"{leaked} blocks leaked"
     finally:
         for engine in engines:

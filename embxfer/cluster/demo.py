@@ -32,9 +32,11 @@ from embxfer.remote import NetworkConfig
 
 from . import hosts
 from .fuzzer import Flood, FuzzSpec
+from .keys import free_addresses, run_keys
 from .launcher import Cluster
 from .netns import Testbed
 from .partition import Partition
+from .spoofer import SPOOFER, Spoofer
 
 LOG = logging.getLogger("embxfer.cluster")
 
@@ -47,6 +49,9 @@ class Fault(enum.Enum):
     # SIGSTOP the last language rank: it answers no control message, and its Mooncake
     # server holds every write to it (for ~60 s); it is killed once the others are done.
     STALL_RECEIVER = "stall-receiver"
+    # An extra process (with --curve: a valid key of its own) aborts every live room in
+    # other engines' names; no engine is hit, and every room must still succeed.
+    SPOOF_ABORT = "spoof-abort"
     # Unplug the host of the last language rank, or of the encoder, for ``partition_s``
     # (``--hosts netns`` only), then plug it back.
     PARTITION_RECEIVER = "partition-receiver"
@@ -66,6 +71,7 @@ class ProcessOptions:
     """How the cross-process demo runs, beyond what both demos share."""
 
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    curve: bool = False  # per-engine CURVE keys, made for the run (network.curve unused)
     fault: Fault | None = None
     fault_after: int = 0  # requests finished before the fault; 0: a third of them
     deadline_s: float = 600.0  # for the requests; start-up and wrap-up have their own bounds
@@ -80,6 +86,9 @@ class ProcessOptions:
             raise ValueError(f"--fault {self.fault.value} needs --hosts netns")
         if self.partition_s <= 0:
             raise ValueError(f"--partition-s must be positive, not {self.partition_s:g}")
+        if self.fuzz_frames and self.curve:
+            # A stranger without a key gets no frame past the handshake to be judged.
+            raise ValueError("--fuzz-frames throws its frames in the clear: not with --curve")
 
 
 def run_processes(
@@ -89,17 +98,33 @@ def run_processes(
     options = options or ProcessOptions()
     fault = options.fault.value if options.fault else ""
     summary = Summary("mooncake", settings.requests, fault=fault)
+    spoofing = options.fault is Fault.SPOOF_ABORT
+    extra = [*([SPOOFER] if spoofing else []), *([hosts.FUZZER] if options.fuzz_frames else [])]
     with contextlib.ExitStack() as stack:
-        extra = [hosts.FUZZER] if options.fuzz_frames else []
         bed = stack.enter_context(hosts.testbed(settings, extra)) if options.netns else None
-        cluster = stack.enter_context(Cluster(settings, options.network, options.log_level, bed))
+        keys = None
+        if options.curve:
+            names = [*settings.side_names(), *([SPOOFER] if spoofing else [])]
+            addresses = (
+                hosts.control_addresses(bed, names)
+                if bed is not None
+                else free_addresses(options.network.reachable_host, names)
+            )
+            keys = stack.enter_context(run_keys(addresses))
+        cluster = stack.enter_context(
+            Cluster(settings, options.network, options.log_level, bed, keys)
+        )
+        spoofer = None
+        if spoofing:
+            where = bed.hosts[hosts.host_name(SPOOFER)].path if bed is not None else ""
+            spoofer = stack.enter_context(Spoofer(keys[SPOOFER] if keys else None, where))
         cluster.start(options.start_timeout_s)
         flood = None
         if options.fuzz_frames:
             flood = stack.enter_context(Flood(_fuzz_spec(settings, options, cluster, bed)))
         with progress_bar(settings.requests, progress) as bar:
             tally = Tally(settings, summary)
-            run = _Run(settings, options, cluster, tally, bar, bed, flood)
+            run = _Run(settings, options, cluster, tally, bar, bed, flood, spoofer)
             started = time.perf_counter()
             run.requests()
             seconds = time.perf_counter() - started
@@ -136,12 +161,14 @@ class _Run:
         bar: tqdm[object],
         testbed: Testbed | None = None,
         flood: Flood | None = None,
+        spoofer: Spoofer | None = None,
     ) -> None:
         self.settings = settings
         self.options = options
         self.cluster = cluster
         self.tally = tally
         self.bar = bar
+        self.spoofer = spoofer
         self.lengths = settings.lengths()
         self.opened = 0
         self.finished = 0
@@ -223,6 +250,9 @@ class _Run:
         if fault is None or self.faulted or self.finished < self.fault_after:
             return
         self.faulted = True
+        if self.spoofer is not None:
+            self._spoof(self.spoofer)
+            return
         target = fault.target(self.settings)
         self.tally.summary.sides[target].fault_target = True
         LOG.warning("injecting %s into %s", fault.value, target)
@@ -232,6 +262,16 @@ class _Run:
             self.cluster.stop(target, "stopped by the fault")
         else:
             self.cluster.kill(target, "killed by the fault")
+
+    def _spoof(self, spoofer: Spoofer) -> None:
+        """Abort every live room: at the encoder in each language rank's name, at each
+        language rank in the encoder's."""
+        addresses = {side: w.ready.address for side, w in self.cluster.workers.items() if w.ready}
+        encoder = addresses.pop(ENCODER)
+        claims = [(encoder, rank) for rank in addresses.values()]
+        claims += [(rank, encoder) for rank in addresses.values()]
+        LOG.warning("spoofing aborts of %d live rooms", len(self.outcomes))
+        self.tally.summary.spoofed = spoofer.spoof(tuple(self.outcomes), tuple(claims))
 
     def wrap_up(self) -> None:
         """End the stalled worker, have the others end what is open and report their
@@ -257,4 +297,4 @@ class _Run:
             self.tally.summary.sides[side].exit = worker.exit
             if worker.report is not None:
                 self.tally.leaked(side, worker.report.leaked_blocks)
-                self.tally.summary.sides[side].rejected = worker.report.rejected
+                self.tally.rejected(side, worker.report.rejected)

@@ -76,7 +76,7 @@ def fuzzer_main(spec: FuzzSpec, conn: Connection) -> None:
     try:
         volleys = [
             Volley(unused_address(spec.host).encode(), _flood(spec, predicted)),
-            *wrong_envelopes(spec.host),
+            *wrong_envelopes(unused_address(spec.host)),
         ]
         frames = sum(throw(spec.target, volley, spec.timeout_s) for volley in volleys)
         predicted["malformed"] += WRONG_ENVELOPES

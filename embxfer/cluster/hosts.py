@@ -15,22 +15,26 @@ from embxfer.demo import ENCODER, DemoSettings
 
 from .messages import WorkerSpec
 from .netns import Testbed
+from .spoofer import SPOOFER
 
 FUZZER = "fuzzer"  # the side name of the hostile-frame thrower
+CONTROL_PORT = 5555  # with CURVE, each engine's certificate names it: every host is empty
+_SHORT = {ENCODER: "enc", FUZZER: "fz", SPOOFER: "sp"}
 
 
 def host_name(side: str) -> str:
-    """The test bed host of a side: ``enc``, ``lm0``, ``lm1``, ... and ``fz``."""
-    if side == ENCODER:
-        return "enc"
-    if side == FUZZER:
-        return "fz"
-    return "lm" + side.rsplit("-", 1)[1]
+    """The test bed host of a side: ``enc``, ``lm0``, ``lm1``, ..., ``fz`` and ``sp``."""
+    return _SHORT.get(side) or "lm" + side.rsplit("-", 1)[1]
 
 
 def testbed(settings: DemoSettings, extra_sides: Sequence[str] = ()) -> Testbed:
     """A test bed (not yet built) with a host for every side of the run."""
     return Testbed([host_name(side) for side in [*settings.side_names(), *extra_sides]])
+
+
+def control_addresses(bed: Testbed, sides: Sequence[str]) -> dict[str, str]:
+    """Each side's control address on its own host (for the certificates of CURVE keys)."""
+    return {side: f"tcp://{bed.hosts[host_name(side)].address}:{CONTROL_PORT}" for side in sides}
 
 
 def place(spec: WorkerSpec, bed: Testbed) -> WorkerSpec:

@@ -16,7 +16,8 @@ import multiprocessing
 import os
 import signal
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -24,6 +25,7 @@ from types import TracebackType
 
 from embxfer.demo import ENCODER, DemoSettings, RoomOutcome
 from embxfer.remote import NetworkConfig
+from embxfer.transport.curve_keys import EngineKeys
 
 from .hosts import place
 from .messages import (
@@ -66,7 +68,9 @@ class Worker:
 
 
 class Cluster:
-    """An encoder process and ``settings.receivers`` language processes on ``network``."""
+    """An encoder process and ``settings.receivers`` language processes on ``network``;
+    with ``keys``, each runs CURVE with its own (``keys[side]``); with ``testbed``, each
+    runs on a host of its own (``--hosts netns``)."""
 
     def __init__(
         self,
@@ -74,11 +78,17 @@ class Cluster:
         network: NetworkConfig,
         log_level: str = "WARNING",
         testbed: Testbed | None = None,
+        keys: Mapping[str, EngineKeys] | None = None,
     ) -> None:
-        """``testbed``: run each worker on its own host of it (``--hosts netns``)."""
         self.settings = settings
         self._specs = [
-            WorkerSpec(side, config, network, settings.seed, log_level)
+            WorkerSpec(
+                side,
+                config,
+                replace(network, curve=keys[side]) if keys else network,
+                settings.seed,
+                log_level,
+            )
             for side, config in zip(
                 settings.side_names(),
                 [settings.sender_config()] + [settings.receiver_config()] * settings.receivers,

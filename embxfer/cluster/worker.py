@@ -27,6 +27,7 @@ from embxfer.receiver import ReceiverEngine, ReceiverHandle
 from embxfer.remote import remote_receiver, remote_sender
 from embxfer.runtime import Runtime
 from embxfer.sender import SenderEngine, SenderHandle
+from embxfer.transport.zmq_control import ZmqControlChannel
 from embxfer.workload import payload_for
 
 from . import netns
@@ -68,6 +69,8 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
         conn.send(StartFailed(traceback.format_exc()))
         return
     engine: Runtime[Any] = loop.engine
+    if spec.network.curve is not None:
+        _reload_allow_list_on_sighup(engine)
     try:
         payload_for(0, 1, engine.layout, spec.seed)  # make the demo's random data up front
         engine.start()
@@ -77,6 +80,20 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
         LOG.warning("%s: the parent is gone; shutting down", spec.side)
     finally:
         engine.close()
+
+
+def _reload_allow_list_on_sighup(engine: Runtime[Any]) -> None:
+    """``kill -HUP`` a worker to have it read its allow-list again (revoking a key)."""
+    control = engine.control
+    assert isinstance(control, ZmqControlChannel)
+
+    def reload(_signum: int, _frame: object) -> None:
+        try:
+            control.reload_allow_list()
+        except (OSError, ValueError) as error:
+            LOG.error("allow-list not reloaded, the old one stays: %s", error)
+
+    signal.signal(signal.SIGHUP, reload)
 
 
 # What Mooncake's glog prints on stderr as each engine starts, harmlessly.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from embxfer.buffers.allocator import FreeListAllocator
+from embxfer.buffers.fair_pool import FairPool
 from embxfer.fsm.actions import Action, SendMessage, WritePiece
 from embxfer.fsm.events import (
     AbortRequested,
@@ -22,8 +23,13 @@ BLOCK = 4
 ROOM = 7
 RECEIVER = "language-0"
 SENDER = "encoder"
-TIMEOUTS = Timeouts(bootstrap_s=10.0, progress_s=10.0, retry_s=0.5, write_grace_s=20.0)
+TIMEOUTS = Timeouts(bootstrap_s=10.0, progress_s=10.0, write_grace_s=20.0)
 TOTAL = 10  # tokens: with 8 allocated, one resume of 2
+
+
+def memory(allocator: FreeListAllocator | None = None) -> FairPool[int]:
+    """A room's memory: ``allocator`` (64 blocks if None) behind a fair queue."""
+    return FairPool(allocator or FreeListAllocator(64, BLOCK))
 
 
 def request(sent_tokens: int, blocks: tuple[int, ...], receivers: int = 1) -> PieceRequest:
@@ -32,7 +38,7 @@ def request(sent_tokens: int, blocks: tuple[int, ...], receivers: int = 1) -> Pi
 
 def sender_in(state: str, allocator: FreeListAllocator | None = None) -> SenderRoom:
     """A one-receiver sender room in ``state``, first allocation 8 of 10 tokens."""
-    room = SenderRoom(ROOM, allocator or FreeListAllocator(64, BLOCK), TIMEOUTS, 0.0)
+    room = SenderRoom(ROOM, memory(allocator), TIMEOUTS, 0.0)
     if state == "Bootstrapping":
         return room
     room.handle(RequestReceived(RECEIVER, request(0, (0, 1))), 0.0)
@@ -53,7 +59,7 @@ def sender_in(state: str, allocator: FreeListAllocator | None = None) -> SenderR
 
 def receiver_in(state: str, allocator: FreeListAllocator | None = None) -> ReceiverRoom:
     """A receiver room in ``state``, asking 8 tokens first of a 10-token embedding."""
-    room = ReceiverRoom(ROOM, SENDER, allocator or FreeListAllocator(64, BLOCK), 8, TIMEOUTS, 0.0)
+    room = ReceiverRoom(ROOM, SENDER, memory(allocator), 8, TIMEOUTS, 0.0)
     if state == "Bootstrapping":
         return room
     room.handle(PeerReady(), 0.0)

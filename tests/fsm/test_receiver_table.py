@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 
 from embxfer.buffers.allocator import FreeListAllocator
+from embxfer.fsm.actions import SendMessage, StopWaiting, WaitForMemory
 from embxfer.fsm.events import (
     AbortAckReceived,
     AbortReceived,
     AbortRequested,
     Event,
+    MemoryGranted,
     PeerLost,
     PeerReady,
     PieceArrived,
@@ -31,6 +33,7 @@ from .rooms import (
     TIMEOUTS,
     TOTAL,
     check_outcome,
+    memory,
     messages,
     receiver_in,
 )
@@ -56,6 +59,7 @@ CASES: dict[str, tuple[Event, float]] = {
     "tick_early": (Tick(), 1.0),
     "tick_late": (Tick(), 100.0),
     "release": (Released(), 1.0),
+    "granted": (MemoryGranted(()), 1.0),  # blocks the room did not wait for: see test_table
 }
 
 B, W, T, OK, F = (s.name for s in (KVPoll(1), KVPoll(2), KVPoll(3), KVPoll(4), KVPoll(0)))
@@ -92,6 +96,7 @@ EXPECTED: dict[tuple[str, str], tuple[str, str]] = {
     (F, "abort_ack"): (F, ACT),
     (F, "tick_late"): (F, ACT),  # grace period over: quarantine ends
     (F, "release"): (F, ACT),
+    **{(s, "granted"): (s, IGNORE) for s in (B, W, T, OK, F)},  # given back at once
 }
 
 
@@ -105,7 +110,10 @@ def test_table(state: str, case: str) -> None:
     room = receiver_in(state)
     assert room.state == state
     event, now = CASES[case]
+    if isinstance(event, MemoryGranted):
+        event = MemoryGranted(tuple(room.memory.take(BLOCK, BLOCK) or ()))
     check_outcome(room, event, now, *EXPECTED[state, case])
+    assert room.memory.free_blocks + len(room.held_blocks()) == 64
 
 
 def test_failure_quarantines_blocks_a_write_may_target_until_the_sender_acks() -> None:
@@ -136,22 +144,65 @@ def test_sender_abort_frees_everything_at_once() -> None:
     assert allocator.used_blocks == 0 and room.reason == "aborted by sender: encoder oom"
 
 
-def test_resume_waits_for_memory_and_retries_until_the_deadline() -> None:
-    allocator = FreeListAllocator(2, BLOCK)
+def test_resume_waits_for_memory_in_the_queue_until_the_deadline() -> None:
+    allocator = FreeListAllocator(3, BLOCK)
     policy = ResumePolicy(spill=SpillMode.NEVER_SPILL, allow_partial=False)
-    room = ReceiverRoom(ROOM, SENDER, allocator, 8, TIMEOUTS, 0.0, policy)
+    room = ReceiverRoom(ROOM, SENDER, memory(allocator), 8, TIMEOUTS, 0.0, policy)
     room.handle(PeerReady(), 0.0)
-    assert messages(room.handle(piece(0, 8), 1.0)) == []  # no block left for the rest
-    assert room.state == T and room.waiting_for_memory
-    assert room.handle(Tick(), 1.5) == []  # still none
-    room.handle(Tick(), 1.0 + TIMEOUTS.progress_s)
-    assert room.state == F and "deadline" in room.reason
-    assert allocator.used_blocks == 0
+    hog = allocator.alloc(BLOCK)  # the last free block goes elsewhere
+    assert room.handle(piece(0, 8), 1.0) == [WaitForMemory(2, 2)]
+    assert room.state == T and room.waiting_for_memory and room.wakeup == room.deadline
+    assert room.handle(Tick(), 1.5) == []  # a tick before the deadline changes nothing
+    actions = room.handle(Tick(), 1.0 + TIMEOUTS.progress_s)
+    assert room.state == F and room.reason == "deadline passed in Transferring waiting for memory"
+    assert actions[0] == StopWaiting()
+    assert allocator.used_blocks == len(hog or ())
+
+
+def test_a_granted_resume_asks_for_the_rest() -> None:
+    allocator = FreeListAllocator(2, BLOCK)
+    policy = ResumePolicy(spill=SpillMode.NEVER_SPILL)
+    room = ReceiverRoom(ROOM, SENDER, memory(allocator), 8, TIMEOUTS, 0.0, policy)
+    room.handle(PeerReady(), 0.0)
+    assert room.handle(piece(0, 8), 1.0) == [WaitForMemory(2, 2)]
+    room.memory.free(room.pieces[0].blocks[:1])  # as if another room's blocks came back
+    room.pieces[0] = room.pieces[0].__class__(0, 8, room.pieces[0].blocks[1:])
+    (ask,) = room.handle(MemoryGranted((0,)), 2.0)
+    assert isinstance(ask, SendMessage) and ask.message.sent_tokens == 8
+    assert room.outstanding is not None and room.outstanding.blocks == (0,)
+
+
+def test_a_piece_that_can_never_fit_fails_the_room() -> None:
+    policy = ResumePolicy(allow_partial=False)
+    room = ReceiverRoom(ROOM, SENDER, memory(FreeListAllocator(1, BLOCK)), 8, TIMEOUTS, 0.0, policy)
+    check_outcome(room, PeerReady(), 0.0, F, FAIL)
+    assert "can never fit 1 blocks" in room.reason
+
+
+def test_scheduler_blocks_handed_over_early_are_kept_until_the_sender_is_ready() -> None:
+    allocator = FreeListAllocator(8, BLOCK)
+    room = ReceiverRoom(ROOM, SENDER, memory(allocator), None, TIMEOUTS, 0.0)
+    blocks = allocator.alloc(8)
+    assert blocks is not None
+    check_outcome(room, MemoryGranted(tuple(blocks)), 0.0, B, ACT)
+    (ask,) = room.handle(PeerReady(), 1.0)
+    assert isinstance(ask, SendMessage) and ask.message.blocks == tuple(blocks)
+
+
+def test_scheduler_blocks_awaited_in_waiting_for_input() -> None:
+    allocator = FreeListAllocator(8, BLOCK)
+    room = ReceiverRoom(ROOM, SENDER, memory(allocator), None, TIMEOUTS, 0.0)
+    assert room.handle(PeerReady(), 0.0) == []  # not queued: the scheduler allocates
+    assert room.state == W and room.waiting_for_memory and not room.queued
+    blocks = allocator.alloc(8)
+    assert blocks is not None
+    assert messages(room.handle(MemoryGranted(tuple(blocks)), 1.0)) == ["PieceRequest"]
+    assert messages(room.handle(AbortRequested(), 2.0)) == ["Abort"]  # no StopWaiting
 
 
 def test_spilling_frees_kept_pieces_so_the_resume_fits() -> None:
     allocator = FreeListAllocator(2, BLOCK)
-    room = ReceiverRoom(ROOM, SENDER, allocator, 8, TIMEOUTS, 0.0)  # keep, then spill
+    room = ReceiverRoom(ROOM, SENDER, memory(allocator), 8, TIMEOUTS, 0.0)  # keep, then spill
     room.handle(PeerReady(), 0.0)
     actions = room.handle(piece(0, 8), 1.0)
     assert [type(a).__name__ for a in actions] == ["SpillPiece", "SendMessage"]
@@ -161,7 +212,7 @@ def test_spilling_frees_kept_pieces_so_the_resume_fits() -> None:
 
 def test_over_allocation_is_given_back_when_the_first_piece_lands() -> None:
     allocator = FreeListAllocator(64, BLOCK)
-    room = ReceiverRoom(ROOM, SENDER, allocator, 40, TIMEOUTS, 0.0)
+    room = ReceiverRoom(ROOM, SENDER, memory(allocator), 40, TIMEOUTS, 0.0)
     room.handle(PeerReady(), 0.0)
     assert allocator.used_blocks == 10
     room.handle(piece(0, TOTAL), 1.0)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 
 from embxfer.buffers.allocator import FreeListAllocator
+from embxfer.fsm.actions import StopWaiting, WaitForMemory
 from embxfer.fsm.events import (
     AbortReceived,
     AbortRequested,
     Event,
+    MemoryGranted,
     PayloadReady,
     PeerLost,
     Released,
@@ -53,6 +55,7 @@ CASES: dict[str, tuple[Event, float]] = {
     "tick_early": (Tick(), 1.0),
     "tick_late": (Tick(), 100.0),
     "release": (Released(), 1.0),
+    "granted": (MemoryGranted(()), 1.0),  # blocks the room did not wait for: see test_table
 }
 
 B, W, T, OK, F = STATE_NAMES[1], STATE_NAMES[2], STATE_NAMES[3], STATE_NAMES[4], STATE_NAMES[0]
@@ -135,6 +138,7 @@ EXPECTED: dict[tuple[str, str], tuple[str, str]] = {
     (F, "tick_early"): (F, IGNORE),
     (F, "tick_late"): (F, IGNORE),
     (F, "release"): (F, ACT),
+    **{(s, "granted"): (s, IGNORE) for s in (B, W, T, OK, F)},  # given back at once
 }
 
 
@@ -156,7 +160,10 @@ def test_table(state: str, case: str) -> None:
     room = sender_with_write_in_flight(state)
     assert room.state == state
     event, now = CASES[case]
+    if isinstance(event, MemoryGranted):
+        event = MemoryGranted(tuple(room.memory.take(BLOCK, BLOCK) or ()))
     check_outcome(room, event, now, *EXPECTED[state, case])
+    assert room.memory.free_blocks + len(room.src_blocks) == 64
 
 
 def test_failing_with_a_write_in_flight_defers_the_abort_until_the_write_is_over() -> None:
@@ -178,17 +185,53 @@ def test_success_frees_source_blocks_and_reports_the_last_piece() -> None:
     room.handle(RequestReceived(RECEIVER, request(8, (2,))), 1.0)
     actions = room.handle(WriteFinished(RECEIVER, 8, True), 1.0)
     assert room.state == OK and messages(actions) == ["PieceWritten"]
-    assert room.src_blocks == () and room.allocator.free_blocks == 64
+    assert room.src_blocks == () and room.memory.free_blocks == 64
 
 
-def test_payload_waits_for_memory_then_retries_on_tick() -> None:
+def test_payload_waits_for_memory_in_the_queue_until_granted() -> None:
     allocator = FreeListAllocator(3, BLOCK)
     hog = allocator.alloc(BLOCK)
     assert hog is not None
     room = sender_in(W, allocator)
-    assert room.handle(PayloadReady(TOTAL, None), 1.0) == []  # 3 blocks needed, 2 free
-    assert room.state == W and room.wakeup == 1.0 + room.timeouts.retry_s
+    # 3 blocks needed, 2 free: the room queues for all 3 and sets no timer but its deadline
+    assert room.handle(PayloadReady(TOTAL, None), 1.0) == [WaitForMemory(TOTAL, TOTAL)]
+    assert room.state == W and room.waiting_for_memory and room.wakeup == room.deadline
+    assert room.handle(Tick(), 2.0) == [] and room.waiting_for_memory
     allocator.free(hog)
-    actions = room.handle(Tick(), 2.0)
-    assert len(room.src_blocks) == 3
+    granted = allocator.alloc(TOTAL)
+    assert granted is not None
+    actions = room.handle(MemoryGranted(tuple(granted)), 2.0)
+    assert room.src_blocks == tuple(granted) and not room.waiting_for_memory
     assert [type(a).__name__ for a in actions] == ["StorePayload", "WritePiece"]
+
+
+def test_a_room_failing_in_the_queue_leaves_it_and_says_why() -> None:
+    allocator = FreeListAllocator(3, BLOCK)
+    allocator.alloc(BLOCK)  # held by others: 2 of the 3 blocks needed are free
+    room = sender_in(W, allocator)
+    assert room.handle(PayloadReady(TOTAL, None), 1.0) == [WaitForMemory(TOTAL, TOTAL)]
+    actions = room.handle(Tick(), 1.0 + room.timeouts.progress_s)
+    assert room.state == F
+    assert room.reason == "deadline passed in WaitingForInput waiting for memory"
+    assert actions[0] == StopWaiting()
+
+
+def test_a_payload_larger_than_the_pool_fails_at_once() -> None:
+    room = sender_in(W, FreeListAllocator(2, BLOCK))
+    check_outcome(room, PayloadReady(TOTAL, None), 1.0, F, FAIL)
+    assert "can never fit 2 blocks" in room.reason
+
+
+def test_a_joined_receiver_is_served_before_the_others_join() -> None:
+    """Fan-out: a receiver's blocks never wait on another receiver's memory."""
+    room = sender_in(B)
+    room.handle(RequestReceived(RECEIVER, request(0, (0, 1, 2), receivers=2)), 0.0)
+    assert room.state == B
+    actions = room.handle(PayloadReady(TOTAL, None), 0.0)
+    assert [type(a).__name__ for a in actions] == ["StorePayload", "WritePiece"]
+    actions = room.handle(WriteFinished(RECEIVER, 0, True), 0.0)
+    assert room.state == B and messages(actions) == ["PieceWritten"]
+    room.handle(RequestReceived(OTHER, request(0, (4, 5, 6), receivers=2)), 0.0)
+    assert room.state == W
+    room.handle(WriteFinished(OTHER, 0, True), 0.0)
+    assert room.state == OK

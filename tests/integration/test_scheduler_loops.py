@@ -40,8 +40,8 @@ def test_a_request_the_sender_cannot_hold_fails_on_both_sides_and_frees_everythi
     timeouts = Timeouts(progress_s=0.5, write_grace_s=1.0)  # virtual seconds
     report = run([500, 5000], threaded=False, timeouts=timeouts)
     assert report.encoder[1] == report.language[1] == ""
-    # The sender waits for blocks (back-pressure) until the progress deadline; both
-    # sides fail with that reason (whichever noticed first told the other).
-    assert "deadline passed in WaitingForInput" in report.encoder[2]
-    assert "deadline passed in WaitingForInput" in report.language[2]
+    # The sender's whole pool could never hold it: it fails at once instead of waiting
+    # for memory until its deadline, and tells the receiver why.
+    assert "payload of 5000 tokens can never fit 16 blocks" in report.encoder[2]
+    assert "payload of 5000 tokens can never fit 16 blocks" in report.language[2]
     assert report.leaked_blocks == 0

@@ -109,12 +109,20 @@ def test_small_run_succeeds_byte_exact_with_resumes() -> None:
         assert side["rejected"] == {}
 
 
-def test_curve_run_succeeds() -> None:
-    run = demo(*SMALL, "--requests", "6", "--curve")
+def test_curve_run_refuses_every_spoofed_abort_and_every_room_succeeds() -> None:
+    run = demo(*SMALL, "--curve", "--fault", "spoof-abort")
+    summary = run.summary
     assert run.code == 0, run.stderr
-    assert run.summary["succeeded"] == 6
-    assert run.summary["verified"] is True
-    assert run.summary["leaked_blocks"] == 0
+    assert summary["fault"] == "spoof-abort"
+    assert summary["requests"] == summary["succeeded"] == 12
+    assert summary["verified"] is True
+    assert summary["leaked_blocks"] == 0
+    assert summary["spoofed"] > 0
+    assert summary["rejected"] == {"identity_mismatch": summary["spoofed"]}
+    for name, side in summary["sides"].items():
+        assert side["rooms"] == {"Success": 12}, name
+        assert side["rejected"]["identity_mismatch"] > 0, name
+        assert side["fault_target"] is False, name
 
 
 @pytest.mark.parametrize(

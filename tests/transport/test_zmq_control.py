@@ -1,4 +1,5 @@
-"""ZmqControlChannel over real sockets on 127.0.0.1: delivery, identity, rejects, wake, CURVE."""
+"""ZmqControlChannel over real sockets on 127.0.0.1: delivery, identity, rejects, wake, and
+CURVE with per-engine keys: who may connect, and for which address each key may speak."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import get_args
 
 import msgspec
@@ -13,6 +15,7 @@ import pytest
 import zmq
 
 from embxfer.transport.base import ControlChannel, Inbound
+from embxfer.transport.curve_keys import EngineKeys, generate_keys
 from embxfer.transport.messages import (
     Abort,
     AbortAck,
@@ -22,7 +25,7 @@ from embxfer.transport.messages import (
     RegisterAck,
 )
 from embxfer.transport.wire import MAX_FRAME_BYTES, encode
-from embxfer.transport.zmq_control import CurveKeys, ZmqControlChannel, generate_curve_keys
+from embxfer.transport.zmq_control import ZmqControlChannel
 
 from .message_samples import EXAMPLES
 
@@ -244,51 +247,154 @@ def test_wildcard_bind_needs_an_advertised_host() -> None:
         assert [item.peer for item in collect(a, 1)] == [b.address]
 
 
-def test_curve_keys_are_validated() -> None:
-    with pytest.raises(ValueError, match="40-byte"):
-        CurveKeys(public_key=b"short", secret_key=b"short")
+# -- CURVE -----------------------------------------------------------------------------
+@pytest.fixture
+def keys(tmp_path: Path) -> dict[str, EngineKeys]:
+    """Keys for engines a, b and c and a spoofer, each certificate naming a free port."""
+    return generate_keys(tmp_path, {name: dead_address() for name in ("a", "b", "c", "spoofer")})
 
 
-def test_curve_channels_with_the_deployment_keys_talk() -> None:
-    keys = generate_curve_keys()
-    with ZmqControlChannel(curve=keys) as a, ZmqControlChannel(curve=keys) as b:
+def curve_dealer(
+    context: zmq.Context[zmq.Socket[bytes]],
+    target: ZmqControlChannel,
+    server_key: bytes,
+    identity: bytes,
+    keypair: tuple[bytes, bytes] | None,
+) -> zmq.Socket[bytes]:
+    """A hand-made client of ``target``: with ``keypair`` a CURVE client, else in the clear."""
+    dealer = context.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.setsockopt(zmq.ROUTING_ID, identity)
+    if keypair is not None:
+        dealer.setsockopt(zmq.CURVE_SERVERKEY, server_key)
+        dealer.setsockopt(zmq.CURVE_PUBLICKEY, keypair[0])
+        dealer.setsockopt(zmq.CURVE_SECRETKEY, keypair[1])
+    dealer.connect(target.address)
+    return dealer
+
+
+def judged(server: ZmqControlChannel, reason: str, at_least: int = 1) -> list[Inbound]:
+    """What ``server`` delivers until it counted ``reason`` ``at_least`` times, then a
+    short quiet watch."""
+    got: list[Inbound] = []
+    for _ in range(POLLS):
+        got.extend(server.receive(0.1))
+        if server.rejected.get(reason, 0) >= at_least:
+            break
+    got.extend(watch_quietly(server))
+    return got
+
+
+def test_curve_channels_speak_for_the_addresses_their_certificates_name(
+    keys: dict[str, EngineKeys],
+) -> None:
+    with ZmqControlChannel(curve=keys["a"]) as a, ZmqControlChannel(curve=keys["b"]) as b:
         a.send(b.address, Heartbeat())
         [hello] = collect(b, 1)
         assert hello.peer == a.address
         b.send(hello.peer, RegisterAck(accepted=True))
         assert [item.message for item in collect(a, 1)] == [RegisterAck(accepted=True)]
+        assert a.rejected == b.rejected == {}
 
 
-def test_a_channel_without_keys_cannot_reach_a_curve_server() -> None:
-    with (
-        ZmqControlChannel(curve=generate_curve_keys()) as server,
-        ZmqControlChannel() as plain,
-    ):
-        plain.send(server.address, Heartbeat())
-        assert watch_quietly(server) == []
-
-
-def test_a_client_knowing_only_the_public_key_is_refused(
-    raw_context: zmq.Context[zmq.Socket[bytes]],
+def test_a_channel_must_be_where_its_certificate_says(
+    keys: dict[str, EngineKeys], tmp_path: Path
 ) -> None:
-    keys = generate_curve_keys()
-    own_public, own_secret = zmq.curve_keypair()
-    with ZmqControlChannel(curve=keys) as server:
-        intruder = raw_context.socket(zmq.DEALER)
-        intruder.setsockopt(zmq.LINGER, 0)
-        intruder.setsockopt(zmq.ROUTING_ID, b"tcp://127.0.0.1:9")
-        intruder.setsockopt(zmq.CURVE_SERVERKEY, keys.public_key)
-        intruder.setsockopt(zmq.CURVE_PUBLICKEY, own_public)
-        intruder.setsockopt(zmq.CURVE_SECRETKEY, own_secret)
-        intruder.connect(server.address)
-        intruder.send(encode(Heartbeat()))
+    with pytest.raises(ValueError, match="the certificate names"):
+        ZmqControlChannel(port=int(dead_address().rsplit(":", 1)[1]), curve=keys["a"])
+    [outsider] = generate_keys(tmp_path / "other", {"x": dead_address()}).values()
+    with pytest.raises(ValueError, match="not in its allow-list"):
+        ZmqControlChannel(curve=EngineKeys(outsider.secret_certificate, keys["a"].allow_list))
 
-        got: list[Inbound] = []
-        for _ in range(POLLS):
-            got.extend(server.receive(0.1))
-            if server.rejected:
-                break
-        got.extend(watch_quietly(server))
 
-        assert got == []
-        assert server.rejected.get("unauthenticated", 0) >= 1
+def test_a_peer_outside_the_allow_list_is_neither_admitted_nor_sent_to(
+    keys: dict[str, EngineKeys], raw_context: zmq.Context[zmq.Socket[bytes]], tmp_path: Path
+) -> None:
+    [outsider] = generate_keys(tmp_path / "other", {"x": dead_address()}).values()
+    with ZmqControlChannel(curve=keys["a"]) as a, ZmqControlChannel(curve=keys["b"]) as b:
+        intruder = curve_dealer(
+            raw_context, b, keys["b"].keypair()[0], a.address.encode(), outsider.keypair()
+        )
+        intruder.send(encode(Abort(room=1, reason="intruder")))
+        a.send(b.address, AbortAck(room=2))  # the real a, meanwhile
+
+        got = judged(b, "unauthenticated")
+
+        assert got == [Inbound(a.address, AbortAck(room=2))]
+        assert set(b.rejected) == {"unauthenticated"}
+        a.send("tcp://127.0.0.1:9", Heartbeat())  # no certificate names it
+        assert a.dropped == {"unknown_peer": 1}
+
+
+def test_a_client_in_the_clear_is_refused_by_a_curve_server(
+    keys: dict[str, EngineKeys], raw_context: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    with ZmqControlChannel(curve=keys["b"]) as b, ZmqControlChannel() as plain:
+        plain.send(b.address, Heartbeat())
+        clear = curve_dealer(raw_context, b, b"", b"tcp://127.0.0.1:9", None)
+        clear.send(encode(Heartbeat()))
+
+        assert judged(b, "handshake_failed") == []
+        assert set(b.rejected) == {"handshake_failed"}
+
+
+def test_a_valid_key_claiming_another_engines_address_is_refused(
+    keys: dict[str, EngineKeys], raw_context: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    with ZmqControlChannel(curve=keys["a"]) as a, ZmqControlChannel(curve=keys["b"]) as b:
+        a.send(b.address, Heartbeat())
+        assert [item.peer for item in collect(b, 1)] == [a.address]
+        spoofer = curve_dealer(
+            raw_context, b, keys["b"].keypair()[0], a.address.encode(), keys["spoofer"].keypair()
+        )
+        spoofer.send(encode(Abort(room=0, reason="spoofed")))
+        assert judged(b, "identity_mismatch") == []
+        # The spoofer is connected, claiming a's address: a's own connection still
+        # carries everything a sends (a claim must not take a connection over).
+        for room in range(1, 5):
+            spoofer.send(encode(Abort(room=room, reason="spoofed")))
+            a.send(b.address, AbortAck(room=room))
+
+        got = judged(b, "identity_mismatch", at_least=5)
+
+        assert got == [Inbound(a.address, AbortAck(room=room)) for room in range(1, 5)]
+        assert b.rejected == {"identity_mismatch": 5}
+
+
+def test_a_key_removed_from_the_allow_list_is_refused_after_a_reload(
+    keys: dict[str, EngineKeys], raw_context: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    with (
+        ZmqControlChannel(curve=keys["a"]) as a,
+        ZmqControlChannel(curve=keys["b"]) as b,
+        ZmqControlChannel(curve=keys["c"]) as c,
+    ):
+        a.send(b.address, Heartbeat())
+        assert [item.peer for item in collect(b, 1)] == [a.address]
+        (keys["a"].allow_list / "a.key").unlink()
+        b.reload_allow_list()
+
+        a.send(b.address, AbortAck(room=1))  # on the connection a already has
+        fresh = curve_dealer(raw_context, b, keys["b"].keypair()[0], b"x", keys["a"].keypair())
+        fresh.send(encode(AbortAck(room=2)))  # a new connection with a's key
+        c.send(b.address, AbortAck(room=3))  # another engine is not affected
+
+        got = judged(b, "unauthenticated")
+        got += judged(b, "revoked_key")
+
+        assert got == [Inbound(c.address, AbortAck(room=3))]
+        assert b.rejected.keys() == {"revoked_key", "unauthenticated"}
+        assert b.rejected["revoked_key"] == 1
+        b.send(a.address, Heartbeat())  # nor does b speak to a any more
+        assert b.dropped == {"unknown_peer": 1}
+
+
+def test_a_reload_with_a_broken_certificate_keeps_the_list_in_force(
+    keys: dict[str, EngineKeys],
+) -> None:
+    with ZmqControlChannel(curve=keys["a"]) as a, ZmqControlChannel(curve=keys["b"]) as b:
+        (keys["b"].allow_list / "broken.key").write_text('curve\n    public-key = "x"\n')
+        with pytest.raises(ValueError, match="names no tcp:// address"):
+            b.reload_allow_list()
+        a.send(b.address, Heartbeat())
+        assert [item.peer for item in collect(b, 1)] == [a.address]

@@ -67,15 +67,16 @@ def test_late_write_never_lands_in_freed_blocks(data: Callable[[SimConfig], Data
 
 
 def test_request_that_waited_too_long_is_not_served() -> None:
-    """L0's request waits for L1 (short of memory) and the payload; by the time both are
-    there, L0 has given up (its Abort lost): the sender must write to L1 only."""
+    """L0's request waits for the payload while L1 (short of memory) joins late; by the
+    time the payload is there, L0 has given up (its Abort lost): the sender must write
+    to L1 only."""
     config = SimConfig(receivers=2, block_size=2, sender_blocks=1, receiver_blocks=2)
     world = World(config, LabelData(config))
     world.apply(Hog("L1", 4))
     world.apply(OpenRoom(0, 1, ("L0", "L1"), (2, 2)))
     world.apply(Deliver(world.in_flight[0]))  # L0 joins at 0; L1 waits for memory
-    world.apply(Unhog("L1"))
-    world.apply(Advance(21.0))  # L1's retry: it joins at 21, pushing the sender's deadline
+    world.apply(Advance(21.0))
+    world.apply(Unhog("L1"))  # L1's turn: it joins at 21, pushing the sender's deadline
     world.apply(Deliver(world.in_flight[0]))
     world.apply(Advance(30.0))  # L0's deadline: it gives up...
     world.apply(Drop(world.in_flight[0]))  # ... and its Abort is lost
