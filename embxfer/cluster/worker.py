@@ -11,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Iterator
@@ -32,6 +34,7 @@ from embxfer.workload import payload_for
 
 from . import netns
 from .messages import (
+    Command,
     CountRejected,
     Finish,
     OpenRoom,
@@ -145,16 +148,15 @@ class _Loop(Generic[EngineT, HandleT]):
         self.open: dict[int, tuple[HandleT, int]] = {}  # room id -> (handle, tokens)
 
     def run(self) -> None:
+        commands = _Commands(self.conn)
         while True:
-            if self.conn.poll(_BUSY_POLL_S if self.open else _IDLE_POLL_S):
-                command = self.conn.recv()
+            for command in commands.take(_BUSY_POLL_S if self.open else _IDLE_POLL_S):
                 if isinstance(command, Finish):
                     self.finish(command.wait_s)
                     return
                 if isinstance(command, CountRejected):
                     self.conn.send(Rejected(self.rejected()))
                     continue
-                assert isinstance(command, OpenRoom)
                 self.open[command.room_id] = (self.start(command), command.tokens)
             self.collect()
 
@@ -194,6 +196,46 @@ class _Loop(Generic[EngineT, HandleT]):
 
     def outcome(self, handle: HandleT, tokens: int) -> RoomOutcome:
         raise NotImplementedError
+
+
+class _Commands:
+    """The parent's commands, taken in by a thread of their own.
+
+    Each pipe holds a few hundred kilobytes. With a thousand rooms opening at once the
+    parent's commands fill one while the worker's reports fill the other, and a worker
+    that read only between its own sends would block sending while the parent blocks
+    sending to it. Reading on a thread that never sends, the worker never stops taking
+    commands in, so the parent's sends always finish and it goes back to reading.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self._queue: queue.SimpleQueue[Command | None] = queue.SimpleQueue()  # None: EOF
+        threading.Thread(
+            target=self._read, args=(conn,), name="embxfer-commands", daemon=True
+        ).start()
+
+    def _read(self, conn: Connection) -> None:
+        try:
+            while True:
+                self._queue.put(conn.recv())
+        except (EOFError, OSError):  # the parent is gone
+            self._queue.put(None)
+
+    def take(self, timeout_s: float) -> list[Command]:
+        """Every command that came in, waiting up to ``timeout_s`` for the first; raises
+        EOFError once the parent is gone."""
+        try:
+            taken = [self._queue.get(timeout=timeout_s)]
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                taken.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        if None in taken:
+            raise EOFError("the parent closed its pipe")
+        return [command for command in taken if command is not None]
 
 
 class _EncoderLoop(_Loop[SenderEngine, SenderHandle]):
