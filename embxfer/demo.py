@@ -52,6 +52,7 @@ class DemoSettings:
     concurrency: int = 16
     seed: int = 0
     receiver_tokens: int = 0  # receiver buffer capacity; 0: concurrency x 2 x default_alloc
+    sender_tokens: int = 0  # encoder buffer capacity; 0: concurrency x the longest request
     timeout_s: float = 10.0
     peer_timeout_s: float = 3.0
     write_grace_s: float = 3.0
@@ -59,7 +60,15 @@ class DemoSettings:
     def lengths(self) -> list[int]:
         return token_lengths(self.tokens, self.requests, self.seed)
 
+    @property
+    def demand_tokens(self) -> int:
+        """What ``concurrency`` open requests of the mean length hold on each side."""
+        lengths = self.lengths()
+        return self.concurrency * -(-sum(lengths) // len(lengths))
+
     def sender_config(self) -> EngineConfig:
+        if self.sender_tokens:
+            return self._config(-(-self.sender_tokens // self.block_size))
         longest = max(self.lengths())
         blocks = self.concurrency * -(-longest // self.block_size) + 1
         return self._config(blocks)
@@ -153,8 +162,8 @@ class Side:
     leaked_blocks: int | None = None  # None: its process is gone, nothing left to count
     exit: str = ""  # cross-process runs: how its process ended
     address: str = ""  # cross-process runs: where its peers reached it
-    # cross-process runs: resident memory (MiB) once it was up ("start") and once the
-    # requests were done ("end")
+    # cross-process runs: resident memory (MiB) once it was up ("start"), once a tenth of
+    # the requests were done ("warm": every buffer has been written) and at the end
     rss_mib: dict[str, float] = field(default_factory=dict)
     fault_target: bool = False  # the injected fault hit this engine
     rejected: dict[str, int] = field(default_factory=dict)  # cross-process runs: by reason
@@ -241,12 +250,13 @@ class Summary:
             counts = ", ".join(f"{reason} {n}" for reason, n in sorted(self.rejected.items()))
             lines.append(f"  rejected        {counts}")
         rss = [
-            f"{name} {side.rss_mib['start']:.0f} -> {side.rss_mib['end']:.0f}"
+            f"{name} {' -> '.join(f'{mib:.0f}' for mib in side.rss_mib.values())}"
             for name, side in self.sides.items()
-            if {"start", "end"} <= side.rss_mib.keys()
+            if side.rss_mib
         ]
         if rss:
-            lines.append(f"  rss MiB         {', '.join(rss)}")
+            points = " -> ".join(next(s for s in self.sides.values() if s.rss_mib).rss_mib)
+            lines.append(f"  rss MiB ({points}) {', '.join(rss)}")
         if self.partition:
             lines.append(f"  cut for         {self.partition_s:.1f} s")
             lines += [

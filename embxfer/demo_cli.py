@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 
@@ -34,9 +35,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=int, default=defaults.concurrency)
     parser.add_argument(
         "--receiver-tokens",
-        type=int,
-        default=defaults.receiver_tokens,
-        help="receiver buffer capacity in tokens (0: concurrency x 2 x default-alloc)",
+        default=str(defaults.receiver_tokens),
+        metavar="TOKENS|PERCENT%",
+        help="receiver buffer capacity in tokens, or in percent of the demand (concurrency "
+        "x the mean request length) (0: concurrency x 2 x default-alloc)",
+    )
+    parser.add_argument(
+        "--sender-tokens",
+        default=str(defaults.sender_tokens),
+        metavar="TOKENS|PERCENT%",
+        help="encoder buffer capacity, the same way (0: concurrency x the longest request)",
     )
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument(
@@ -142,10 +150,14 @@ def run(args: argparse.Namespace) -> int:
         receivers=args.receivers,
         concurrency=args.concurrency,
         seed=args.seed,
-        receiver_tokens=args.receiver_tokens,
         timeout_s=args.timeout_s,
         peer_timeout_s=args.peer_timeout_s,
         write_grace_s=_write_grace_s(args),
+    )
+    settings = dataclasses.replace(
+        settings,
+        receiver_tokens=_pool_tokens(args.receiver_tokens, settings),
+        sender_tokens=_pool_tokens(args.sender_tokens, settings),
     )
     if args.transport == "inproc":
         if args.fault or args.hosts != "local":
@@ -187,6 +199,13 @@ def run(args: argparse.Namespace) -> int:
             return 2
     summary.print(args.json)
     return 0 if summary.ok() else 1
+
+
+def _pool_tokens(text: str, settings: DemoSettings) -> int:
+    """A buffer capacity: ``TOKENS``, or ``PERCENT%`` of what the open requests hold."""
+    if text.endswith("%"):
+        return -(-settings.demand_tokens * int(text[:-1]) // 100)
+    return int(text)
 
 
 def _write_grace_s(args: argparse.Namespace) -> float:

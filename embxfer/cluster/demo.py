@@ -185,8 +185,8 @@ class _Run:
             self.partition = Partition(testbed, host, options.partition_s)
         for side, worker in cluster.workers.items():
             tally.summary.sides[side].address = worker.ready.address if worker.ready else ""
-        for side, rss in cluster.rss_mib().items():
-            tally.summary.sides[side].rss_mib["start"] = rss
+        self.warm_after = max(1, settings.requests // 10)
+        self._sample_rss("start")
 
     def requests(self) -> None:
         """Open rooms as others end, until every request is done (or no more can start)."""
@@ -243,7 +243,13 @@ class _Run:
                     self.partition.ended(room_id, ok, seconds)
                 del self.outcomes[room_id]
                 self.finished += 1
+                if self.finished == self.warm_after:
+                    self._sample_rss("warm")
                 self.bar.update()
+
+    def _sample_rss(self, point: str) -> None:
+        for side, rss in self.cluster.rss_mib().items():
+            self.tally.summary.sides[side].rss_mib[point] = rss
 
     def _inject_fault(self) -> None:
         fault = self.options.fault
@@ -276,8 +282,7 @@ class _Run:
     def wrap_up(self) -> None:
         """End the stalled worker, have the others end what is open and report their
         blocks; rooms nobody reported on are counted as such."""
-        for side, rss in self.cluster.rss_mib().items():
-            self.tally.summary.sides[side].rss_mib["end"] = rss
+        self._sample_rss("end")
         if self.partition is not None:
             self.tally.summary.partition_s = self.partition.seconds
             self.tally.summary.partition = self.partition.phases
