@@ -156,8 +156,8 @@ def run(args: argparse.Namespace) -> int:
     )
     settings = dataclasses.replace(
         settings,
-        receiver_tokens=_pool_tokens(args.receiver_tokens, settings),
-        sender_tokens=_pool_tokens(args.sender_tokens, settings),
+        receiver_tokens=pool_tokens(args.receiver_tokens, settings),
+        sender_tokens=pool_tokens(args.sender_tokens, settings),
     )
     if args.transport == "inproc":
         if args.fault or args.hosts != "local":
@@ -201,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
     return 0 if summary.ok() else 1
 
 
-def _pool_tokens(text: str, settings: DemoSettings) -> int:
+def pool_tokens(text: str, settings: DemoSettings) -> int:
     """A buffer capacity: ``TOKENS``, or ``PERCENT%`` of what the open requests hold."""
     if text.endswith("%"):
         return -(-settings.demand_tokens * int(text[:-1]) // 100)
