@@ -85,9 +85,9 @@ def test_a_served_receiver_going_quiet_does_not_fail_a_room_still_waiting_on_ano
     assert got_part.result().equals(payload_for(1, 2000, starved.layout, seed=5))
 
 
-def test_a_receiver_waiting_on_a_room_the_sender_has_not_created_keeps_hearing_from_it() -> None:
-    clock = Clock()
-    network = InprocNetwork()
+def encoder_and_language(
+    network: InprocNetwork, clock: Clock
+) -> tuple[SenderEngine, ReceiverEngine]:
     sender = SenderEngine(
         CONFIG,
         InprocControlChannel(network, "encoder"),
@@ -100,6 +100,13 @@ def test_a_receiver_waiting_on_a_room_the_sender_has_not_created_keeps_hearing_f
         InprocDataTransport(network, "language-data"),
         clock,
     )
+    return sender, receiver
+
+
+def test_a_receiver_waiting_on_a_room_the_sender_has_not_created_keeps_hearing_from_it() -> None:
+    clock = Clock()
+    network = InprocNetwork()
+    sender, receiver = encoder_and_language(network, clock)
     engines = [sender, receiver]
     got = receiver.create_room(1, sender.address)
     # The encoder's scheduler is late: for many peer timeouts the request waits, parked.
@@ -120,18 +127,7 @@ def test_after_a_partition_an_idle_receiver_the_sender_gave_up_on_registers_agai
     not ask the sender as a stranger whose requests are turned down."""
     clock = Clock()
     network = InprocNetwork()
-    sender = SenderEngine(
-        CONFIG,
-        InprocControlChannel(network, "encoder"),
-        InprocDataTransport(network, "encoder-data"),
-        clock,
-    )
-    receiver = ReceiverEngine(
-        CONFIG,
-        InprocControlChannel(network, "language"),
-        InprocDataTransport(network, "language-data"),
-        clock,
-    )
+    sender, receiver = encoder_and_language(network, clock)
     engines = [sender, receiver]
     first = sender.create_room(1)
     joined = receiver.create_room(1, sender.address, expected_tokens=300)
