@@ -14,7 +14,8 @@ outright leaves namespaces behind, and the next test bed removes them. It tells 
 from a live run's by a lock file each run holds: the kernel releases a lock when its
 holder dies, however it dies.
 
-Needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) and iproute2's ``ip``.
+Needs root with CAP_NET_ADMIN and CAP_SYS_ADMIN (not an unprivileged container) and
+iproute2's ``ip``.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ _RUN_ID = re.compile(rf"^{re.escape(PREFIX)}([0-9a-f]{{4}})-")
 _CLONE_NEWNET = 0x40000000
 _IFNAMSIZ = 15  # longest interface name Linux takes
 _IP_TIMEOUT_S = 30.0
+# What `ip netns` needs: NET_ADMIN for links and addresses, SYS_ADMIN to mount namespaces.
+_CAPABILITIES = ((12, "CAP_NET_ADMIN"), (21, "CAP_SYS_ADMIN"))
 
 
 class NetnsError(RuntimeError):
@@ -55,10 +58,26 @@ class NetnsError(RuntimeError):
 def unavailable() -> str:
     """Why namespaces cannot be made here, or "" if they can."""
     if os.geteuid() != 0:
-        return "network namespaces need root (CAP_NET_ADMIN); run as root"
+        return "network namespaces need root (CAP_NET_ADMIN and CAP_SYS_ADMIN); run as root"
+    effective = _effective_capabilities()
+    missing = [name for bit, name in _CAPABILITIES if not effective >> bit & 1]
+    if missing:
+        return f"root here lacks {' and '.join(missing)} (an unprivileged container?)"
     if shutil.which("ip") is None:
         return "the `ip` command is missing: apt-get install iproute2"
     return ""
+
+
+def _effective_capabilities() -> int:
+    """This process's effective capability set (all of them where /proc cannot say)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return -1
+    for line in status.splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    return -1
 
 
 def enter(path: str) -> None:

@@ -102,3 +102,10 @@ def test_without_root_it_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(NetnsError, match="root"):
         netns.Testbed(["a"]).create()
+
+
+def test_root_without_the_capabilities_says_which_are_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(netns, "_effective_capabilities", lambda: 1 << 12)  # NET_ADMIN only
+    assert netns.unavailable() == "root here lacks CAP_SYS_ADMIN (an unprivileged container?)"
