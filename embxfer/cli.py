@@ -12,7 +12,10 @@ from collections.abc import Sequence
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("embxfer.demo_cli", "run requests end to end and check every byte"),
-    "diagram": ("embxfer.diagram_cli", "draw the room state machines (Mermaid, DOT, SVG, table)"),
+    "diagram": (
+        "embxfer.tools.diagram_cli",
+        "draw the room state machines (Mermaid, DOT, SVG, table)",
+    ),
     "bench": ("embxfer.bench_cli", "measure against raw Mooncake writes and memcpy"),
     "explore": ("embxfer.explore", "search every interleaving of a small configuration"),
     "keys": ("embxfer.keys_cli", "per-engine CURVE keys and the allow-list"),

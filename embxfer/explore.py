@@ -12,6 +12,10 @@ A violation prints the shortest trace that leads to it.
 The receivers have two blocks each and ask for one block per piece, so every resume has
 to reuse blocks an earlier piece freed (the same indices come back), and payloads of
 ``1 .. max_resumes + 1`` blocks cover every number of resumes up to the maximum.
+``--rooms N`` opens N such rooms at once on the same engines: receivers then hold less
+than the rooms need, rooms wait for memory in turn, and a state where rooms wait and
+nothing can free memory is reported as a deadlock (the sender holds every payload, as
+the spec's progress rule asks).
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ from embxfer.simulation import (
 
 RECEIVER_BLOCKS = 2
 
+Scenario = tuple[SimConfig, tuple[OpenRoom, ...]]
+
 
 @dataclass(frozen=True)
 class ExploreSettings:
@@ -52,6 +58,7 @@ class ExploreSettings:
 
     receivers: int = 2
     max_resumes: int = 3
+    rooms: int = 1  # opened at once, sharing the engines' memory
     faults: tuple[str, ...] = ("dup", "drop", "reorder", "abort")
     block_size: int = 2
     dups: int = 1
@@ -69,7 +76,7 @@ class ExploreSettings:
         unknown = set(self.faults) - set(FAULTS)
         if unknown:
             raise ValueError(f"unknown faults {sorted(unknown)}; known: {', '.join(FAULTS)}")
-        if self.receivers < 1 or self.max_resumes < 0 or self.block_size < 1:
+        if min(self.receivers, self.rooms, self.block_size) < 1 or self.max_resumes < 0:
             raise ValueError(f"nothing to explore: {self}")
 
     def budget(self) -> Budget:
@@ -82,8 +89,8 @@ class ExploreSettings:
             losses=self.losses,
         )
 
-    def scenarios(self) -> list[tuple[SimConfig, OpenRoom]]:
-        """One room per number of resumes: pieces of one block, the last one short."""
+    def scenarios(self) -> list[Scenario]:
+        """Per number of resumes, ``rooms`` rooms: pieces of one block, the last short."""
         bs = self.block_size
         scenarios = []
         for resumes in range(self.max_resumes + 1):
@@ -91,12 +98,15 @@ class ExploreSettings:
             config = SimConfig(
                 receivers=self.receivers,
                 block_size=bs,
-                sender_blocks=resumes + 1,
+                sender_blocks=self.rooms * (resumes + 1),
                 receiver_blocks=RECEIVER_BLOCKS,
                 policy=ResumePolicy(SpillMode.KEEP_THEN_SPILL, max_resume_tokens=bs),
             )
             names = config.receiver_names
-            scenarios.append((config, OpenRoom(0, total, names, (bs,) * len(names))))
+            openings = tuple(
+                OpenRoom(room, total, names, (bs,) * len(names)) for room in range(self.rooms)
+            )
+            scenarios.append((config, openings))
         return scenarios
 
 
@@ -125,9 +135,6 @@ class Report:
             "complete": self.complete,
             "scenarios": self.per_scenario,
         }
-
-
-Scenario = tuple[SimConfig, OpenRoom]
 
 
 def explore(settings: ExploreSettings, progress: bool = False) -> Report:
@@ -169,7 +176,7 @@ def _search(scenario: Scenario, settings: ExploreSettings, progress: bool) -> Re
         _breadth_first(*scenario, settings, report, progress)
     report.per_scenario.append(
         {
-            "total_tokens": scenario[1].total_tokens,
+            "total_tokens": scenario[1][0].total_tokens,
             "states": report.states,
             "transitions": report.transitions,
         }
@@ -179,7 +186,7 @@ def _search(scenario: Scenario, settings: ExploreSettings, progress: bool) -> Re
 
 def _breadth_first(
     config: SimConfig,
-    opening: OpenRoom,
+    openings: tuple[OpenRoom, ...],
     settings: ExploreSettings,
     report: Report,
     progress: bool,
@@ -187,9 +194,10 @@ def _breadth_first(
     world = World(config, LabelData(config), settings.budget(), auto_release=True)
     ordered = "reorder" not in settings.faults
     try:
-        world.apply(opening)
+        for opening in openings:
+            world.apply(opening)
     except Violation as violation:
-        _record(report, config, opening, [], violation)
+        _record(report, config, openings, [], violation)
         return
     root = world.key(ordered)
     parents: dict[Any, tuple[Any, Move, int] | None] = {root: None}
@@ -205,7 +213,7 @@ def _breadth_first(
             try:
                 world.final_check()
             except Violation as violation:
-                _record(report, config, opening, _path(parents, key), violation)
+                _record(report, config, openings, _path(parents, key), violation)
                 if not settings.keep_going:
                     return
         fresh = True
@@ -217,7 +225,7 @@ def _breadth_first(
             try:
                 world.apply(move)
             except Violation as violation:
-                _record(report, config, opening, [*_path(parents, key), move], violation)
+                _record(report, config, openings, [*_path(parents, key), move], violation)
                 if not settings.keep_going:
                     return
                 continue
@@ -228,7 +236,7 @@ def _breadth_first(
                 report.states += 1
                 if progress and report.states % 50_000 == 0:
                     print(
-                        f"... T={opening.total_tokens}: {report.states} states, "
+                        f"... T={openings[0].total_tokens}: {report.states} states, "
                         f"{report.transitions} transitions, depth {depth + 1}, "
                         f"frontier {len(frontier)}",
                         file=sys.stderr,
@@ -251,7 +259,7 @@ def _path(parents: dict[Any, tuple[Any, Move, int] | None], key: Any) -> list[Mo
 def _record(
     report: Report,
     config: SimConfig,
-    opening: OpenRoom,
+    openings: tuple[OpenRoom, ...],
     moves: list[Move],
     violation: Violation,
 ) -> None:
@@ -260,9 +268,11 @@ def _record(
     if report.counterexample:
         return
     world = World(config, LabelData(config), Budget(), auto_release=True)
-    lines = [f"counterexample ({len(moves)} moves after {describe(opening)}):"]
+    opened = ", ".join(describe(opening) for opening in openings)
+    lines = [f"counterexample ({len(moves)} moves after {opened}):"]
     try:
-        world.apply(opening)
+        for opening in openings:
+            world.apply(opening)
         lines.append(f"  start: {world.summary()}")
         for step, move in enumerate(moves, 1):
             lines.append(f"  {step:3d}. {describe(move)}")
@@ -282,6 +292,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = ExploreSettings()
     parser.add_argument("--receivers", type=int, default=defaults.receivers)
     parser.add_argument("--max-resumes", type=int, default=defaults.max_resumes)
+    parser.add_argument(
+        "--rooms", type=int, default=defaults.rooms, help="rooms at once, sharing memory"
+    )
     parser.add_argument(
         "--faults",
         default=",".join(defaults.faults),
@@ -310,6 +323,7 @@ def run(args: argparse.Namespace) -> int:
     settings = ExploreSettings(
         receivers=args.receivers,
         max_resumes=args.max_resumes,
+        rooms=args.rooms,
         faults=tuple(f for f in args.faults.split(",") if f),
         block_size=args.block_size,
         dups=args.dups,

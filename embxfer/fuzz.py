@@ -22,8 +22,7 @@ import msgspec
 import zmq
 
 from embxfer.buffers.layout import ALL_KINDS, BufferLayout
-from embxfer.transport.curve_keys import AllowList, EngineKeys
-from embxfer.transport.messages import (
+from embxfer.fsm.messages import (
     Abort,
     AbortAck,
     BufferRegion,
@@ -34,6 +33,7 @@ from embxfer.transport.messages import (
     Register,
     RegisterAck,
 )
+from embxfer.transport.curve_keys import AllowList, EngineKeys
 from embxfer.transport.wire import MAX_FRAME_BYTES, MAX_INT, WireError, decode, encode
 
 SAMPLE_REGIONS = (

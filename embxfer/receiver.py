@@ -16,30 +16,25 @@ from embxfer.buffers.payload import EmbeddingPayload
 from embxfer.config import EngineConfig
 from embxfer.fsm.actions import Action, SendMessage, SpillPiece
 from embxfer.fsm.events import (
-    AbortAckReceived,
     AbortReceived,
     AbortRequested,
-    Event,
     MemoryGranted,
     PeerReady,
-    PieceArrived,
     Released,
+)
+from embxfer.fsm.messages import (
+    BufferRegion,
+    Message,
+    Register,
+    RegisterAck,
 )
 from embxfer.fsm.policy import AdaptiveSizer
 from embxfer.fsm.poll import KVPoll
 from embxfer.fsm.receiver import ReceiverRoom
+from embxfer.fsm.routing import room_event
 from embxfer.metrics import Metrics
 from embxfer.runtime import Runtime, TransferFailed
 from embxfer.transport.base import ControlChannel, DataTransport
-from embxfer.transport.messages import (
-    Abort,
-    AbortAck,
-    BufferRegion,
-    Message,
-    PieceWritten,
-    Register,
-    RegisterAck,
-)
 
 LOG = logging.getLogger("embxfer.receiver")
 
@@ -133,21 +128,16 @@ class ReceiverEngine(Runtime[ReceiverRoom]):
         if isinstance(message, RegisterAck):
             self._registered(peer, message)
             return
-        if not isinstance(message, (PieceWritten, Abort, AbortAck)):
+        routed = room_event("receiver", peer, message)
+        if routed is None:
             self.reject("unexpected_kind", peer, type(message).__name__)
             return
-        room = self.rooms.get(message.room)
+        room_id, event = routed
+        room = self.rooms.get(room_id)
         if room is None:
-            reason = "closed_room" if self.is_closed(message.room) else "unknown_room"
-            self.reject(reason, peer, room=message.room)
+            reason = "closed_room" if self.is_closed(room_id) else "unknown_room"
+            self.reject(reason, peer, room=room_id)
             return
-        event: Event
-        if isinstance(message, PieceWritten):
-            event = PieceArrived(peer, message)
-        elif isinstance(message, Abort):
-            event = AbortReceived(peer, message.reason)
-        else:
-            event = AbortAckReceived(peer)
         self.deliver(room, event)
 
     def _registered(self, peer: str, message: RegisterAck) -> None:

@@ -26,11 +26,11 @@ from embxfer.buffers.metadata import MetadataBuffers
 from embxfer.config import EngineConfig
 from embxfer.fsm.actions import Action, StopWaiting, WaitForMemory
 from embxfer.fsm.events import AbortRequested, Event, MemoryGranted, PeerLost, Tick
+from embxfer.fsm.messages import Heartbeat, Message
 from embxfer.fsm.poll import KVPoll
 from embxfer.fsm.room import Room
 from embxfer.metrics import EngineMetrics, Metrics, NoMetrics, default_metrics
 from embxfer.transport.base import ControlChannel, DataTransport
-from embxfer.transport.messages import Heartbeat, Message
 
 LOG = logging.getLogger("embxfer.runtime")
 
@@ -223,13 +223,7 @@ class Runtime(Generic[RoomT]):
     def deliver(self, room: RoomT, event: Event) -> None:
         """Run ``event`` through ``room`` and carry out what it returns."""
         was_terminal = room.terminal
-        now = self.clock()
-        try:
-            actions = room.handle(event, now)
-        except Exception as exc:  # a bug must fail the room, not the engine
-            LOG.exception("room=%d crashed on %s", room.room_id, type(event).__name__)
-            actions = room.handle(AbortRequested(f"internal error: {exc!r}"), now)
-        for action in actions:
+        for action in room.handle(event, self.clock()):
             if isinstance(action, WaitForMemory):
                 self.stats.memory_waits += 1
                 self.memory.wait(room.room_id, action.tokens, action.floor_tokens)

@@ -23,23 +23,21 @@ from embxfer.fsm.events import (
     Event,
     PayloadReady,
     Released,
-    RequestReceived,
     WriteFinished,
 )
+from embxfer.fsm.messages import (
+    AbortAck,
+    BufferRegion,
+    Message,
+    Register,
+    RegisterAck,
+)
 from embxfer.fsm.poll import KVPoll
+from embxfer.fsm.routing import room_event
 from embxfer.fsm.sender import SenderRoom
 from embxfer.metrics import Metrics
 from embxfer.runtime import Runtime, TransferFailed
 from embxfer.transport.base import ControlChannel, DataTransport, Segment, WriteResult
-from embxfer.transport.messages import (
-    Abort,
-    AbortAck,
-    BufferRegion,
-    Message,
-    PieceRequest,
-    Register,
-    RegisterAck,
-)
 
 LOG = logging.getLogger("embxfer.sender")
 
@@ -76,7 +74,7 @@ class SenderEngine(Runtime[SenderRoom]):
         )
         self.receivers: dict[str, RemoteBuffers] = {}
         self._writers: dict[str, _Writer] = {}
-        self._parked: dict[int, list[tuple[float, str, PieceRequest | Abort]]] = {}
+        self._parked: dict[int, list[tuple[float, Event]]] = {}
         self._parked_count = 0
         self._local_regions = [
             BufferRegion(kind, base, size) for kind, base, size in self.buffers.regions()
@@ -90,55 +88,47 @@ class SenderEngine(Runtime[SenderRoom]):
 
     def _adopt(self, room: SenderRoom) -> None:
         if self.adopt(room):
-            for _, peer, message in self._parked.pop(room.room_id, []):
+            for _, event in self._parked.pop(room.room_id, []):
                 self._parked_count -= 1
-                self._deliver_room_message(room, peer, message)
+                self.deliver(room, event)
 
     # -- inbound ---------------------------------------------------------------------
     def on_message(self, peer: str, message: Message) -> None:
         if isinstance(message, Register):
             self._register(peer, message)
-        elif isinstance(message, (PieceRequest, Abort)):
-            room = self.rooms.get(message.room)
-            forgotten = room is None and self.is_closed(message.room)
-            if forgotten and isinstance(message, Abort):
-                # A receiver gave up on a room this engine finished and forgot (its last
-                # notice was lost, in a partition say, after which this engine may have
-                # given the receiver up too). A room is forgotten only once none of its
-                # writes is in flight: say so, as the room would have, and the receiver
-                # frees the blocks it holds against a late write. That fails nothing,
-                # whoever asks.
-                self.control.send(peer, AbortAck(message.room))
-            # Only a registered receiver can be in a room, so only one may ask or abort:
-            # a stray peer guessing room ids must not fail other receivers' rooms.
-            if peer not in self.receivers:
-                self.reject("unregistered_peer", peer)
-            elif room is not None:
-                self._deliver_room_message(room, peer, message)
-            elif not forgotten:
-                self._park(peer, message)
-            elif isinstance(message, PieceRequest):
-                self.reject("closed_room", peer, room=message.room)
-        else:
-            self.reject("unexpected_kind", peer, type(message).__name__)
-
-    def _deliver_room_message(
-        self, room: SenderRoom, peer: str, message: PieceRequest | Abort
-    ) -> None:
-        event: Event = (
-            RequestReceived(peer, message)
-            if isinstance(message, PieceRequest)
-            else AbortReceived(peer, message.reason)
-        )
-        self.deliver(room, event)
-
-    def _park(self, peer: str, message: PieceRequest | Abort) -> None:
-        """Hold a message for a room the scheduler has not created yet (it may be slower
-        than the receiver); dropped after the bootstrap timeout."""
-        if self._parked_count >= _PARKED_LIMIT:
-            self.reject("park_full", peer, room=message.room)
             return
-        self._parked.setdefault(message.room, []).append((self.clock(), peer, message))
+        routed = room_event("sender", peer, message)
+        if routed is None:
+            self.reject("unexpected_kind", peer, type(message).__name__)
+            return
+        room_id, event = routed
+        room = self.rooms.get(room_id)
+        forgotten = room is None and self.is_closed(room_id)
+        if forgotten and isinstance(event, AbortReceived):
+            # A receiver gave up on a room this engine finished and forgot (its last
+            # notice was lost, in a partition say, after which this engine may have given
+            # the receiver up too). A room is forgotten only once none of its writes is in
+            # flight: say so, as the room would have, and the receiver frees the blocks it
+            # holds against a late write. That fails nothing, whoever asks.
+            self.control.send(peer, AbortAck(room_id))
+        # Only a registered receiver can be in a room, so only one may ask or abort: a
+        # stray peer guessing room ids must not fail other receivers' rooms.
+        if peer not in self.receivers:
+            self.reject("unregistered_peer", peer)
+        elif room is not None:
+            self.deliver(room, event)
+        elif not forgotten:
+            self._park(peer, room_id, event)
+        elif not isinstance(event, AbortReceived):
+            self.reject("closed_room", peer, room=room_id)
+
+    def _park(self, peer: str, room_id: int, event: Event) -> None:
+        """Hold a room's event for a room the scheduler has not created yet (it may be
+        slower than the receiver); dropped after the bootstrap timeout."""
+        if self._parked_count >= _PARKED_LIMIT:
+            self.reject("park_full", peer, room=room_id)
+            return
+        self._parked.setdefault(room_id, []).append((self.clock(), event))
         self._parked_count += 1
 
     def _register(self, peer: str, message: Register) -> None:

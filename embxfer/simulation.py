@@ -55,8 +55,6 @@ from embxfer.fsm.actions import (
     WritePiece,
 )
 from embxfer.fsm.events import (
-    AbortAckReceived,
-    AbortReceived,
     AbortRequested,
     Event,
     MemoryGranted,
@@ -70,15 +68,16 @@ from embxfer.fsm.events import (
     WriteFinished,
 )
 from embxfer.fsm.memory import blocks_needed
+from embxfer.fsm.messages import Abort, AbortAck, PieceRequest, PieceWritten
 from embxfer.fsm.policy import ResumePolicy, SpillMode
 from embxfer.fsm.poll import KVPoll
 from embxfer.fsm.receiver import ReceiverRoom
 from embxfer.fsm.room import ACTIVE, FAILED, SUCCESS, Room, Timeouts, Verdict
+from embxfer.fsm.routing import room_event
 from embxfer.fsm.sender import SenderRoom
 from embxfer.transport.base import WriteResult
 from embxfer.transport.faults import INJECTED_WRITE_FAILURE
 from embxfer.transport.inproc import InprocDataTransport, InprocNetwork
-from embxfer.transport.messages import Abort, AbortAck, PieceRequest, PieceWritten
 from embxfer.transport.wire import WireError, decode, encode
 
 SENDER = "E"
@@ -764,6 +763,9 @@ class World:
         size = config.block_size
         if blocks_needed(total, size) > config.sender_blocks:
             return True
+        kept_in_place = policy.spill is SpillMode.NEVER_SPILL and initial < total
+        if kept_in_place and blocks_needed(total, size) > config.receiver_blocks:
+            return True
         received, ask = 0, initial
         while not policy.allow_partial:
             if blocks_needed(ask, size) > config.receiver_blocks:
@@ -835,13 +837,10 @@ class World:
         self._room_keys.pop(key, None)
         room = self.rooms[key]
         before = room.state
-        try:
-            with self._acting_for(key[1]):
-                actions = room.handle(event, self.now)
-        except Violation:
-            raise
-        except Exception as exc:
-            raise Violation(f"{_side(key)} crashed on {event!r}: {exc!r}") from exc
+        with self._acting_for(key[1]):
+            actions = room.handle(event, self.now)
+        if room.crash:
+            raise Violation(f"{_side(key)} crashed on {event!r}: {room.crash}")
         forward = room.state == FAILED or KVPoll[room.state] > KVPoll[before]
         if before != room.state and not (before in ACTIVE and forward):
             raise Violation(f"{_side(key)} went from {before} to {room.state}")
@@ -1286,22 +1285,12 @@ def _event_at(
     engine: str, peer: str, message: RoomMessage, registered: tuple[str, ...]
 ) -> Event | None:
     """The event an engine's runtime makes of a message from ``peer`` (None: it rejects
-    the message as ``SenderEngine.on_message`` / ``ReceiverEngine.on_message`` do)."""
-    if engine == SENDER:
-        if peer not in registered:
-            return None
-        if isinstance(message, PieceRequest):
-            return RequestReceived(peer, message)
-        if isinstance(message, Abort):
-            return AbortReceived(peer, message.reason)
+    the message, as ``SenderEngine.on_message`` / ``ReceiverEngine.on_message`` do: a
+    sender takes room messages from registered receivers only)."""
+    if engine == SENDER and peer not in registered:
         return None
-    if isinstance(message, PieceWritten):
-        return PieceArrived(peer, message)
-    if isinstance(message, Abort):
-        return AbortReceived(peer, message.reason)
-    if isinstance(message, AbortAck):
-        return AbortAckReceived(peer)
-    return None
+    routed = room_event("sender" if engine == SENDER else "receiver", peer, message)
+    return None if routed is None else routed[1]
 
 
 def _writer(write: PendingWrite) -> str:
@@ -1550,7 +1539,53 @@ def _quarantine_from_failure(original: Callable[..., None]) -> Callable[..., Non
     return enter_failed
 
 
-Breaker: TypeAlias = Callable[[Callable[..., None]], Callable[..., None]]
+def _lifo_ready(_original: Callable[..., Any]) -> Callable[..., Any]:
+    """The memory queue serves the newest waiter first (a stack, not a queue)."""
+
+    def ready(pool: FairPool[int]) -> int | None:
+        queue = pool.queue()
+        if not queue:
+            return None
+        waiter, ask = queue[-1]
+        return waiter if pool.free_blocks >= ask.floor else None
+
+    return ready
+
+
+def _grant_any(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Grant ``ready``'s choice wherever it stands in the queue."""
+
+    def grant(pool: FairPool[int], waiter: int) -> list[int]:
+        queue = pool.queue()
+        pool.restore_queue(
+            [e for e in queue if e[0] == waiter] + [e for e in queue if e[0] != waiter]
+        )
+        blocks: list[int] = original(pool, waiter)
+        return blocks
+
+    return grant
+
+
+def _hold_while_waiting(_original: Callable[..., Any]) -> Callable[..., Any]:
+    """The receiver waits for memory keeping the pieces it holds (it never spills first)."""
+
+    def take(room: ReceiverRoom, wanted: int, floor: int) -> list[int] | None:
+        return room.memory.take(wanted, wanted) or room.memory.take(wanted, floor)
+
+    return take
+
+
+def _writes_wait_for_every_receiver(original: Callable[..., None]) -> Callable[..., None]:
+    """The sender writes nothing until every receiver of the room has joined."""
+
+    def start_writes(room: SenderRoom) -> None:
+        if room.state != "Bootstrapping":
+            original(room)
+
+    return start_writes
+
+
+Breaker: TypeAlias = Callable[[Callable[..., Any]], Callable[..., Any]]
 MUTANTS: dict[str, tuple[tuple[type, str, Breaker], ...]] = {
     "dedup-on-blocks": ((SenderRoom, "_classify_request", _dedup_on_blocks),),
     "no-resume-request": ((ReceiverRoom, "_take_piece_and_resume", _no_resume_request),),
@@ -1560,6 +1595,10 @@ MUTANTS: dict[str, tuple[tuple[type, str, Breaker], ...]] = {
         (SenderRoom, "_start_writes", _serve_stale_requests),
         (ReceiverRoom, "_enter_failed", _quarantine_from_failure),
     ),
+    # Memory pressure: the progress and fairness rules, each undone.
+    "lifo-queue": ((FairPool, "ready", _lifo_ready), (FairPool, "grant", _grant_any)),
+    "hold-while-waiting": ((ReceiverRoom, "_take", _hold_while_waiting),),
+    "writes-wait-for-all": ((SenderRoom, "_start_writes", _writes_wait_for_every_receiver),),
 }
 """name -> the (class, method, breaker) patches that make the broken machines; a breaker
 makes the broken method from the original."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from embxfer.transport.messages import Message
+from embxfer.fsm.messages import Message
 
 
 @dataclass(frozen=True, slots=True)

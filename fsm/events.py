@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from embxfer.transport.messages import PieceRequest, PieceWritten
+from embxfer.fsm.messages import PieceRequest, PieceWritten
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +89,13 @@ class MemoryGranted:
 
 
 @dataclass(frozen=True, slots=True)
+class CallbackFailed:
+    """A callback of this room raised on an earlier event (a bug): the room fails."""
+
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """Time passed: deadlines and quarantine ends."""
 
@@ -105,5 +112,6 @@ Event = (
     | PeerLost
     | Released
     | MemoryGranted
+    | CallbackFailed
     | Tick
 )

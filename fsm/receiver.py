@@ -18,6 +18,7 @@ from embxfer.fsm.events import (
     AbortAckReceived,
     AbortReceived,
     AbortRequested,
+    CallbackFailed,
     Event,
     MemoryGranted,
     PeerLost,
@@ -27,6 +28,7 @@ from embxfer.fsm.events import (
     Tick,
 )
 from embxfer.fsm.memory import BlockPool, blocks_needed
+from embxfer.fsm.messages import Abort, PieceRequest
 from embxfer.fsm.policy import ResumePolicy, SpillMode
 from embxfer.fsm.room import (
     ACTIVE,
@@ -42,7 +44,6 @@ from embxfer.fsm.room import (
     build_machine,
     verdict_table,
 )
-from embxfer.transport.messages import Abort, PieceRequest
 
 B, W, T, OK, F = BOOTSTRAPPING, WAITING, TRANSFERRING, SUCCESS, FAILED
 
@@ -56,15 +57,16 @@ RECEIVER_TABLE = verdict_table(
         ("peer_ready", [W, T, *TERMINAL], None, "", "_ignore"),
         # The sender reports a piece written (keyed by its sent_tokens offset).
         ("piece", ACTIVE, None, "stale", "_ignore"),
-        ("piece", ACTIVE, F, "violation", ""),
+        ("piece", [W, T], F, "violation", ""),
         ("piece", [W, T], OK, "all_done", "_take_piece"),
         ("piece", [W, T], T, "more_owed", "_take_piece_and_resume"),
         ("piece", TERMINAL, None, "", "_ignore"),
-        # The sender aborted (it has no write in flight) or confirmed our abort.
+        # The sender aborted (it has no write in flight) or confirmed our abort: a
+        # failed room's quarantine ends.
         ("peer_abort", ACTIVE, F, "act", ""),
-        ("peer_abort", F, None, "settle", "_free_quarantine"),
+        ("peer_abort", F, None, "act", "_free_quarantine"),
         ("peer_abort", [*ACTIVE, *TERMINAL], None, "", "_ignore"),
-        ("abort_ack", F, None, "settle", "_free_quarantine"),
+        ("abort_ack", F, None, "act", "_free_quarantine"),
         ("abort_ack", [*ACTIVE, *TERMINAL], None, "", "_ignore"),
         # The scheduler aborts; the sender is lost.
         ("abort", ACTIVE, F, "", ""),
@@ -77,6 +79,9 @@ RECEIVER_TABLE = verdict_table(
         ("granted", B, None, "act", "_keep_provided"),
         ("granted", [W, T], None, "act", "_use_grant"),
         ("granted", [*ACTIVE, *TERMINAL], None, "", "_return_grant"),
+        # A callback raised (a bug): the room fails with the error.
+        ("crash", ACTIVE, F, "", ""),
+        ("crash", TERMINAL, None, "", "_ignore"),
         # Time passes: deadlines, end of quarantine.
         ("tick", ACTIVE, F, "deadline_passed", ""),
         ("tick", F, None, "settle", "_free_quarantine"),
@@ -136,6 +141,7 @@ class ReceiverRoom(Room):
         AbortRequested: "abort",
         PeerLost: "peer_lost",
         MemoryGranted: "granted",
+        CallbackFailed: "crash",
         Tick: "tick",
         Released: "release",
     }
@@ -195,20 +201,18 @@ class ReceiverRoom(Room):
         return self.quarantine_until if self.quarantine else float("inf")
 
     # -- classification: what each event means in the current state ------------------
-    def _classify(self, event: Event) -> None:
+    def _classify_event(self, event: Event) -> None:
         if isinstance(event, PieceArrived):
             self._classify_piece(event)
         elif isinstance(event, (AbortReceived, AbortAckReceived, PeerLost)):
             if event.peer != self.sender:
                 self._decide(Verdict.STALE, f"{event.peer} is not this room's sender")
-            elif self.state == FAILED:
-                self._decide(Verdict.SETTLE)
             elif isinstance(event, AbortReceived):
                 self._decide(Verdict.ACT, f"aborted by sender: {event.reason}")
             elif isinstance(event, PeerLost):
                 self._decide(Verdict.VIOLATION, f"sender {event.peer} lost")
             else:
-                self._decide(Verdict.STALE, "no abort to acknowledge")
+                self._decide(Verdict.ACT, "the sender confirmed no write is in flight")
         elif isinstance(event, PeerReady):
             tokens = self.initial_tokens
             self._decide(*self._servable(tokens) if tokens is not None else (Verdict.ACT,))
@@ -250,6 +254,14 @@ class ReceiverRoom(Room):
             self._decide(Verdict.VIOLATION, "short piece that is not the last")
         elif end == msg.total_tokens:
             self._decide(Verdict.ALL_DONE)
+        elif self.policy.spill is SpillMode.NEVER_SPILL and (
+            blocks_needed(msg.total_tokens, self.memory.block_size) > self.memory.total_blocks
+        ):
+            self._decide(
+                Verdict.VIOLATION,
+                f"{msg.total_tokens} tokens kept in place can never fit "
+                f"{self.memory.total_blocks} blocks of {self.memory.block_size}",
+            )
         else:
             verdict, reason = self._servable(self._resume_tokens(msg.total_tokens - end))
             self._decide(Verdict.MORE_OWED if verdict is Verdict.ACT else verdict, reason)
@@ -265,16 +277,16 @@ class ReceiverRoom(Room):
         return Verdict.ACT, ""
 
     def _classify_grant(self) -> None:
-        scheduler_blocks_due = self.initial_tokens is None and not self.provided
-        if (self.state == BOOTSTRAPPING and scheduler_blocks_due) or (
-            self.state in (WAITING, TRANSFERRING) and self.waiting_for_memory
-        ):
+        first_blocks_due = self.initial_tokens is None and not (
+            self.provided or self.outstanding or self.received
+        )
+        if self.waiting_for_memory or first_blocks_due:
             self._decide(Verdict.ACT)
         else:
             self._decide(Verdict.STALE, "blocks the room did not wait for")
 
     def _classify_tick(self) -> None:
-        if self.state in ACTIVE and self.now >= self.deadline:
+        if self.now >= self.deadline:
             waiting = " waiting for memory" if self.waiting_for_memory else ""
             self._decide(Verdict.DEADLINE, f"deadline passed in {self.state}{waiting}")
         elif self.quarantine and self.now >= self.quarantine_until:

@@ -18,7 +18,7 @@ from transitions import Machine
 from transitions.core import Condition, EventData, Transition
 
 from embxfer.fsm.actions import Action
-from embxfer.fsm.events import Event
+from embxfer.fsm.events import CallbackFailed, Event
 from embxfer.fsm.poll import STATE_NAMES, KVPoll
 
 LOG = logging.getLogger("embxfer.room")
@@ -135,8 +135,12 @@ class VerdictMachine(Machine):
 
 
 def build_machine(name: str, table: list[dict[str, Any]], on_enter: dict[str, str]) -> Machine:
-    """The flyweight machine for one role: shared by all its rooms, which it never holds."""
-    states = [{"name": s, "on_enter": on_enter[s]} if s in on_enter else s for s in STATE_NAMES]
+    """The flyweight machine for one role: shared by all its rooms, which it never holds.
+    Success and Failed are final: entering either runs ``Room._latch``."""
+    states = [
+        {"name": s, "final": s in TERMINAL, **({"on_enter": on_enter[s]} if s in on_enter else {})}
+        for s in STATE_NAMES
+    ]
     return VerdictMachine(
         model=None,
         name=name,
@@ -145,6 +149,7 @@ def build_machine(name: str, table: list[dict[str, Any]], on_enter: dict[str, st
         initial=BOOTSTRAPPING,
         auto_transitions=False,
         prepare_event="_classify",
+        on_final="_latch",
     )
 
 
@@ -155,6 +160,7 @@ class Room:
         "_actions",
         "_published",
         "_verdict",
+        "crash",
         "deadline",
         "ignored",
         "now",
@@ -182,16 +188,34 @@ class Room:
         self._actions: list[Action] = []
         self._verdict = Verdict.ACT
         self.verdict_reason = ""
+        self.crash = ""  # what a callback raised, if one ever did (a bug)
 
     # -- driving -------------------------------------------------------------------
     def handle(self, event: Event, now: float) -> list[Action]:
-        """Run one event at time ``now``; return the actions to carry out, in order."""
+        """Run one event at time ``now``; return the actions to carry out, in order.
+
+        Never raises: a callback that raises is a bug, and it fails this room (through
+        the table's ``crash`` rows), not the engine that drives every room."""
         self.now = now
-        trigger = self.TRIGGERS[type(event)]
-        self.MACHINE.events[trigger].trigger(self, event)
+        try:
+            self.MACHINE.events[self.TRIGGERS[type(event)]].trigger(self, event)
+        except Exception as exc:
+            self._crashed(event, exc)
         self._published = KVPoll[self.state]
         actions, self._actions = self._actions, []
         return actions
+
+    def _crashed(self, event: Event, exc: Exception) -> None:
+        """Discard the half-done step's actions and fail the room with the error. Blocks
+        the room recorded before the crash are freed by the failure as always."""
+        LOG.exception("room=%d crashed on %s in %s", self.room_id, type(event).__name__, self.state)
+        self._actions = []
+        self.crash = f"{type(event).__name__}: {exc!r}"
+        try:
+            self.MACHINE.events["crash"].trigger(self, CallbackFailed(self.crash))
+        except Exception:  # the failure path itself is broken: the room stays as it is
+            self._actions = []
+            LOG.exception("room=%d could not fail after a crash", self.room_id)
 
     @property
     def poll(self) -> KVPoll:
@@ -215,6 +239,17 @@ class Room:
         raise NotImplementedError
 
     # -- verdicts (the tables' conditions, checked by VerdictCondition) ---------------
+    def _classify(self, event: Event) -> None:
+        """Decide what ``event`` means for this room now (every table's prepare step)."""
+        if isinstance(event, CallbackFailed):
+            self._decide(Verdict.VIOLATION, f"internal error on {event.error}")
+        else:
+            self._classify_event(event)
+
+    def _classify_event(self, event: Event) -> None:
+        """The role's classifier."""
+        raise NotImplementedError
+
     def _decide(self, verdict: Verdict, reason: str = "") -> None:
         self._verdict = verdict
         self.verdict_reason = reason
@@ -233,6 +268,10 @@ class Room:
     def _progressed(self) -> None:
         """Something moved forward: push the no-progress deadline out."""
         self.deadline = self.now + self.timeouts.progress_s
+
+    def _latch(self, _event: Event) -> None:
+        """A terminal room has no deadline: time can only settle its memory now."""
+        self.deadline = float("inf")
 
     def _record_failure(self) -> None:
         self.reason = self.verdict_reason

@@ -15,6 +15,7 @@ from embxfer.fsm.actions import SendMessage, StopWaiting, StorePayload, WaitForM
 from embxfer.fsm.events import (
     AbortReceived,
     AbortRequested,
+    CallbackFailed,
     Event,
     MemoryGranted,
     PayloadReady,
@@ -25,6 +26,7 @@ from embxfer.fsm.events import (
     WriteFinished,
 )
 from embxfer.fsm.memory import BlockPool, blocks_needed
+from embxfer.fsm.messages import Abort, AbortAck, PieceWritten
 from embxfer.fsm.room import (
     ACTIVE,
     BOOTSTRAPPING,
@@ -39,7 +41,6 @@ from embxfer.fsm.room import (
     build_machine,
     verdict_table,
 )
-from embxfer.transport.messages import Abort, AbortAck, PieceWritten
 
 B, W, T, OK, F = BOOTSTRAPPING, WAITING, TRANSFERRING, SUCCESS, FAILED
 
@@ -69,16 +70,22 @@ SENDER_TABLE = verdict_table(
         ("write_done", [W, T], OK, "all_done", "_report_piece"),
         ("write_done", [W, T], T, "more_owed", "_report_piece"),
         ("write_done", ACTIVE, None, "", "_report_piece"),
-        ("write_done", F, None, "settle", "_settle_write"),
-        ("write_done", TERMINAL, None, "", "_ignore"),
+        ("write_done", F, None, "stale", "_ignore"),
+        ("write_done", F, None, "", "_settle_write"),  # over: owed notices, free memory
+        ("write_done", OK, None, "", "_ignore"),
         # Aborts: from the scheduler, or from a receiver (answered with AbortAck).
         ("abort", ACTIVE, F, "", ""),
         ("abort", TERMINAL, None, "", "_ignore"),
+        # Before every receiver joined, one may abort before its request arrives.
+        ("peer_abort", B, F, "", ""),
         ("peer_abort", [W, T], None, "stale", "_ignore"),
-        ("peer_abort", ACTIVE, F, "", ""),
+        ("peer_abort", [W, T], F, "", ""),
         ("peer_abort", TERMINAL, None, "", "_acknowledge_abort"),
         ("peer_lost", ACTIVE, F, "violation", ""),
         ("peer_lost", [*ACTIVE, *TERMINAL], None, "", "_ignore"),
+        # A callback raised (a bug): the room fails with the error.
+        ("crash", ACTIVE, F, "", ""),
+        ("crash", TERMINAL, None, "", "_ignore"),
         # Time passes.
         ("tick", ACTIVE, F, "deadline_passed", ""),
         ("tick", [*ACTIVE, *TERMINAL], None, "", "_ignore"),
@@ -124,6 +131,7 @@ class SenderRoom(Room):
         AbortReceived: "peer_abort",
         PeerLost: "peer_lost",
         MemoryGranted: "granted",
+        CallbackFailed: "crash",
         Tick: "tick",
         Released: "release",
     }
@@ -155,7 +163,7 @@ class SenderRoom(Room):
         return float("inf") if self.terminal else self.deadline
 
     # -- classification: what each event means in the current state ------------------
-    def _classify(self, event: Event) -> None:
+    def _classify_event(self, event: Event) -> None:
         if isinstance(event, RequestReceived):
             self._classify_request(event)
         elif isinstance(event, PayloadReady):
@@ -165,12 +173,13 @@ class SenderRoom(Room):
         elif isinstance(event, AbortRequested):
             self._decide(Verdict.ACT, f"aborted by scheduler: {event.reason}")
         elif isinstance(event, AbortReceived):
-            if self.state != BOOTSTRAPPING and event.peer not in self.receivers:
-                # Once every receiver has joined, only they can abort the room; in
-                # Bootstrapping a receiver may abort before its request arrives.
-                self._decide(Verdict.STALE, f"{event.peer} is not a receiver of this room")
-            else:
+            if event.peer in self.receivers:
                 self._decide(Verdict.ACT, f"aborted by receiver {event.peer}: {event.reason}")
+            else:
+                self._decide(
+                    Verdict.STALE,
+                    f"aborted by {event.peer}, not a receiver of this room (yet): {event.reason}",
+                )
         elif isinstance(event, PeerLost):
             if event.peer in self.receivers:
                 self._decide(Verdict.VIOLATION, f"receiver {event.peer} lost")
@@ -241,8 +250,6 @@ class SenderRoom(Room):
         progress = self.receivers.get(event.receiver)
         if progress is None or not progress.in_flight or progress.requested_at != event.sent_tokens:
             self._decide(Verdict.STALE, "no such write in flight")
-        elif self.state == FAILED:
-            self._decide(Verdict.SETTLE)
         elif not event.ok:
             self._decide(Verdict.VIOLATION, f"write to {event.receiver} failed: {event.reason}")
         else:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from embxfer.transport.messages import Message
+from embxfer.fsm.messages import Message
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from embxfer.transport.messages import Message
+from embxfer.fsm.messages import Message
 
 INJECTED_WRITE_FAILURE = "injected write failure"
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
+from embxfer.fsm.messages import Message
 from embxfer.transport.base import Inbound, Segment, WriteResult
 from embxfer.transport.faults import Delivery, Faults
-from embxfer.transport.messages import Message
 from embxfer.transport.wire import RejectCounter, decode_inbound, encode
 
 

@@ -14,14 +14,14 @@ from typing import Generic, Literal, TypeVar
 
 import msgspec
 
-from embxfer.transport.base import Inbound
-from embxfer.transport.messages import (
+from embxfer.fsm.messages import (
     PROTOCOL_VERSION,
     Message,
     PieceRequest,
     PieceWritten,
     Register,
 )
+from embxfer.transport.base import Inbound
 
 MAX_FRAME_BYTES = 1 << 20
 MAX_BLOCKS_PER_REQUEST = 1 << 20

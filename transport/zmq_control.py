@@ -26,9 +26,9 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
+from embxfer.fsm.messages import Message
 from embxfer.transport.base import Inbound
 from embxfer.transport.curve_keys import AllowList, EngineKeys
-from embxfer.transport.messages import Message
 from embxfer.transport.wire import RejectCounter, WireError, decode_inbound, encode
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from embxfer.bench.core import Metric
+from embxfer.bench import pressure
+from embxfer.bench.core import Metric, Spread
 
 
 def _pyplot() -> Any:
@@ -23,7 +24,8 @@ def _pyplot() -> Any:
 
 def write_charts(metrics: Sequence[Metric], directory: Path) -> list[Path]:
     """``goals.png`` (every goal, as headroom), ``timings.png`` (each transfer beside
-    its baseline), ``allocator.png`` and ``adaptive.png``; returns the files written."""
+    its baseline), ``allocator.png``, ``adaptive.png`` and ``pressure.png``; returns
+    the files written."""
     plt = _pyplot()
     directory.mkdir(parents=True, exist_ok=True)
     by_name = {metric.name: metric for metric in metrics}
@@ -33,6 +35,7 @@ def write_charts(metrics: Sequence[Metric], directory: Path) -> list[Path]:
         ("timings", _timings),
         ("allocator", _allocator),
         ("adaptive", _adaptive),
+        ("pressure", _pressure),
     ):
         figure = draw(plt, by_name)
         if figure is None:
@@ -143,3 +146,59 @@ def _adaptive(plt: Any, by_name: dict[str, Metric]) -> Any:
     axes.set_title("adaptive first allocation: memory")
     axes.legend()
     return figure
+
+
+def _pressure(plt: Any, by_name: dict[str, Metric]) -> Any:
+    """Rooms/s and room latency against concurrency, one color per transport, with the
+    interquartile range of the runs (the receiver's pool fits a quarter of the rooms)."""
+    figure, (rate_axes, latency_axes) = plt.subplots(1, 2, figsize=(9, 3.4))
+    drawn = False
+    for color, transport in enumerate(pressure.TRANSPORTS):
+        for axes, measure, style in (
+            (rate_axes, "rooms_per_s", "-"),
+            (latency_axes, "p50_ms", "-"),
+            (latency_axes, "p99_ms", "--"),
+        ):
+            points = _sweep(by_name, transport, measure)
+            if not points:
+                continue
+            drawn = True
+            axes.errorbar(
+                [concurrency for concurrency, _ in points],
+                [spread.median for _, spread in points],
+                yerr=[
+                    [spread.median - spread.low for _, spread in points],
+                    [spread.high - spread.median for _, spread in points],
+                ],
+                marker="o",
+                capsize=4,
+                linestyle=style,
+                color=f"C{color}",
+                label=transport if measure == "rooms_per_s" else f"{transport} {measure[:3]}",
+            )
+    if not drawn:
+        plt.close(figure)
+        return None
+    for axes in (rate_axes, latency_axes):
+        axes.set_xscale("log", base=2)
+        axes.set_xticks(pressure.CONCURRENCY, [str(c) for c in pressure.CONCURRENCY])
+        axes.minorticks_off()
+        axes.set_xlabel("rooms open at once (pool: a quarter)")
+        axes.legend(fontsize=8)
+    rate_axes.set_ylim(bottom=0)
+    rate_axes.set_ylabel("rooms/s (median)")
+    rate_axes.set_title("throughput under memory pressure")
+    latency_axes.set_yscale("log")
+    latency_axes.set_ylabel("room latency, ms")
+    latency_axes.set_title("latency: p50 (solid), p99 (dashed)")
+    return figure
+
+
+def _sweep(by_name: dict[str, Metric], transport: str, measure: str) -> list[tuple[int, Spread]]:
+    """(concurrency, spread of the runs) of each point of the pressure sweep measured."""
+    points = []
+    for concurrency in pressure.CONCURRENCY:
+        metric = by_name.get(pressure.point_name(transport, concurrency, measure))
+        if metric is not None and metric.spread is not None:
+            points.append((concurrency, metric.spread))
+    return points

@@ -16,19 +16,12 @@ import tracemalloc
 from embxfer.bench.core import BenchSettings, Metric, Spread, at_most
 from embxfer.buffers.allocator import FreeListAllocator
 from embxfer.buffers.fair_pool import FairPool
-from embxfer.fsm.actions import SendMessage
-from embxfer.fsm.events import (
-    PayloadReady,
-    PeerReady,
-    PieceArrived,
-    Released,
-    RequestReceived,
-    WriteFinished,
-)
+from embxfer.fsm.actions import Action, SendMessage
+from embxfer.fsm.events import Event, PayloadReady, PeerReady, Released, WriteFinished
 from embxfer.fsm.receiver import ReceiverRoom
 from embxfer.fsm.room import Timeouts
+from embxfer.fsm.routing import Role, room_event
 from embxfer.fsm.sender import SenderRoom
-from embxfer.transport.messages import PieceRequest, PieceWritten
 
 SENDER = "tcp://127.0.0.1:5000"
 RECEIVER = "tcp://127.0.0.1:5001"
@@ -52,16 +45,14 @@ class Pair:
         receiver = ReceiverRoom(room_id, SENDER, self.receiver_memory, TOKENS, _TIMEOUTS, 0.0)
         sender = SenderRoom(room_id, self.sender_memory, _TIMEOUTS, 0.0)
         (ask,) = receiver.handle(PeerReady(), 0.0)
-        assert isinstance(ask, SendMessage) and isinstance(ask.message, PieceRequest)
-        sender.handle(RequestReceived(RECEIVER, ask.message), 0.0)
+        sender.handle(_arriving("sender", RECEIVER, ask), 0.0)
         sender.handle(PayloadReady(TOKENS, None), 0.0)
         return sender, receiver
 
     def finish(self, sender: SenderRoom, receiver: ReceiverRoom) -> None:
         """The rest of the lifecycle: write done, piece reported, both released."""
         report = sender.handle(WriteFinished(RECEIVER, 0, True), 0.0)[-1]
-        assert isinstance(report, SendMessage) and isinstance(report.message, PieceWritten)
-        receiver.handle(PieceArrived(SENDER, report.message), 0.0)
+        receiver.handle(_arriving("receiver", SENDER, report), 0.0)
         receiver.handle(Released(), 0.0)
         sender.handle(Released(), 0.0)
 
@@ -69,6 +60,14 @@ class Pair:
         sender, receiver = self.open(room_id)
         self.finish(sender, receiver)
         return sender, receiver
+
+
+def _arriving(role: Role, peer: str, action: Action) -> Event:
+    """The event ``action`` (a message sent) is when it reaches the other room."""
+    assert isinstance(action, SendMessage)
+    routed = room_event(role, peer, action.message)
+    assert routed is not None
+    return routed[1]
 
 
 def _pair(rooms: int) -> Pair:

@@ -14,7 +14,7 @@ from importlib import metadata
 import torch
 from tqdm import tqdm
 
-from embxfer.bench import adaptive, allocator, buffers, mooncake, protocol, rooms
+from embxfer.bench import adaptive, allocator, buffers, mooncake, pressure, protocol, rooms
 from embxfer.bench.core import BenchSettings, Metric
 
 Benchmark = Callable[[BenchSettings], list[Metric]]
@@ -25,6 +25,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "buffers": buffers.run,
     "adaptive": adaptive.run,
     "rooms": rooms.run,
+    "pressure": pressure.run,
     "mooncake": mooncake.run,
 }
 

@@ -20,8 +20,8 @@ from types import TracebackType
 
 import zmq
 
+from embxfer.fsm.messages import Abort
 from embxfer.transport.curve_keys import AllowList, EngineKeys
-from embxfer.transport.messages import Abort
 from embxfer.transport.wire import encode
 
 from . import netns

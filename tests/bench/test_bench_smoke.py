@@ -24,6 +24,8 @@ GOALS = {
     "adaptive_memory_ratio",
     "alloc_free_growth_1k_to_100k",
     "protocol_bytes_per_room",
+    "pressure_rooms_per_s_ratio",
+    "waiting_cpu_share",
 }
 
 
@@ -45,12 +47,15 @@ def test_quick_run_reports_every_metric_as_json_and_charts(
         if value is None:
             assert metrics[name]["note"].startswith("skipped"), name
     assert metrics["rooms_per_s_mooncake"]["value"] is None  # --no-processes
+    assert metrics["pressure_mooncake_c256_rooms_per_s"]["value"] is None
+    assert ratios["pressure_inproc_c1024_p99_ms"] > 0
     assert {goal for goal in GOALS if metrics[goal]["goal"] is None} == set()
     assert report["machine"]["cores"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "adaptive.png",
         "allocator.png",
         "goals.png",
+        "pressure.png",
         "timings.png",
     ]
     assert "| metric | value |" in out

@@ -7,8 +7,8 @@ grace (a minute by default)."""
 from __future__ import annotations
 
 from embxfer import EngineConfig, KVPoll, Timeouts
+from embxfer.fsm.messages import PieceWritten
 from embxfer.transport.faults import FaultPlan
-from embxfer.transport.messages import PieceWritten
 from embxfer.workload import payload_for
 from tests.integration.pumping import Rig
 

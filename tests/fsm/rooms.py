@@ -14,10 +14,10 @@ from embxfer.fsm.events import (
     RequestReceived,
     WriteFinished,
 )
+from embxfer.fsm.messages import PieceRequest, PieceWritten
 from embxfer.fsm.receiver import ReceiverRoom
 from embxfer.fsm.room import Room, Timeouts
 from embxfer.fsm.sender import SenderRoom
-from embxfer.transport.messages import PieceRequest, PieceWritten
 
 BLOCK = 4
 ROOM = 7
@@ -79,14 +79,26 @@ def receiver_in(state: str, allocator: FreeListAllocator | None = None) -> Recei
 ACT, IGNORE, FAIL = "act", "ignore", "fail"
 
 
-def check_outcome(room: Room, event: Event, now: float, after: str, outcome: str) -> None:
-    """Run ``event`` and check the table's answer: the state after it, and whether the
-    room acted, ignored it (no action, counted) or failed (with a reason)."""
+def emitted(actions: list[Action]) -> tuple[str, ...]:
+    """What ``actions`` are, by name: a message sent is named by the message's kind."""
+    return tuple(
+        type(a.message).__name__ if isinstance(a, SendMessage) else type(a).__name__
+        for a in actions
+    )
+
+
+def check_outcome(
+    room: Room, event: Event, now: float, after: str, outcome: str, emits: tuple[str, ...] = ()
+) -> None:
+    """Run ``event`` and check the table's answer: the state after it, whether the room
+    acted, ignored it (counted) or failed (with a reason), and exactly the actions it
+    emitted (``emits``: an ignored event emits none)."""
     ignored = room.ignored
     actions = room.handle(event, now)
-    assert room.state == after
+    assert room.state == after, room.verdict_reason
+    assert emitted(actions) == emits, room.verdict_reason
     if outcome == IGNORE:
-        assert actions == [] and room.ignored == ignored + 1, room.verdict_reason
+        assert room.ignored == ignored + 1, room.verdict_reason
     else:
         assert room.ignored == ignored
     if outcome == FAIL:

@@ -16,9 +16,9 @@ import pytest
 from transitions.extensions import diagrams_graphviz
 
 from embxfer.cli import main
-from embxfer.diagram_cli import SPEC, SPEC_BLOCKS, export, splice
-from embxfer.fsm import diagram
 from embxfer.fsm.poll import STATE_NAMES
+from embxfer.tools import diagram
+from embxfer.tools.diagram_cli import SPEC, SPEC_BLOCKS, export, splice
 
 SPECS = Path(__file__).resolve().parents[2] / "specs"
 needs_dot = pytest.mark.skipif(diagram.graphviz_version() is None, reason="needs Graphviz 'dot'")

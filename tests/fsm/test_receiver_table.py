@@ -10,6 +10,7 @@ from embxfer.fsm.events import (
     AbortAckReceived,
     AbortReceived,
     AbortRequested,
+    CallbackFailed,
     Event,
     MemoryGranted,
     PeerLost,
@@ -18,10 +19,10 @@ from embxfer.fsm.events import (
     Released,
     Tick,
 )
+from embxfer.fsm.messages import PieceWritten
 from embxfer.fsm.policy import ResumePolicy, SpillMode
 from embxfer.fsm.poll import KVPoll
 from embxfer.fsm.receiver import ReceiverRoom
-from embxfer.transport.messages import PieceWritten
 
 from .rooms import (
     ACT,
@@ -60,6 +61,11 @@ CASES: dict[str, tuple[Event, float]] = {
     "tick_late": (Tick(), 100.0),
     "release": (Released(), 1.0),
     "granted": (MemoryGranted(()), 1.0),  # blocks the room did not wait for: see test_table
+    "crash": (CallbackFailed("PayloadReady: KeyError()"), 1.0),
+    "stranger_lost": (PeerLost(OTHER), 1.0),
+    "stranger_ack": (AbortAckReceived(OTHER), 1.0),
+    "whole_piece": (piece(0, 8, total=8), 1.0),  # one piece: all 8 tokens
+    "wrong_total": (piece(8, 2, total=12), 1.0),  # the total changed
 }
 
 B, W, T, OK, F = (s.name for s in (KVPoll(1), KVPoll(2), KVPoll(3), KVPoll(4), KVPoll(0)))
@@ -68,35 +74,47 @@ ACTIVE = (B, W, T)
 # W: first request (8 tokens) outstanding. T: 8 received, resume for 2 outstanding.
 # F: aborted in W, so the outstanding blocks are quarantined.
 EXPECTED: dict[tuple[str, str], tuple[str, str]] = {
-    (B, "peer_ready"): (W, ACT),
+    (B, "peer_ready"): (W, ACT, ("PieceRequest",)),
     (B, "first_piece"): (B, IGNORE),  # nothing requested yet: stale
     (B, "last_piece"): (B, IGNORE),
     (B, "oversized_piece"): (B, IGNORE),
     (W, "peer_ready"): (W, IGNORE),
-    (W, "first_piece"): (T, ACT),  # 8 of 10: resume
-    (W, "last_piece"): (F, FAIL),  # skips tokens 0..8
-    (W, "oversized_piece"): (F, FAIL),  # 9 tokens into 8 allocated
+    (W, "first_piece"): (T, ACT, ("PieceRequest",)),  # 8 of 10: resume
+    (W, "last_piece"): (F, FAIL, ("Abort",)),  # skips tokens 0..8
+    (W, "oversized_piece"): (F, FAIL, ("Abort",)),  # 9 tokens into 8 allocated
     (T, "peer_ready"): (T, IGNORE),
     (T, "first_piece"): (T, IGNORE),  # duplicate: below the outstanding sent_tokens
-    (T, "last_piece"): (OK, ACT),
+    (T, "last_piece"): (OK, ACT, ()),
     (T, "oversized_piece"): (T, IGNORE),
     **{(s, "stranger_piece"): (s, IGNORE) for s in ACTIVE},
-    **{(s, "sender_abort"): (F, FAIL) for s in ACTIVE},
+    **{(s, "sender_abort"): (F, FAIL, ()) for s in ACTIVE},  # no notice owed: it aborted
     **{(s, "stranger_abort"): (s, IGNORE) for s in ACTIVE},
     **{(s, "abort_ack"): (s, IGNORE) for s in ACTIVE},
-    **{(s, "abort"): (F, FAIL) for s in ACTIVE},
-    **{(s, "sender_lost"): (F, FAIL) for s in ACTIVE},
+    **{(s, "abort"): (F, FAIL, ("Abort",)) for s in ACTIVE},
+    **{(s, "sender_lost"): (F, FAIL, ("Abort",)) for s in ACTIVE},
     **{(s, "tick_early"): (s, IGNORE) for s in ACTIVE},
-    **{(s, "tick_late"): (F, FAIL) for s in ACTIVE},
-    **{(s, "release"): (F, FAIL) for s in ACTIVE},
+    **{(s, "tick_late"): (F, FAIL, ("Abort",)) for s in ACTIVE},
+    **{(s, "release"): (F, FAIL, ("Abort",)) for s in ACTIVE},
     **{(OK, case): (OK, IGNORE) for case in CASES if case != "release"},
-    (OK, "release"): (OK, ACT),
+    (OK, "release"): (OK, ACT, ()),
     **{(F, case): (F, IGNORE) for case in CASES},
-    (F, "sender_abort"): (F, ACT),  # the sender is quiet: quarantine ends
-    (F, "abort_ack"): (F, ACT),
-    (F, "tick_late"): (F, ACT),  # grace period over: quarantine ends
-    (F, "release"): (F, ACT),
+    (F, "sender_abort"): (F, ACT, ()),  # the sender is quiet: quarantine ends
+    (F, "abort_ack"): (F, ACT, ()),
+    (F, "tick_late"): (F, ACT, ()),  # grace period over: quarantine ends
+    (F, "release"): (F, ACT, ()),
     **{(s, "granted"): (s, IGNORE) for s in (B, W, T, OK, F)},  # given back at once
+    **{(s, "crash"): (F, FAIL, ("Abort",)) for s in (B, W, T)},
+    **{(s, "crash"): (s, IGNORE) for s in (OK, F)},
+    **{(s, "stranger_lost"): (s, IGNORE) for s in (B, W, T, OK, F)},
+    **{(s, "stranger_ack"): (s, IGNORE) for s in (B, W, T, OK, F)},
+    (B, "whole_piece"): (B, IGNORE),
+    (W, "whole_piece"): (OK, ACT, ()),
+    (T, "whole_piece"): (T, IGNORE),  # below the outstanding request: a late copy
+    (B, "wrong_total"): (B, IGNORE),
+    (W, "wrong_total"): (F, FAIL, ("Abort",)),  # not the offset requested
+    (T, "wrong_total"): (F, FAIL, ("Abort",)),
+    **{(s, "whole_piece"): (s, IGNORE) for s in (OK, F)},
+    **{(s, "wrong_total"): (s, IGNORE) for s in (OK, F)},
 }
 
 
@@ -112,7 +130,9 @@ def test_table(state: str, case: str) -> None:
     event, now = CASES[case]
     if isinstance(event, MemoryGranted):
         event = MemoryGranted(tuple(room.memory.take(BLOCK, BLOCK) or ()))
-    check_outcome(room, event, now, *EXPECTED[state, case])
+    after, outcome, *emits = EXPECTED[state, case]
+    assert emits or outcome == IGNORE, "an act or a failure says what it emits"
+    check_outcome(room, event, now, after, outcome, *emits)
     assert room.memory.free_blocks + len(room.held_blocks()) == 64
 
 
@@ -160,22 +180,25 @@ def test_resume_waits_for_memory_in_the_queue_until_the_deadline() -> None:
 
 
 def test_a_granted_resume_asks_for_the_rest() -> None:
-    allocator = FreeListAllocator(2, BLOCK)
+    allocator = FreeListAllocator(3, BLOCK)
     policy = ResumePolicy(spill=SpillMode.NEVER_SPILL)
     room = ReceiverRoom(ROOM, SENDER, memory(allocator), 8, TIMEOUTS, 0.0, policy)
     room.handle(PeerReady(), 0.0)
+    hog = allocator.alloc(BLOCK)  # the last free block goes elsewhere
+    assert hog is not None
     assert room.handle(piece(0, 8), 1.0) == [WaitForMemory(2, 2)]
-    room.memory.free(room.pieces[0].blocks[:1])  # as if another room's blocks came back
-    room.pieces[0] = room.pieces[0].__class__(0, 8, room.pieces[0].blocks[1:])
-    (ask,) = room.handle(MemoryGranted((0,)), 2.0)
+    allocator.free(hog)  # it comes back: the engine grants it to the waiting room
+    granted = tuple(allocator.alloc(BLOCK) or ())
+    (ask,) = room.handle(MemoryGranted(granted), 2.0)
     assert isinstance(ask, SendMessage) and ask.message.sent_tokens == 8
-    assert room.outstanding is not None and room.outstanding.blocks == (0,)
+    assert room.outstanding is not None and room.outstanding.blocks == granted
+    assert not room.waiting_for_memory
 
 
 def test_a_piece_that_can_never_fit_fails_the_room() -> None:
     policy = ResumePolicy(allow_partial=False)
     room = ReceiverRoom(ROOM, SENDER, memory(FreeListAllocator(1, BLOCK)), 8, TIMEOUTS, 0.0, policy)
-    check_outcome(room, PeerReady(), 0.0, F, FAIL)
+    check_outcome(room, PeerReady(), 0.0, F, FAIL, ("Abort",))
     assert "can never fit 1 blocks" in room.reason
 
 

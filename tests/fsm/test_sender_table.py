@@ -9,6 +9,7 @@ from embxfer.fsm.actions import StopWaiting, WaitForMemory
 from embxfer.fsm.events import (
     AbortReceived,
     AbortRequested,
+    CallbackFailed,
     Event,
     MemoryGranted,
     PayloadReady,
@@ -18,9 +19,9 @@ from embxfer.fsm.events import (
     Tick,
     WriteFinished,
 )
+from embxfer.fsm.messages import PieceRequest
 from embxfer.fsm.poll import STATE_NAMES
 from embxfer.fsm.sender import SenderRoom
-from embxfer.transport.messages import PieceRequest
 
 from .rooms import (
     ACT,
@@ -56,6 +57,9 @@ CASES: dict[str, tuple[Event, float]] = {
     "tick_late": (Tick(), 100.0),
     "release": (Released(), 1.0),
     "granted": (MemoryGranted(()), 1.0),  # blocks the room did not wait for: see test_table
+    "crash": (CallbackFailed("PayloadReady: KeyError()"), 1.0),
+    "stale_write": (WriteFinished(RECEIVER, 4, True), 1.0),  # no write at that offset
+    "empty_payload": (PayloadReady(0, None), 1.0),
 }
 
 B, W, T, OK, F = STATE_NAMES[1], STATE_NAMES[2], STATE_NAMES[3], STATE_NAMES[4], STATE_NAMES[0]
@@ -63,51 +67,55 @@ B, W, T, OK, F = STATE_NAMES[1], STATE_NAMES[2], STATE_NAMES[3], STATE_NAMES[4],
 # (state, case) -> (state after, outcome). W here has one receiver whose first piece
 # (8 of 10 tokens) is being written; T has that piece written and awaits the resume.
 EXPECTED: dict[tuple[str, str], tuple[str, str]] = {
-    (B, "join"): (W, ACT),
-    (B, "duplicate_request"): (W, ACT),  # nothing seen yet: it is the join
-    (B, "resume"): (F, FAIL),  # resume from an unknown receiver
-    (B, "bad_allocation"): (F, FAIL),
-    (B, "payload"): (B, ACT),  # stored; written once receivers joined
+    (B, "join"): (W, ACT, ()),
+    (B, "duplicate_request"): (W, ACT, ()),  # nothing seen yet: it is the join
+    (B, "resume"): (F, FAIL, ()),  # resume from an unknown receiver
+    (B, "bad_allocation"): (F, FAIL, ()),
+    (B, "payload"): (B, ACT, ("StorePayload",)),  # stored; written once receivers joined
     (B, "write_ok"): (B, IGNORE),
     (B, "write_failed"): (B, IGNORE),
-    (B, "abort"): (F, FAIL),
-    (B, "peer_abort"): (F, FAIL),
-    (B, "stranger_abort"): (F, FAIL),  # a receiver may abort before its request arrives
+    (B, "abort"): (F, FAIL, ()),
+    (B, "peer_abort"): (F, FAIL, ("AbortAck",)),
+    (B, "stranger_abort"): (
+        F,
+        FAIL,
+        ("AbortAck",),
+    ),  # a receiver may abort before its request arrives
     (B, "peer_lost"): (B, IGNORE),  # not a receiver of this room (yet)
     (B, "stranger_lost"): (B, IGNORE),
     (B, "tick_early"): (B, IGNORE),
-    (B, "tick_late"): (F, FAIL),
-    (B, "release"): (F, FAIL),
-    (W, "join"): (F, FAIL),  # more receivers than the room has
+    (B, "tick_late"): (F, FAIL, ()),
+    (B, "release"): (F, FAIL, ()),
+    (W, "join"): (F, FAIL, ()),  # more receivers than the room has
     (W, "duplicate_request"): (W, IGNORE),
-    (W, "resume"): (F, FAIL),  # resume while the piece is still being written
-    (W, "bad_allocation"): (F, FAIL),
+    (W, "resume"): (F, FAIL, ()),  # resume while the piece is still being written
+    (W, "bad_allocation"): (F, FAIL, ()),
     (W, "payload"): (W, IGNORE),  # already handed over
-    (W, "write_ok"): (T, ACT),  # 8 of 10 written: a resume is owed
-    (W, "write_failed"): (F, FAIL),
-    (W, "abort"): (F, FAIL),
-    (W, "peer_abort"): (F, FAIL),
+    (W, "write_ok"): (T, ACT, ("PieceWritten",)),  # 8 of 10 written: a resume is owed
+    (W, "write_failed"): (F, FAIL, ("Abort",)),
+    (W, "abort"): (F, FAIL, ()),
+    (W, "peer_abort"): (F, FAIL, ()),
     (W, "stranger_abort"): (W, IGNORE),  # every receiver joined: not one of them
-    (W, "peer_lost"): (F, FAIL),
+    (W, "peer_lost"): (F, FAIL, ()),
     (W, "stranger_lost"): (W, IGNORE),
     (W, "tick_early"): (W, IGNORE),
-    (W, "tick_late"): (F, FAIL),
-    (W, "release"): (F, FAIL),
-    (T, "join"): (F, FAIL),
+    (W, "tick_late"): (F, FAIL, ()),
+    (W, "release"): (F, FAIL, ()),
+    (T, "join"): (F, FAIL, ("Abort",)),
     (T, "duplicate_request"): (T, IGNORE),  # sent_tokens 0 is below the last request
-    (T, "resume"): (T, ACT),  # writes the remaining 2 tokens
-    (T, "bad_allocation"): (F, FAIL),
+    (T, "resume"): (T, ACT, ("WritePiece",)),  # writes the remaining 2 tokens
+    (T, "bad_allocation"): (F, FAIL, ("Abort",)),
     (T, "payload"): (T, IGNORE),
     (T, "write_ok"): (T, IGNORE),  # no write in flight
     (T, "write_failed"): (T, IGNORE),
-    (T, "abort"): (F, FAIL),
-    (T, "peer_abort"): (F, FAIL),
+    (T, "abort"): (F, FAIL, ("Abort",)),
+    (T, "peer_abort"): (F, FAIL, ("AbortAck",)),
     (T, "stranger_abort"): (T, IGNORE),
-    (T, "peer_lost"): (F, FAIL),
+    (T, "peer_lost"): (F, FAIL, ("Abort",)),
     (T, "stranger_lost"): (T, IGNORE),
     (T, "tick_early"): (T, IGNORE),
-    (T, "tick_late"): (F, FAIL),
-    (T, "release"): (F, FAIL),
+    (T, "tick_late"): (F, FAIL, ("Abort",)),
+    (T, "release"): (F, FAIL, ("Abort",)),
     (OK, "join"): (OK, IGNORE),
     (OK, "duplicate_request"): (OK, IGNORE),
     (OK, "resume"): (OK, IGNORE),
@@ -116,29 +124,36 @@ EXPECTED: dict[tuple[str, str], tuple[str, str]] = {
     (OK, "write_ok"): (OK, IGNORE),
     (OK, "write_failed"): (OK, IGNORE),
     (OK, "abort"): (OK, IGNORE),
-    (OK, "peer_abort"): (OK, ACT),  # answered with AbortAck
-    (OK, "stranger_abort"): (OK, ACT),  # acknowledged: nothing is in flight
+    (OK, "peer_abort"): (OK, ACT, ("AbortAck",)),  # answered with AbortAck
+    (OK, "stranger_abort"): (OK, ACT, ("AbortAck",)),  # acknowledged: nothing is in flight
     (OK, "peer_lost"): (OK, IGNORE),
     (OK, "stranger_lost"): (OK, IGNORE),
     (OK, "tick_early"): (OK, IGNORE),
     (OK, "tick_late"): (OK, IGNORE),
-    (OK, "release"): (OK, ACT),
-    (F, "join"): (F, ACT),  # a late receiver is told the room is over
+    (OK, "release"): (OK, ACT, ()),
+    (F, "join"): (F, ACT, ("Abort",)),  # a late receiver is told the room is over
     (F, "duplicate_request"): (F, IGNORE),
     (F, "resume"): (F, IGNORE),
-    (F, "bad_allocation"): (F, ACT),
+    (F, "bad_allocation"): (F, ACT, ("Abort",)),
     (F, "payload"): (F, IGNORE),
     (F, "write_ok"): (F, IGNORE),  # no write was in flight when it failed
     (F, "write_failed"): (F, IGNORE),
     (F, "abort"): (F, IGNORE),
-    (F, "peer_abort"): (F, ACT),
-    (F, "stranger_abort"): (F, ACT),
+    (F, "peer_abort"): (F, ACT, ("AbortAck",)),
+    (F, "stranger_abort"): (F, ACT, ("AbortAck",)),
     (F, "peer_lost"): (F, IGNORE),
     (F, "stranger_lost"): (F, IGNORE),
     (F, "tick_early"): (F, IGNORE),
     (F, "tick_late"): (F, IGNORE),
-    (F, "release"): (F, ACT),
+    (F, "release"): (F, ACT, ()),
     **{(s, "granted"): (s, IGNORE) for s in (B, W, T, OK, F)},  # given back at once
+    (B, "crash"): (F, FAIL, ()),
+    (W, "crash"): (F, FAIL, ()),  # the notice waits for the write in flight
+    (T, "crash"): (F, FAIL, ("Abort",)),
+    **{(s, "crash"): (s, IGNORE) for s in (OK, F)},
+    **{(s, "stale_write"): (s, IGNORE) for s in (B, W, T, OK, F)},
+    (B, "empty_payload"): (F, FAIL, ()),
+    **{(s, "empty_payload"): (s, IGNORE) for s in (W, T, OK, F)},  # handed over already
 }
 
 
@@ -162,7 +177,9 @@ def test_table(state: str, case: str) -> None:
     event, now = CASES[case]
     if isinstance(event, MemoryGranted):
         event = MemoryGranted(tuple(room.memory.take(BLOCK, BLOCK) or ()))
-    check_outcome(room, event, now, *EXPECTED[state, case])
+    after, outcome, *emits = EXPECTED[state, case]
+    assert emits or outcome == IGNORE, "an act or a failure says what it emits"
+    check_outcome(room, event, now, after, outcome, *emits)
     assert room.memory.free_blocks + len(room.src_blocks) == 64
 
 
@@ -218,7 +235,7 @@ def test_a_room_failing_in_the_queue_leaves_it_and_says_why() -> None:
 
 def test_a_payload_larger_than_the_pool_fails_at_once() -> None:
     room = sender_in(W, FreeListAllocator(2, BLOCK))
-    check_outcome(room, PayloadReady(TOTAL, None), 1.0, F, FAIL)
+    check_outcome(room, PayloadReady(TOTAL, None), 1.0, F, FAIL, ("Abort",))
     assert "can never fit 2 blocks" in room.reason
 
 

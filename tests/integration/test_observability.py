@@ -7,8 +7,8 @@ import logging
 import pytest
 
 from embxfer import EngineConfig, KVPoll, metrics
+from embxfer.fsm.messages import PieceWritten
 from embxfer.metrics import NoMetrics, PrometheusMetrics, default_metrics
-from embxfer.transport.messages import PieceWritten
 from embxfer.transport.wire import encode
 from embxfer.workload import payload_for
 from tests.integration.pumping import Rig

@@ -31,6 +31,7 @@ from typing import Any, TypeVar, get_args
 import pytest
 
 from embxfer.demo import DemoSettings, RoomOutcome, receiver_outcome
+from embxfer.fsm.messages import Abort
 from embxfer.fsm.poll import KVPoll
 from embxfer.fuzz import (
     OVERSIZED,
@@ -47,7 +48,6 @@ from embxfer.remote import NetworkConfig, remote_receiver, remote_sender
 from embxfer.runtime import Runtime
 from embxfer.sender import SenderEngine
 from embxfer.transport.curve_keys import AllowList, EngineKeys, generate_keys
-from embxfer.transport.messages import Abort
 from embxfer.transport.mooncake_data import available
 from embxfer.transport.wire import RejectReason, encode
 from embxfer.workload import payload_for

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from embxfer.fuzz import SAMPLE_MESSAGES, SAMPLE_REGIONS
-from embxfer.transport.messages import (
+from embxfer.fsm.messages import (
     Abort,
     AbortAck,
     BufferRegion,
@@ -16,6 +15,7 @@ from embxfer.transport.messages import (
     Register,
     RegisterAck,
 )
+from embxfer.fuzz import SAMPLE_MESSAGES, SAMPLE_REGIONS
 from embxfer.transport.wire import (
     MAX_BLOCK_SIZE,
     MAX_INT,

@@ -8,10 +8,10 @@ import dataclasses
 import pytest
 import torch
 
+from embxfer.fsm.messages import AbortAck, Heartbeat, Message
 from embxfer.transport.base import Segment
 from embxfer.transport.faults import INJECTED_WRITE_FAILURE, FaultPlan
 from embxfer.transport.inproc import InprocControlChannel, InprocDataTransport, InprocNetwork
-from embxfer.transport.messages import AbortAck, Heartbeat, Message
 
 
 def rooms(channel: InprocControlChannel) -> list[int]:

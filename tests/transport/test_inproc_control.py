@@ -7,9 +7,9 @@ import threading
 
 import pytest
 
+from embxfer.fsm.messages import AbortAck, Heartbeat
 from embxfer.transport.base import ControlChannel, Inbound
 from embxfer.transport.inproc import InprocControlChannel, InprocNetwork
-from embxfer.transport.messages import AbortAck, Heartbeat
 from embxfer.transport.wire import encode
 
 

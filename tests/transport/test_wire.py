@@ -9,8 +9,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from embxfer.transport.base import Inbound
-from embxfer.transport.messages import (
+from embxfer.fsm.messages import (
     PROTOCOL_VERSION,
     Abort,
     AbortAck,
@@ -22,6 +21,7 @@ from embxfer.transport.messages import (
     Register,
     RegisterAck,
 )
+from embxfer.transport.base import Inbound
 from embxfer.transport.wire import (
     MAX_BLOCKS_PER_REQUEST,
     MAX_DETAIL_CHARS,

@@ -9,7 +9,7 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from embxfer.transport.messages import PROTOCOL_VERSION, Message
+from embxfer.fsm.messages import PROTOCOL_VERSION, Message
 from embxfer.transport.wire import WireError, decode, encode, validate
 
 from .message_samples import VALID_MESSAGES

@@ -14,9 +14,7 @@ import msgspec
 import pytest
 import zmq
 
-from embxfer.transport.base import ControlChannel, Inbound
-from embxfer.transport.curve_keys import EngineKeys, generate_keys
-from embxfer.transport.messages import (
+from embxfer.fsm.messages import (
     Abort,
     AbortAck,
     Heartbeat,
@@ -24,6 +22,8 @@ from embxfer.transport.messages import (
     PieceRequest,
     RegisterAck,
 )
+from embxfer.transport.base import ControlChannel, Inbound
+from embxfer.transport.curve_keys import EngineKeys, generate_keys
 from embxfer.transport.wire import MAX_FRAME_BYTES, encode
 from embxfer.transport.zmq_control import ZmqControlChannel
 

@@ -27,6 +27,7 @@ from embxfer.fsm.events import (
     Tick,
     WriteFinished,
 )
+from embxfer.fsm.messages import Abort, AbortAck, PieceRequest, PieceWritten
 from embxfer.fsm.policy import ResumePolicy, SpillMode
 from embxfer.fsm.receiver import ReceiverRoom
 from embxfer.fsm.sender import SenderRoom
@@ -48,29 +49,32 @@ from embxfer.simulation import (
     World,
     describe,
 )
-from embxfer.transport.messages import Abort, AbortAck, PieceRequest, PieceWritten
 
-MAX_ROOMS = 8  # rooms per example
-MAX_ACTIVE = 3  # rooms under way at once
 STRANGER = "M"  # a peer no engine registered
 DELAYS = st.sampled_from([0.5, 1.0, 2.0, 29.0, 30.0, 60.0, 65.0]) | st.floats(0.001, 100.0)
 
 
 @st.composite
-def configs(draw: st.DrawFn, tight: bool) -> SimConfig:
-    """Small engines, so resumes are frequent and freed blocks come back at once."""
+def configs(draw: st.DrawFn, tight: bool, sender_holds: int = 0) -> SimConfig:
+    """Small engines, so resumes are frequent and freed blocks come back at once.
+    ``sender_holds``: rooms whose largest payloads the sender's memory holds at once
+    (0: any size, so the sender may wait for memory too)."""
     block_size = draw(st.sampled_from([1, 2, 4]))
     cap = draw(st.none() | st.integers(1, 3).map(lambda blocks: blocks * block_size))
+    # Rooms that keep every piece in place while they wait may hold memory each other
+    # needs: the spec promises progress only to rooms that spill.
+    spills = [mode for mode in SpillMode if not sender_holds or mode is not SpillMode.NEVER_SPILL]
     policy = ResumePolicy(
-        spill=draw(st.sampled_from(SpillMode)),
+        spill=draw(st.sampled_from(spills)),
         max_resume_tokens=cap,
         allow_partial=draw(st.booleans()),
     )
+    receiver_blocks = draw(st.integers(2, 6) if tight else st.integers(4, 24))
     return SimConfig(
         receivers=draw(st.integers(1, 3)),
         block_size=block_size,
-        sender_blocks=draw(st.integers(8, 40)),
-        receiver_blocks=draw(st.integers(2, 6) if tight else st.integers(4, 24)),
+        sender_blocks=sender_holds * 2 * receiver_blocks or draw(st.integers(8, 40)),
+        receiver_blocks=receiver_blocks,
         policy=policy,
     )
 
@@ -81,6 +85,9 @@ class WorldMachine(RuleBasedStateMachine):
     FAULT_KINDS: ClassVar[tuple[str, ...]] = FAULTS  # each example draws a subset
     HOSTILE: ClassVar[bool] = True  # forge illegal messages, inject stray events
     TIGHT: ClassVar[bool] = False  # receivers with 2 to 6 blocks
+    MAX_ROOMS: ClassVar[int] = 8  # rooms per example
+    MAX_ACTIVE: ClassVar[int] = 3  # rooms under way at once
+    ELSEWHERE: ClassVar[bool] = True  # time passes, memory goes to others (hogs)
 
     def __init__(self) -> None:
         super().__init__()
@@ -106,7 +113,8 @@ class WorldMachine(RuleBasedStateMachine):
     def start(self, data: st.DataObject, seed: int) -> None:
         """A world, and the fault kinds this example injects: a random subset ("swarm
         testing"), so that each example hammers a few kinds hard."""
-        config = data.draw(configs(self.TIGHT))
+        holds = 0 if self.ELSEWHERE else self.MAX_ACTIVE
+        config = data.draw(configs(self.TIGHT, sender_holds=holds))
         self._world = World(config, ByteData(config, seed), Budget(kills=1))
         kinds = st.lists(st.sampled_from(self.FAULT_KINDS), min_size=1, unique=True)
         self.faults = tuple(data.draw(kinds))
@@ -120,8 +128,8 @@ class WorldMachine(RuleBasedStateMachine):
             if not all(world.rooms[(e, room)].terminal for e in (SENDER, *members))
         )
         return (
-            self.opened < MAX_ROOMS
-            and active < MAX_ACTIVE
+            self.opened < self.MAX_ROOMS
+            and active < self.MAX_ACTIVE
             and SENDER not in world.dead
             and any(r not in world.dead for r in world.config.receiver_names)
         )
@@ -176,6 +184,8 @@ class WorldMachine(RuleBasedStateMachine):
 
     def _may_advance(self) -> bool:
         world = self.world
+        if not self.ELSEWHERE:
+            return False
         return world.time_limit() > world.now and ("delay" in self.faults or not world.owed())
 
     @precondition(lambda self: self._may_advance())
@@ -189,6 +199,7 @@ class WorldMachine(RuleBasedStateMachine):
     def _live_engines(self) -> list[str]:
         return [e for e in self.world.engines if e not in self.world.dead]
 
+    @precondition(lambda self: self.ELSEWHERE)
     @rule(data=st.data())
     def hog(self, data: st.DataObject) -> None:
         """Memory goes to something else, so allocations (resumes) must wait."""
@@ -301,3 +312,40 @@ class ResumeMachine(WorldMachine):
     FAULT_KINDS = ("reorder", "dup")
     HOSTILE = False
     TIGHT = True
+
+
+class PressureMachine(WorldMachine):
+    """Liveness under memory pressure: up to six rooms at once on receivers of two to six
+    blocks (smaller than one room), a network that loses nothing, no other users of
+    memory, and a sender whose memory holds every open room's payload (the spec's
+    progress rule). Every room whose smallest piece fits must reach Success without
+    time passing: the world reports a deadlock as soon as rooms wait for memory that
+    nothing can free, and ``teardown`` first lets the healthy system finish."""
+
+    FAULT_KINDS = ("reorder", "dup")
+    HOSTILE = False
+    TIGHT = True
+    MAX_ROOMS = 12
+    MAX_ACTIVE = 6
+    ELSEWHERE = False
+
+    @rule()
+    def settle(self) -> None:
+        """The healthy system finishes what it has (payloads handed, messages and writes
+        delivered, rooms released, no time passing): every room must then be done."""
+        world = self.world
+        for _ in range(10_000):
+            moves = [m for m in world.legal_moves() if not isinstance(m, Advance)]
+            if not moves:
+                break
+            self._apply(moves[0])
+        for room_id, members in world.members.items():
+            if room_id in world.tainted:
+                continue  # refused: a piece that can never fit its receiver
+            states = [world.rooms[(engine, room_id)].state for engine in (SENDER, *members)]
+            assert set(states) == {"Success"}, f"room {room_id} ended {states}"
+
+    def teardown(self) -> None:
+        if self._world is not None and not self.broken:
+            self.settle()
+            self.world.wind_down()

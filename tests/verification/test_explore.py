@@ -36,6 +36,14 @@ def test_faulty_interleavings_keep_every_invariant(
     assert report.states > 1_000
 
 
+def test_rooms_sharing_memory_all_succeed_in_every_interleaving() -> None:
+    """Three rooms on receivers of two blocks: they wait for memory in turn, and no
+    ordering leaves one waiting with nothing left to free memory (a deadlock)."""
+    report = explore(ExploreSettings(receivers=1, max_resumes=2, rooms=3, faults=()))
+    assert report.violations == 0 and report.complete
+    assert report.states > 2_000
+
+
 def test_state_cap_marks_the_search_incomplete() -> None:
     report = explore(ExploreSettings(receivers=2, max_resumes=1, max_states=500))
     assert not report.complete and report.states == 500

@@ -3,7 +3,10 @@
 The seeds' two resume bugs (dedup keyed on block indices; a resume that enqueues no
 transfer, on either side) must be found by the explorer within a few hundred states and
 by the lossless Hypothesis machine within a few examples; ``late-write`` (the fix of the
-use after free undone) by the explorer once time may pass with work pending.
+use after free undone) by the explorer once time may pass with work pending. Under
+memory pressure, a queue that serves the newest waiter first (``lifo-queue``) and a
+receiver that waits holding its pieces (``hold-while-waiting``) are found by both tools
+with several rooms at once: the first breaks fairness, the second deadlocks.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from hypothesis.stateful import run_state_machine_as_test
 from embxfer.explore import ExploreSettings, explore
 from embxfer.simulation import Violation, mutant
 
-from .machines import ResumeMachine
+from .machines import PressureMachine, ResumeMachine
 
 RESUME_MUTANTS = ["dedup-on-blocks", "no-resume-request", "no-resume-write"]
 
@@ -40,6 +43,35 @@ def test_hypothesis_catches(name: str) -> None:
     )
     with mutant(name), pytest.raises(Violation, match="is stuck"):
         run_state_machine_as_test(ResumeMachine, settings=quick)
+
+
+PRESSURE_MUTANTS = {
+    "lifo-queue": (3, "waited ahead of it"),  # (rooms at once in the explorer, the report)
+    "hold-while-waiting": (2, "deadlock"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PRESSURE_MUTANTS))
+def test_explorer_catches_under_memory_pressure(name: str) -> None:
+    rooms, report_says = PRESSURE_MUTANTS[name]
+    settings = ExploreSettings(receivers=1, max_resumes=2, rooms=rooms, faults=(), mutant=name)
+    report = explore(settings)
+    assert report.violations == 1 and report.states < 1_000
+    assert report_says in report.counterexample[-1]
+
+
+@pytest.mark.parametrize("name", sorted(PRESSURE_MUTANTS))
+def test_hypothesis_catches_under_memory_pressure(name: str) -> None:
+    quick = settings(
+        max_examples=100,
+        stateful_step_count=100,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        phases=[Phase.generate],
+    )
+    with mutant(name), pytest.raises(Violation, match=PRESSURE_MUTANTS[name][1]):
+        run_state_machine_as_test(PressureMachine, settings=quick)
 
 
 def test_explorer_catches_the_late_write() -> None:

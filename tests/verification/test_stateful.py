@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .machines import ProtocolMachine, ResumeMachine
+from .machines import PressureMachine, ProtocolMachine, ResumeMachine
 from .profiles import stateful
 
 TestProtocol = ProtocolMachine.TestCase
@@ -10,3 +10,6 @@ TestProtocol.settings = stateful(examples=600, steps=100)
 
 TestResume = ResumeMachine.TestCase
 TestResume.settings = stateful(examples=600, steps=100)
+
+TestPressure = PressureMachine.TestCase
+TestPressure.settings = stateful(examples=300, steps=100)

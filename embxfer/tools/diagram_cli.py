@@ -1,7 +1,7 @@
 """``embxfer diagram``: the room machines as Mermaid, DOT, SVG or a markdown table, and
 ``--export DIR`` to regenerate every diagram and generated block of ``specs/``.
 
-Everything comes from ``embxfer.fsm.diagram``, which reads the runtime machines, so the
+Everything comes from ``embxfer.tools.diagram``, which reads the runtime machines, so the
 spec cannot drift from the code without ``tests/fsm/test_diagrams.py`` noticing.
 """
 
@@ -13,9 +13,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from embxfer.fsm import diagram
 from embxfer.fsm.policy import ResumePolicy
 from embxfer.fsm.poll import STATE_NAMES
+from embxfer.tools import diagram
 
 SPEC = "protocol.md"
 FORMATS = ("mermaid", "dot", "svg", "table")

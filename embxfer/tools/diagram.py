@@ -24,23 +24,22 @@ from transitions import Machine
 from transitions.extensions import GraphMachine
 
 from embxfer.buffers.allocator import FreeListAllocator
-from embxfer.buffers.blocks import blocks_needed
 from embxfer.buffers.fair_pool import FairPool
 from embxfer.fsm.actions import Action, SendMessage, SpillPiece, StorePayload, WritePiece
 from embxfer.fsm.events import (
     Event,
     PayloadReady,
     PeerReady,
-    PieceArrived,
     Released,
-    RequestReceived,
     WriteFinished,
 )
+from embxfer.fsm.memory import blocks_needed
+from embxfer.fsm.messages import PieceRequest, PieceWritten
 from embxfer.fsm.policy import ResumePolicy
 from embxfer.fsm.receiver import RECEIVER_MACHINE, ReceiverRoom
 from embxfer.fsm.room import ACTIVE, SUCCESS, TERMINAL, Room, Timeouts
+from embxfer.fsm.routing import room_event
 from embxfer.fsm.sender import SENDER_MACHINE, SenderRoom
-from embxfer.transport.messages import PieceRequest, PieceWritten
 
 Side = Literal["sender", "receiver"]
 SIDES: tuple[Side, ...] = ("sender", "receiver")
@@ -317,10 +316,13 @@ class _Exchange:
         if isinstance(action, WritePiece):
             done = WriteFinished(_L, action.sent_tokens, ok=True)
             self._queue.append((self.sender, done))
-        elif isinstance(action, SendMessage) and isinstance(action.message, PieceRequest):
-            self._queue.append((self.sender, RequestReceived(_L, action.message)))
-        elif isinstance(action, SendMessage) and isinstance(action.message, PieceWritten):
-            self._queue.append((self.receiver, PieceArrived(_E, action.message)))
+        elif isinstance(action, SendMessage):
+            to_sender = action.peer == _E
+            routed = room_event(
+                "sender" if to_sender else "receiver", _L if to_sender else _E, action.message
+            )
+            if routed is not None:
+                self._queue.append((self.sender if to_sender else self.receiver, routed[1]))
 
 
 def _walk(total_tokens: int, initial_tokens: int, policy: ResumePolicy) -> Iterator[str]:
