@@ -195,7 +195,16 @@ class ReceiverEngine(Runtime[ReceiverRoom]):
 
     # -- peers and time --------------------------------------------------------------
     def active_peers(self) -> Iterable[str]:
-        return {room.sender for room in self.rooms.values() if not room.terminal}
+        """Senders of open rooms, and every sender this engine is registered with.
+
+        A registration is watched like a room: both sides heartbeat it (the sender
+        heartbeats receivers it hears from), so a sender silent past the peer timeout
+        is lost, and the registration with it. Without that, a receiver idle through a
+        partition would keep a registration the sender gave up, and its next rooms would
+        ask as a stranger and be turned down until they timed out.
+        """
+        open_rooms = {room.sender for room in self.rooms.values() if not room.terminal}
+        return open_rooms | self.senders.keys()
 
     def forget_peer(self, peer: str) -> None:
         self.senders.pop(peer, None)

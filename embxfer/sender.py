@@ -19,6 +19,7 @@ from embxfer.buffers.segments import plan_segments
 from embxfer.config import EngineConfig
 from embxfer.fsm.actions import Action, SendMessage, StorePayload, WritePiece
 from embxfer.fsm.events import (
+    AbortReceived,
     AbortRequested,
     Event,
     PayloadReady,
@@ -26,6 +27,7 @@ from embxfer.fsm.events import (
     WriteFinished,
 )
 from embxfer.fsm.messages import (
+    AbortAck,
     BufferRegion,
     Message,
     Register,
@@ -100,19 +102,26 @@ class SenderEngine(Runtime[SenderRoom]):
         if routed is None:
             self.reject("unexpected_kind", peer, type(message).__name__)
             return
+        room_id, event = routed
+        room = self.rooms.get(room_id)
+        forgotten = room is None and self.is_closed(room_id)
+        if forgotten and isinstance(event, AbortReceived):
+            # A receiver gave up on a room this engine finished and forgot (its last
+            # notice was lost, in a partition say, after which this engine may have given
+            # the receiver up too). A room is forgotten only once none of its writes is in
+            # flight: say so, as the room would have, and the receiver frees the blocks it
+            # holds against a late write. That fails nothing, whoever asks.
+            self.control.send(peer, AbortAck(room_id))
         # Only a registered receiver can be in a room, so only one may ask or abort: a
         # stray peer guessing room ids must not fail other receivers' rooms.
         if peer not in self.receivers:
             self.reject("unregistered_peer", peer)
-            return
-        room_id, event = routed
-        room = self.rooms.get(room_id)
-        if room is not None:
+        elif room is not None:
             self.deliver(room, event)
-        elif self.is_closed(room_id):
-            self.reject("closed_room", peer, room=room_id)
-        else:
+        elif not forgotten:
             self._park(peer, room_id, event)
+        elif not isinstance(event, AbortReceived):
+            self.reject("closed_room", peer, room=room_id)
 
     def _park(self, peer: str, room_id: int, event: Event) -> None:
         """Hold a room's event for a room the scheduler has not created yet (it may be

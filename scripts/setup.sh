@@ -4,9 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Mooncake's wheel links against these; graphviz renders the SVG diagrams.
+# Mooncake's wheel links against these; graphviz renders the SVG diagrams; iproute2's
+# `ip` builds the network namespaces of `embxfer demo --hosts netns` (and its tests).
 need=()
-for pkg in libibverbs1 librdmacm1 libnuma1 graphviz; do
+for pkg in libibverbs1 librdmacm1 libnuma1 graphviz iproute2; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then
