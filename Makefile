@@ -4,7 +4,7 @@ STAMP := .venv/.installed
 
 .PHONY: demo test lint typecheck unit diagrams bench setup clean
 
-$(STAMP): pyproject.toml scripts/setup.sh
+$(STAMP): pyproject.toml scripts/setup.sh scripts/mooncake-extra.sh
 	bash scripts/setup.sh
 	touch $(STAMP)
 

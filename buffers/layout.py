@@ -78,6 +78,16 @@ class BufferLayout:
             return AUX_FIELDS * self.dtype(kind).itemsize
         return self.block_size * self.token_bytes(kind)
 
+    @property
+    def bytes_per_token(self) -> int:
+        """Bytes one token takes over every token kind: what a transfer moves per token."""
+        return sum(self.token_bytes(kind) for kind in TOKEN_KINDS)
+
+    @property
+    def bytes_per_block(self) -> int:
+        """Memory one block takes over every kind, aux included: sizes a pool in bytes."""
+        return sum(self.block_bytes(kind) for kind in ALL_KINDS)
+
     def tokens_to_blocks(self, num_tokens: int) -> int:
         """Blocks needed for ``num_tokens`` tokens (whole blocks, rounded up)."""
         return blocks_needed(num_tokens, self.block_size)

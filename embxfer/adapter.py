@@ -1,126 +1,321 @@
-"""Room handles shaped like SGLang's ``BaseKVSender`` / ``BaseKVReceiver``, so an SGLang
-scheduler's disaggregation loop can drive embxfer with its own calls.
+"""embxfer behind SGLang's connector interface: ``BaseKVManager``, ``BaseKVSender``
+and ``BaseKVReceiver`` of the released sglang (0.5.23), subclassed when sglang is
+installed (``embxfer.sglang_interface``), with the embedding meaning of each call.
 
-SGLang's connectors move data between buffers the *scheduler* allocates; embxfer owns
-its buffers and allocator (that is what lets a receiver resume into fresh blocks), so
-the index arguments are advisory and the encoder hands over the embedding itself:
+A request's embedding lives in blocks of an engine's buffers (``EngineConfig``'s
+layout: embeddings, fill ids, M-RoPE positions per token, one aux record per block
+holding the total length). The schedulers allocate those blocks themselves, from the
+manager's ``memory`` (the engine's fair pool: ``take`` returns None while others
+wait, and the scheduler keeps the request queued, SGLang's own back-pressure), and
+hand them to the room; from then on the room owns them and gives them back when it
+ends. When the language side's blocks are too few, the room allocates the rest from
+the same memory and resumes: beneath this interface, which never sees it.
 
-==============================================  ==========================================
-SGLang                                          embxfer
-==============================================  ==========================================
-``KVManager`` (one per process)                 ``SenderEngine`` / ``ReceiverEngine``
-``KVSender(mgr, bootstrap_addr, room, ...)``    ``mgr.create_room(room)``
-``sender.init(num_kv_indices, aux_index)``      the embedding's length in tokens, checked
-                                                by ``send``; ``aux_index`` unused (aux
-                                                lives in the room's first block)
-``sender.send(kv_indices)``                     ``handle.send(embedding)``: the payload,
-                                                copied into embxfer's own blocks
-``KVReceiver(mgr, bootstrap_addr, room)``       ``mgr.create_room(room, bootstrap_addr,
-                                                ...)``: bootstraps, then allocates and asks
-``receiver.init(kv_indices, aux_index)``        advisory: the engine has allocated already
-                                                (pass ``expected_tokens`` to the
-                                                constructor to size the first allocation)
-``poll() -> int``                               ``int(handle.poll())``: KVPoll's values
-``failure_exception()``                         raises ``TransferFailed`` with the reason
-``abort()``                                     ``handle.abort()``
-``clear()``                                     ``handle.release()``: frees the room's
-                                                blocks once no write can reach them
-==============================================  ==========================================
+==========================================  ============================================
+SGLang (``sglang.srt.disaggregation``)      embxfer
+==========================================  ============================================
+``KVManager(args, mode, server_args,        one engine per process: ``SenderEngine``
+is_mla_backend)``                           for ``prefill`` (the encoder side),
+                                            ``ReceiverEngine`` for ``decode`` (the
+                                            language side); built from
+                                            ``EngineConfig.from_env`` and
+                                            ``args.ib_device`` (RDMA) unless an
+                                            ``engine`` is passed; ``is_mla_backend``
+                                            means nothing for embeddings
+``mgr.register_to_bootstrap()``             nothing to register: a room's bootstrap
+                                            address is the encoder engine's control
+                                            address (``mgr.bootstrap_addr``), and
+                                            receivers register with it themselves
+``KVSender(mgr, bootstrap_addr, room,       ``engine.create_room(room)``;
+req_has_disagg_prefill_dp_rank)``           ``bootstrap_addr`` and the dp-rank flag
+                                            are not needed: receivers join the room
+``sender.init(num_kv_indices, aux_index)``  how many blocks the embedding spans;
+                                            ``aux_index`` must be None or the first
+                                            block (aux lives there)
+``sender.send(kv_indices, state_indices,    ``handle.send_blocks``: the blocks the
+num_kv_tokens)``                            scheduler took from ``mgr.memory`` and
+                                            wrote (``mgr.buffers.store``), and the
+                                            length (``num_kv_tokens``, else the aux
+                                            record's); no copy. Once only; no state
+``sender.get_transfer_metric()``            ``KVTransferMetric``: ``transfer_latency_s``
+                                            from ``send`` to the poll that saw Success
+                                            (as SGLang's own senders measure it),
+                                            ``transfer_total_bytes`` written to every
+                                            receiver, aux records included;
+                                            ``alloc_latency_s`` None (the encoder's
+                                            blocks are its scheduler's, the resumes'
+                                            the receivers')
+``KVReceiver(mgr, bootstrap_addr, room)``   ``engine.create_room(room, bootstrap_addr,
+                                            mgr.receivers_per_room,
+                                            scheduler_allocates=True)``: bootstraps at
+                                            once (registers with the encoder)
+``receiver.init(prefill_dp_rank)``          nothing to resolve: one encoder engine per
+                                            bootstrap address; the rank is kept
+``receiver.send_metadata(kv_indices,        ``handle.provide_blocks``: the first
+aux_index, state_indices,                   piece's blocks, taken from ``mgr.memory``
+decode_prefix_len, destination)``           (at most the embedding's length; fewer
+                                            means a resume); ``aux_index`` None or the
+                                            first block; no state, no prefix, DEVICE
+``poll()`` (both)                           the room's ``KVPoll`` (same values:
+                                            Failed 0 ... Success 4); non-blocking,
+                                            only forward, terminal states latch
+``failure_exception()`` (both)              raises ``TransferFailed`` with the reason
+``clear()`` (both)                          ``handle.release()``: the room gives its
+                                            blocks back (after a failure, once no write
+                                            can land); idempotent
+``abort()`` (both)                          ``handle.abort()``: the room fails on both
+                                            sides with a reason; idempotent, never
+                                            revives a room
+(none)                                      ``receiver.result()``: the embedding, once
+                                            Success (views into the blocks until
+                                            ``clear``)
+==========================================  ============================================
 
-The receiver's embedding is read with ``result()`` (SGLang reads its metadata buffers
-instead). A scheduler swapping this in skips its own metadata-buffer allocation and
-free; every other step of its loop (poll, MIN all-reduce across ranks, failure
-handling) is unchanged. ``abort`` and ``clear`` are idempotent and never revive a room.
+Unlike SGLang's KV pages, blocks handed to ``send`` or ``send_metadata`` are not
+freed by the scheduler: ``clear`` gives them back. A call that raises hands nothing
+over.
 """
 
 from __future__ import annotations
 
-from typing import NoReturn
+from collections.abc import Iterable
+from typing import Any, Generic, NoReturn, TypeVar
 
+import numpy as np
+import numpy.typing as npt
+
+from embxfer.buffers.fair_pool import FairPool
+from embxfer.buffers.metadata import MetadataBuffers
 from embxfer.buffers.payload import EmbeddingPayload
-from embxfer.receiver import ReceiverEngine
-from embxfer.sender import SenderEngine
+from embxfer.config import EngineConfig
+from embxfer.fsm.poll import KVPoll
+from embxfer.receiver import ReceiverEngine, ReceiverHandle
+from embxfer.remote import NetworkConfig, remote_receiver, remote_sender
+from embxfer.sender import SenderEngine, SenderHandle
+from embxfer.sglang_interface import (
+    BaseKVManager,
+    BaseKVReceiver,
+    BaseKVSender,
+    KVTransferDestination,
+    KVTransferMetric,
+)
+
+EngineT = TypeVar("EngineT", SenderEngine, ReceiverEngine)
 
 
-class EmbeddingSender:
-    """``BaseKVSender`` over a ``SenderHandle``: one request on the encoder."""
+class EmbeddingKVManager(BaseKVManager):
+    """One embxfer engine for this process: the encoder's (``prefill`` mode) or a
+    language rank's (``decode``)."""
 
     def __init__(
         self,
-        mgr: SenderEngine,
-        bootstrap_addr: str,
-        bootstrap_room: int,
-        dest_tp_ranks: list[int] | None = None,
-        pp_rank: int = 0,
+        args: Any,
+        disaggregation_mode: Any,
+        server_args: Any,
+        is_mla_backend: bool | None = False,
+        *,
+        engine: SenderEngine | ReceiverEngine | None = None,
+        receivers_per_room: int | None = None,
     ) -> None:
-        """``bootstrap_addr``, ``dest_tp_ranks`` and ``pp_rank`` are accepted for SGLang's
-        signature: receivers find this engine by its control address and join the room
-        themselves, declaring how many of them there are."""
-        self._handle = mgr.create_room(bootstrap_room)
-        self._expected_tokens: int | None = None
-
-    def init(self, num_kv_indices: int, aux_index: int | None = None) -> None:
-        """Declare the embedding's length in tokens; ``send`` refuses any other length."""
-        self._expected_tokens = num_kv_indices
-
-    def send(self, embedding: EmbeddingPayload) -> None:
-        """Hand over the embedding (SGLang passes the indices it filled instead)."""
-        expected = self._expected_tokens
-        if expected is not None and embedding.num_tokens != expected:
-            raise ValueError(
-                f"room {self._handle.room_id}: init said {expected} tokens, "
-                f"send got {embedding.num_tokens}"
+        """``args`` (SGLang's ``KVArgs``) is read for ``ib_device`` only; ``server_args``
+        for ``host`` (this engine's address) and ``tp_size``. ``engine``: an engine the
+        caller built and runs (tests, in-process use); otherwise one is built from the
+        environment and started, and ``teardown`` closes it. ``receivers_per_room``:
+        language ranks that each receive every embedding (default: ``tp_size``)."""
+        mode = getattr(disaggregation_mode, "value", disaggregation_mode)
+        if mode not in ("prefill", "decode"):
+            raise ValueError(f"embxfer serves the prefill and decode modes, not {mode!r}")
+        self.is_sender = mode == "prefill"
+        self.receivers_per_room = receivers_per_room or getattr(server_args, "tp_size", 1) or 1
+        self._owns_engine = engine is None
+        self.engine = engine if engine is not None else self._build(args, server_args)
+        if isinstance(self.engine, SenderEngine) != self.is_sender:
+            raise TypeError(
+                f"a {mode} manager needs a {'Sender' if self.is_sender else 'Receiver'}Engine"
             )
-        self._handle.send(embedding)
+        if self._owns_engine:
+            self.engine.start()
 
-    def poll(self) -> int:
-        return int(self._handle.poll())
+    def _build(self, args: Any, server_args: Any) -> SenderEngine | ReceiverEngine:
+        ib_device = getattr(args, "ib_device", None) or ""
+        network = NetworkConfig(
+            host=getattr(server_args, "host", None) or "127.0.0.1",
+            data_protocol="rdma" if ib_device else "tcp",
+            data_device=ib_device,
+        )
+        if self.is_sender:
+            return remote_sender(EngineConfig.from_env(role="sender"), network)
+        return remote_receiver(EngineConfig.from_env(role="receiver"), network)
+
+    @property
+    def bootstrap_addr(self) -> str:
+        """What a receiver is given as ``bootstrap_addr``: this engine's control address."""
+        return self.engine.address
+
+    @property
+    def memory(self) -> FairPool[int]:
+        """Where schedulers take blocks (``take(tokens, floor_tokens)``) and, for
+        blocks never handed to a room, give them back (``free``)."""
+        return self.engine.memory
+
+    @property
+    def buffers(self) -> MetadataBuffers:
+        """The engine's buffers: the encoder writes an embedding into its blocks here."""
+        return self.engine.buffers
+
+    def register_to_bootstrap(self) -> None:
+        """Nothing to register: receivers find the encoder by ``bootstrap_addr``."""
+
+    def teardown(self) -> None:
+        """Close the engine this manager built (one passed in is its owner's)."""
+        if self._owns_engine:
+            self.engine.close()
+
+    def engine_as(self, kind: type[EngineT]) -> EngineT:
+        """The engine, which must be of ``kind`` (a sender needs a prefill manager)."""
+        if not isinstance(self.engine, kind):
+            raise TypeError(
+                f"this is a {type(self.engine).__name__}'s manager, not {kind.__name__}'s"
+            )
+        return self.engine
+
+
+def _blocks(kv_indices: Iterable[int], aux_index: int | None) -> tuple[int, ...]:
+    """The block indices as ints, checked where SGLang would pass its own metadata."""
+    blocks = tuple(int(index) for index in kv_indices)
+    if not blocks:
+        raise ValueError("no blocks handed over")
+    if aux_index is not None and aux_index != blocks[0]:
+        raise ValueError(
+            f"aux_index {aux_index}: the aux record is in the first block, {blocks[0]}"
+        )
+    return blocks
+
+
+HandleT = TypeVar("HandleT", SenderHandle, ReceiverHandle)
+
+
+class _RoomCalls(Generic[HandleT]):
+    """The calls both sides answer from their room handle alone."""
+
+    _handle: HandleT
+
+    def poll(self) -> KVPoll:
+        return self._handle.poll()
 
     def failure_exception(self) -> NoReturn:
         self._handle.failure_exception()
 
-    def abort(self) -> None:
-        self._handle.abort()
-
     def clear(self) -> None:
         self._handle.release()
 
+    def abort(self) -> None:
+        self._handle.abort()
 
-class EmbeddingReceiver:
-    """``BaseKVReceiver`` over a ``ReceiverHandle``: one request on one language rank."""
+
+class EmbeddingKVSender(_RoomCalls[SenderHandle], BaseKVSender):
+    """One request's embedding on the encoder."""
 
     def __init__(
         self,
-        mgr: ReceiverEngine,
+        mgr: EmbeddingKVManager,
         bootstrap_addr: str,
         bootstrap_room: int,
-        required_dst_info_num: int = 1,
-        expected_tokens: int | None = None,
+        req_has_disagg_prefill_dp_rank: bool = False,
     ) -> None:
-        """``bootstrap_addr`` is the encoder engine's control address;
-        ``required_dst_info_num`` counts the receivers (ranks) of the room, as in SGLang;
-        ``expected_tokens``, when the scheduler knows the length (from the image size),
-        is allocated up front so the room never resumes."""
-        self._handle = mgr.create_room(
-            bootstrap_room, bootstrap_addr, required_dst_info_num, expected_tokens
+        self._engine = mgr.engine_as(SenderEngine)
+        self._handle = self._engine.create_room(bootstrap_room)
+        self._num_blocks: int | None = None
+        self._aux_index: int | None = None
+        self._sent_at: float | None = None
+        self._latency: float | None = None
+
+    def init(self, num_kv_indices: int, aux_index: int | None = None) -> None:
+        """How many blocks ``send`` will hand over; the aux record's block."""
+        self._num_blocks = num_kv_indices
+        self._aux_index = aux_index
+
+    def send(
+        self,
+        kv_indices: npt.NDArray[np.int32],
+        state_indices: list[Any] | None = None,
+        num_kv_tokens: int | None = None,
+    ) -> None:
+        """Hand over the embedding the scheduler wrote into ``kv_indices``."""
+        if self._sent_at is not None:
+            raise RuntimeError(f"room {self._handle.room_id}: the embedding was sent already")
+        if state_indices:
+            raise ValueError("an embedding has no state to send")
+        blocks = _blocks(kv_indices, self._aux_index)
+        if self._num_blocks is not None and len(blocks) != self._num_blocks:
+            raise ValueError(f"init said {self._num_blocks} blocks, send got {len(blocks)}")
+        tokens = num_kv_tokens
+        if tokens is None:
+            tokens, _ = self._engine.buffers.read_aux(blocks[0])
+        self._sent_at = self._engine.clock()
+        self._handle.send_blocks(blocks, tokens)
+
+    def get_transfer_metric(self) -> KVTransferMetric:
+        return KVTransferMetric(
+            transfer_latency_s=self._latency,
+            alloc_latency_s=None,
+            transfer_total_bytes=self._handle.bytes_written,
         )
 
-    def init(self, kv_indices: list[int] | None = None, aux_index: int | None = None) -> None:
-        """Advisory: embxfer allocates and asks for the first piece as soon as the sender
-        accepts this engine; indices from the scheduler's own allocator are not used."""
+    def poll(self) -> KVPoll:
+        state = super().poll()
+        if state is KVPoll.Success and self._latency is None and self._sent_at is not None:
+            self._latency = self._engine.clock() - self._sent_at
+        return state
 
-    def poll(self) -> int:
-        return int(self._handle.poll())
+
+class EmbeddingKVReceiver(_RoomCalls[ReceiverHandle], BaseKVReceiver):
+    """One request's embedding on one language rank."""
+
+    def __init__(
+        self,
+        mgr: EmbeddingKVManager,
+        bootstrap_addr: str,
+        bootstrap_room: int | None = None,
+    ) -> None:
+        if bootstrap_room is None:
+            raise ValueError("embxfer needs the request's bootstrap_room")
+        self._handle = mgr.engine_as(ReceiverEngine).create_room(
+            bootstrap_room, bootstrap_addr, mgr.receivers_per_room, scheduler_allocates=True
+        )
+        self.prefill_dp_rank: int | None = None
+        self._provided = False
+
+    def init(self, prefill_dp_rank: int) -> None:
+        """Nothing to resolve (the room registered with the encoder when made)."""
+        self.prefill_dp_rank = prefill_dp_rank
+
+    def send_metadata(
+        self,
+        kv_indices: npt.NDArray[np.int32],
+        aux_index: int | None = None,
+        state_indices: list[Any] | None = None,
+        decode_prefix_len: int | None = None,
+        destination: KVTransferDestination = KVTransferDestination.DEVICE,
+    ) -> None:
+        """Hand over the first piece's blocks, taken from the manager's ``memory``."""
+        if self._provided:
+            raise RuntimeError(f"room {self._handle.room_id}: blocks were handed over already")
+        if state_indices:
+            raise ValueError("an embedding has no state to receive")
+        if decode_prefix_len:
+            raise ValueError("an embedding has no cached prefix")
+        if getattr(destination, "value", destination) != "device":
+            raise ValueError(f"embxfer writes into its buffers only, not to {destination!r}")
+        blocks = _blocks(kv_indices, aux_index)
+        self._provided = True
+        self._handle.provide_blocks(blocks)
 
     def result(self) -> EmbeddingPayload:
         """The embedding, once ``poll()`` is Success; valid until ``clear()``."""
         return self._handle.result()
 
-    def failure_exception(self) -> NoReturn:
-        self._handle.failure_exception()
-
-    def abort(self) -> None:
-        self._handle.abort()
-
-    def clear(self) -> None:
-        self._handle.release()
+    @property
+    def resumes(self) -> int:
+        """Resumes of this room so far (beneath the interface)."""
+        return self._handle.resumes

@@ -9,6 +9,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from embxfer.native_log import route_native_log
+
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("embxfer.demo_cli", "run requests end to end and check every byte"),
@@ -32,6 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         module.add_arguments(command)
         command.set_defaults(run=module.run)
     args = parser.parse_args(argv)
+    route_native_log()  # Mooncake's glog lines, here and in our children, into logging
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )

@@ -9,6 +9,7 @@ cross-process demo (``embxfer.cluster``: ZeroMQ + Mooncake) has its workers repo
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from collections import Counter
@@ -51,6 +52,7 @@ class DemoSettings:
     concurrency: int = 16
     seed: int = 0
     receiver_tokens: int = 0  # receiver buffer capacity; 0: concurrency x 2 x default_alloc
+    sender_tokens: int = 0  # encoder buffer capacity; 0: concurrency x the longest request
     timeout_s: float = 10.0
     peer_timeout_s: float = 3.0
     write_grace_s: float = 3.0
@@ -58,7 +60,15 @@ class DemoSettings:
     def lengths(self) -> list[int]:
         return token_lengths(self.tokens, self.requests, self.seed)
 
+    @property
+    def demand_tokens(self) -> int:
+        """What ``concurrency`` open requests of the mean length hold on each side."""
+        lengths = self.lengths()
+        return self.concurrency * -(-sum(lengths) // len(lengths))
+
     def sender_config(self) -> EngineConfig:
+        if self.sender_tokens:
+            return self._config(-(-self.sender_tokens // self.block_size))
         longest = max(self.lengths())
         blocks = self.concurrency * -(-longest // self.block_size) + 1
         return self._config(blocks)
@@ -151,8 +161,41 @@ class Side:
     failure_reasons: dict[str, int] = field(default_factory=dict)
     leaked_blocks: int | None = None  # None: its process is gone, nothing left to count
     exit: str = ""  # cross-process runs: how its process ended
+    address: str = ""  # cross-process runs: where its peers reached it
+    # cross-process runs: resident memory (MiB) once it was up ("start"), once a tenth of
+    # the requests were done ("warm": every buffer has been written) and at the end
+    rss_mib: dict[str, float] = field(default_factory=dict)
     fault_target: bool = False  # the injected fault hit this engine
     rejected: dict[str, int] = field(default_factory=dict)  # cross-process runs: by reason
+
+
+# The phases of a partition run, by when a request was open.
+BEFORE_CUT = "before_cut"  # opened and ended before the cut
+ACROSS_CUT = "across_cut"  # open at some moment while the host was cut off
+AFTER_HEAL = "after_heal"  # opened once it was back
+
+
+@dataclass
+class Phase:
+    """The requests of a partition run that were open at one time relative to the cut."""
+
+    succeeded: int = 0
+    failed: int = 0
+    slowest_s: float = 0.0  # the longest any of them took to end
+
+
+@dataclass
+class Flood:
+    """Hostile frames thrown at the encoder during a run, and how it counted them."""
+
+    frames: int = 0
+    heartbeats: int = 0  # frames that were valid heartbeats: accepted, and harmless
+    expected: dict[str, int] = field(default_factory=dict)  # rejections predicted, by reason
+    counted: dict[str, int] = field(default_factory=dict)  # rejections the encoder counted
+    matched: bool = False  # every frame counted, by the predicted reason
+    seconds: float = 0.0  # from the fuzzer's start to the last frame judged
+    requests: int = 0  # real requests that ran meanwhile
+    error: str = ""  # why the fuzzer could not throw everything
 
 
 @dataclass
@@ -169,11 +212,18 @@ class Summary:
     verified: bool = True
     leaked_blocks: int = 0
     seconds: float = 0.0
+    latency_p50_ms: float = 0.0  # from opening a request to every engine's end of it
+    latency_p99_ms: float = 0.0
     failure_reasons: dict[str, int] = field(default_factory=dict)
     fault: str = ""
     spoofed: int = 0  # messages the spoof-abort fault sent in other engines' names
     rejected: dict[str, int] = field(default_factory=dict)  # all engines, by reason
     sides: dict[str, Side] = field(default_factory=dict)
+    # partition faults: how long the cable was out, and the requests by phase
+    partition_s: float = 0.0
+    partition: dict[str, Phase] = field(default_factory=dict)
+    succeeded_after_heal: int | None = None
+    flood: Flood | None = None  # --fuzz-frames
 
     def render(self) -> str:
         rate = self.bytes / self.seconds / 1e9 if self.seconds else 0.0
@@ -187,6 +237,7 @@ class Summary:
             f"  verified        {self.verified}",
             f"  leaked blocks   {self.leaked_blocks}",
             f"  seconds         {self.seconds:.2f}",
+            f"  latency p50/p99 {self.latency_p50_ms:.1f} / {self.latency_p99_ms:.1f} ms",
         ]
         if self.not_started:
             lines.insert(4, f"  not started     {self.not_started}")
@@ -198,6 +249,30 @@ class Summary:
         if self.rejected:
             counts = ", ".join(f"{reason} {n}" for reason, n in sorted(self.rejected.items()))
             lines.append(f"  rejected        {counts}")
+        rss = [
+            f"{name} {' -> '.join(f'{mib:.0f}' for mib in side.rss_mib.values())}"
+            for name, side in self.sides.items()
+            if side.rss_mib
+        ]
+        if rss:
+            points = " -> ".join(next(s for s in self.sides.values() if s.rss_mib).rss_mib)
+            lines.append(f"  rss MiB ({points}) {', '.join(rss)}")
+        if self.partition:
+            lines.append(f"  cut for         {self.partition_s:.1f} s")
+            lines += [
+                f"    {name:<13} succeeded {p.succeeded}, failed {p.failed}, "
+                f"slowest {p.slowest_s:.2f} s"
+                for name, p in self.partition.items()
+            ]
+            lines.append(f"  succeeded after heal {self.succeeded_after_heal}")
+        if self.flood is not None:
+            flood = self.flood
+            lines.append(
+                f"  flood           {flood.frames:,} frames in {flood.seconds:.1f} s beside "
+                f"{flood.requests} requests; all counted as predicted: {flood.matched}"
+            )
+            lines += [f"    {n:>9,} x {reason}" for reason, n in flood.counted.items()]
+            lines.append(f"    {flood.heartbeats:>9,} x heartbeat (accepted)")
         if self.failed or self.fault:
             for name, side in self.sides.items():
                 rooms = ", ".join(f"{state} {n}" for state, n in side.rooms.items())
@@ -209,13 +284,28 @@ class Summary:
     def ok(self) -> bool:
         """The run did what it must: every byte checked out, every engine the fault spared
         accounted for each of its rooms and leaked no block, without a fault (or with a
-        harmless one) every request succeeded, and every spoofed message was refused."""
-        spared = [side for side in self.sides.values() if not side.fault_target]
+        harmless one) every request succeeded, every spoofed message was refused, after
+        a partition healed every new request succeeded, and a flood's every frame was
+        counted as predicted."""
+        # A partition kills nobody: every engine must account for its rooms.
+        spared = [s for s in self.sides.values() if not s.fault_target or self.partition]
         accounted = all(s.leaked_blocks is not None and UNREPORTED not in s.rooms for s in spared)
         harmful = bool(self.fault) and self.fault not in HARMLESS_FAULTS
         complete = harmful or (self.failed == 0 and self.not_started == 0)
         refused = self.rejected.get(SPOOF_REFUSAL, 0) == self.spoofed
-        return self.verified and self.leaked_blocks == 0 and accounted and complete and refused
+        # After a partition heals, the rooms opened from then on all succeed.
+        after_heal = self.partition.get(AFTER_HEAL)
+        healed = after_heal is None or (after_heal.succeeded > 0 and after_heal.failed == 0)
+        flood = self.flood is None or self.flood.matched
+        return (
+            self.verified
+            and self.leaked_blocks == 0
+            and accounted
+            and complete
+            and refused
+            and healed
+            and flood
+        )
 
     def print(self, as_json: bool) -> None:
         print(self.render())
@@ -229,13 +319,16 @@ class Tally:
     def __init__(self, settings: DemoSettings, summary: Summary) -> None:
         self.summary = summary
         self.reasons: Counter[str] = Counter()
+        self._latencies: list[float] = []
         self._rooms = {name: Counter[str]() for name in settings.side_names()}
         self._reasons = {name: Counter[str]() for name in settings.side_names()}
         summary.sides = {name: Side() for name in settings.side_names()}
 
-    def request_done(self, outcomes: Mapping[str, RoomOutcome | None]) -> bool:
-        """One request is over: each side's outcome (None: it will never report). True
-        if it succeeded everywhere with the right bytes."""
+    def request_done(self, outcomes: Mapping[str, RoomOutcome | None], seconds: float) -> bool:
+        """One request is over, ``seconds`` after it was opened: each side's outcome
+        (None: it will never report). True if it succeeded everywhere with the right
+        bytes."""
+        self._latencies.append(seconds)
         ok = True
         for side, outcome in outcomes.items():
             if outcome is None:
@@ -270,11 +363,21 @@ class Tally:
     def finish(self, seconds: float) -> Summary:
         """The summary, once every request is counted; ``seconds`` the requests took."""
         self.summary.seconds = seconds
+        latencies = sorted(self._latencies)
+        self.summary.latency_p50_ms = round(_percentile(latencies, 0.50) * 1000, 2)
+        self.summary.latency_p99_ms = round(_percentile(latencies, 0.99) * 1000, 2)
         self.summary.failure_reasons = dict(self.reasons.most_common())
         for name, side in self.summary.sides.items():
             side.rooms = dict(sorted(self._rooms[name].items()))
             side.failure_reasons = dict(self._reasons[name].most_common())
         return self.summary
+
+
+def _percentile(ordered: list[float], q: float) -> float:
+    """The nearest-rank ``q`` quantile of ``ordered`` (0 when empty)."""
+    if not ordered:
+        return 0.0
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
 def leaked_blocks(engine: Runtime[Any], wait_s: float = 5.0) -> int:
@@ -301,7 +404,7 @@ def run_inproc(settings: DemoSettings, progress: bool = True) -> Summary:
     lengths = settings.lengths()
     layout = sender.layout
     started = time.perf_counter()
-    in_flight: dict[int, tuple[SenderHandle, list[ReceiverHandle]]] = {}
+    in_flight: dict[int, tuple[SenderHandle, list[ReceiverHandle], float]] = {}
     next_room = 0
     bar = progress_bar(settings.requests, progress)
     try:
@@ -316,15 +419,15 @@ def run_inproc(settings: DemoSettings, progress: bool = True) -> Summary:
                     for r in receivers
                 ]
                 sent.send(payload_for(room_id, tokens, sender.layout, settings.seed))
-                in_flight[room_id] = (sent, got)
-            for room_id, (sent, got) in list(in_flight.items()):
+                in_flight[room_id] = (sent, got, time.perf_counter())
+            for room_id, (sent, got, opened_at) in list(in_flight.items()):
                 if sent.poll() in TERMINAL and all(h.poll() in TERMINAL for h in got):
                     tokens = lengths[room_id - 1]
                     outcomes = {ENCODER: sender_outcome(sent)} | {
                         language_side(rank): receiver_outcome(h, layout, settings.seed, tokens)
                         for rank, h in enumerate(got)
                     }
-                    tally.request_done(outcomes)
+                    tally.request_done(outcomes, time.perf_counter() - opened_at)
                     sent.release()
                     for handle in got:
                         handle.release()

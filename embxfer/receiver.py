@@ -10,7 +10,6 @@ from typing import NoReturn
 
 from embxfer.buffers.allocator import BlockAllocator
 from embxfer.buffers.assembly import StoredPiece, assemble, stage_piece
-from embxfer.buffers.layout import TOKEN_KINDS
 from embxfer.buffers.metadata import MetadataBuffers
 from embxfer.buffers.payload import EmbeddingPayload
 from embxfer.config import EngineConfig
@@ -74,7 +73,6 @@ class ReceiverEngine(Runtime[ReceiverRoom]):
         self.senders: dict[str, SenderLink] = {}
         self._staged: dict[int, dict[int, EmbeddingPayload]] = {}
         self._aux: dict[int, tuple[int, int]] = {}
-        self._token_bytes = sum(self.layout.token_bytes(kind) for kind in TOKEN_KINDS)
         self._register = Register(
             session_id=data.session_id,
             block_size=self.layout.block_size,
@@ -170,7 +168,7 @@ class ReceiverEngine(Runtime[ReceiverRoom]):
     def on_terminal(self, room: ReceiverRoom) -> None:
         if room.poll is KVPoll.Success:
             self.sizer.observe(room.total_tokens)
-            self.stats.bytes_moved(room.total_tokens * self._token_bytes)
+            self.stats.bytes_moved(room.total_tokens * self.layout.bytes_per_token)
 
     def on_forget(self, room: ReceiverRoom) -> None:
         self._staged.pop(room.room_id, None)
@@ -197,7 +195,16 @@ class ReceiverEngine(Runtime[ReceiverRoom]):
 
     # -- peers and time --------------------------------------------------------------
     def active_peers(self) -> Iterable[str]:
-        return {room.sender for room in self.rooms.values() if not room.terminal}
+        """Senders of open rooms, and every sender this engine is registered with.
+
+        A registration is watched like a room: both sides heartbeat it (the sender
+        heartbeats receivers it hears from), so a sender silent past the peer timeout
+        is lost, and the registration with it. Without that, a receiver idle through a
+        partition would keep a registration the sender gave up, and its next rooms would
+        ask as a stranger and be turned down until they timed out.
+        """
+        open_rooms = {room.sender for room in self.rooms.values() if not room.terminal}
+        return open_rooms | self.senders.keys()
 
     def forget_peer(self, peer: str) -> None:
         self.senders.pop(peer, None)

@@ -16,7 +16,7 @@ from embxfer.receiver import ReceiverEngine
 from embxfer.sender import SenderEngine
 from embxfer.transport.base import ControlChannel, DataTransport
 from embxfer.transport.curve_keys import EngineKeys
-from embxfer.transport.mooncake_data import MooncakeDataTransport
+from embxfer.transport.mooncake_data import MooncakeDataTransport, cuda_problem, installed_wheels
 from embxfer.transport.zmq_control import ZmqControlChannel
 
 
@@ -74,7 +74,11 @@ def _wire(
     config: EngineConfig,
     network: NetworkConfig,
 ) -> EngineT:
-    """Build the engine, closing whatever transport was made if a later step fails."""
+    """Build the engine, closing whatever transport was made if a later step fails.
+    Buffers on a GPU need a Mooncake build that registers GPU memory: checked first."""
+    problem = cuda_problem(config.device, installed_wheels())
+    if problem:
+        raise RuntimeError(problem)
     data = network.data_transport()
     control: ZmqControlChannel | None = None
     try:

@@ -6,18 +6,20 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import NoReturn
 
 from embxfer.buffers.allocator import BlockAllocator
+from embxfer.buffers.layout import AUX_KIND
 from embxfer.buffers.metadata import MetadataBuffers
 from embxfer.buffers.payload import EmbeddingPayload
 from embxfer.buffers.segments import plan_segments
 from embxfer.config import EngineConfig
 from embxfer.fsm.actions import Action, SendMessage, StorePayload, WritePiece
 from embxfer.fsm.events import (
+    AbortReceived,
     AbortRequested,
     Event,
     PayloadReady,
@@ -25,6 +27,7 @@ from embxfer.fsm.events import (
     WriteFinished,
 )
 from embxfer.fsm.messages import (
+    AbortAck,
     BufferRegion,
     Message,
     Register,
@@ -99,19 +102,26 @@ class SenderEngine(Runtime[SenderRoom]):
         if routed is None:
             self.reject("unexpected_kind", peer, type(message).__name__)
             return
+        room_id, event = routed
+        room = self.rooms.get(room_id)
+        forgotten = room is None and self.is_closed(room_id)
+        if forgotten and isinstance(event, AbortReceived):
+            # A receiver gave up on a room this engine finished and forgot (its last
+            # notice was lost, in a partition say, after which this engine may have given
+            # the receiver up too). A room is forgotten only once none of its writes is in
+            # flight: say so, as the room would have, and the receiver frees the blocks it
+            # holds against a late write. That fails nothing, whoever asks.
+            self.control.send(peer, AbortAck(room_id))
         # Only a registered receiver can be in a room, so only one may ask or abort: a
         # stray peer guessing room ids must not fail other receivers' rooms.
         if peer not in self.receivers:
             self.reject("unregistered_peer", peer)
-            return
-        room_id, event = routed
-        room = self.rooms.get(room_id)
-        if room is not None:
+        elif room is not None:
             self.deliver(room, event)
-        elif self.is_closed(room_id):
-            self.reject("closed_room", peer, room=room_id)
-        else:
+        elif not forgotten:
             self._park(peer, room_id, event)
+        elif not isinstance(event, AbortReceived):
+            self.reject("closed_room", peer, room=room_id)
 
     def _park(self, peer: str, room_id: int, event: Event) -> None:
         """Hold a room's event for a room the scheduler has not created yet (it may be
@@ -357,12 +367,29 @@ class SenderHandle:
         event = PayloadReady(payload.num_tokens, payload)
         self._engine.submit(lambda: self._engine.deliver(self._room, event))
 
+    def send_blocks(self, blocks: Sequence[int], num_tokens: int) -> None:
+        """Hand over an embedding of ``num_tokens`` tokens that the scheduler already
+        wrote into ``blocks`` (taken from the engine's ``memory``, written with
+        ``buffers.store``): nothing is copied. The room owns the blocks from now on and
+        frees them with its own (at once if it refuses them)."""
+        event = PayloadReady(num_tokens, None, tuple(blocks))
+        self._engine.submit(lambda: self._engine.deliver(self._room, event))
+
     def poll(self) -> KVPoll:
         return self._room.poll
 
     @property
     def reason(self) -> str:
         return self._room.reason
+
+    @property
+    def bytes_written(self) -> int:
+        """Bytes this room has written to its receivers so far: every token kind of every
+        piece confirmed, and each receiver's aux record."""
+        layout = self._engine.layout
+        written = [progress.written for progress in list(self._room.receivers.values())]
+        reached = sum(1 for tokens in written if tokens)
+        return sum(written) * layout.bytes_per_token + reached * layout.block_bytes(AUX_KIND)
 
     def failure_exception(self) -> NoReturn:
         """Raise the room's failure, with its reason (SGLang's contract)."""

@@ -16,16 +16,29 @@ import torch
 from embxfer.buffers.layout import BufferLayout
 from embxfer.buffers.payload import EmbeddingPayload, random_payload
 
+# A vision-language mix: images of IMAGE_TOKENS, and a few videos of VIDEO_TOKENS.
+IMAGE_TOKENS = (256, 2500)
+VIDEO_TOKENS = (8000, 30000)
+VIDEO_SHARE = 0.005
+
 
 def token_lengths(spec: str, count: int, seed: int) -> list[int]:
     """``count`` lengths from a spec: ``"500,2000"`` (cycled), ``"LO:HI"`` (uniform,
-    inclusive) or ``"lognormal:MEDIAN:SIGMA"``."""
+    inclusive), ``"lognormal:MEDIAN:SIGMA"``, or ``"vl"`` / ``"vl:SHARE"``: images of
+    256 to 2,500 tokens and a ``SHARE`` (default 0.005) of videos of 8,000 to 30,000."""
     return list(_lengths(spec, count, random.Random(seed)))
 
 
 def _lengths(spec: str, count: int, rng: random.Random) -> Iterator[int]:
     parts = spec.split(":")
-    if parts[0] == "lognormal" and len(parts) == 3:
+    if parts[0] == "vl" and len(parts) <= 2:
+        share = float(parts[1]) if len(parts) == 2 else VIDEO_SHARE
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"bad video share in {spec!r}: need 0 <= SHARE <= 1")
+        for _ in range(count):
+            video = rng.random() < share
+            yield rng.randint(*(VIDEO_TOKENS if video else IMAGE_TOKENS))
+    elif parts[0] == "lognormal" and len(parts) == 3:
         median, sigma = float(parts[1]), float(parts[2])
         for _ in range(count):
             yield max(1, round(rng.lognormvariate(math.log(median), sigma)))
@@ -43,7 +56,8 @@ def _lengths(spec: str, count: int, rng: random.Random) -> Iterator[int]:
             yield cycle[i % len(cycle)]
     else:
         raise ValueError(
-            f"bad token spec {spec!r}: use 'A,B,...', 'LO:HI' or 'lognormal:MEDIAN:SIGMA'"
+            f"bad token spec {spec!r}: use 'A,B,...', 'LO:HI', 'lognormal:MEDIAN:SIGMA' "
+            "or 'vl[:SHARE]'"
         )
 
 

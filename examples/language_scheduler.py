@@ -14,18 +14,28 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
 
 from embxfer import EmbeddingPayload, KVPoll, ReceiverEngine, ReceiverHandle, TransferFailed
 
 LOG = logging.getLogger("examples.language")
 
 
+class Polled(Protocol):
+    """A room seen from one rank: a handle, or the SGLang adapter's receiver."""
+
+    def poll(self) -> KVPoll: ...
+
+
+HandleT = TypeVar("HandleT", bound=Polled)
+
+
 @dataclass
-class LanguageRequest:
-    """A request waiting for its embedding on every rank."""
+class LanguageRequest(Generic[HandleT]):
+    """A request waiting for its embedding on every rank (one handle per rank)."""
 
     room_id: int
-    handles: list[ReceiverHandle] = field(default_factory=list)
+    handles: list[HandleT] = field(default_factory=list)
     expected_tokens: int | None = None  # a size hint, when the scheduler knows it
 
     def poll(self) -> KVPoll:
@@ -45,12 +55,12 @@ class LanguageScheduler:
         self.ranks = list(ranks)
         self.encoder_address = encoder_address
         self.prefill = prefill
-        self.prealloc_queue: list[LanguageRequest] = []
-        self.transfer_queue: list[LanguageRequest] = []
+        self.prealloc_queue: list[LanguageRequest[ReceiverHandle]] = []
+        self.transfer_queue: list[LanguageRequest[ReceiverHandle]] = []
         self.finished: dict[int, str] = {}  # room -> "" (Success) or the failure reason
         self.resumes = 0
 
-    def add(self, request: LanguageRequest) -> None:
+    def add(self, request: LanguageRequest[ReceiverHandle]) -> None:
         request.handles = [
             rank.create_room(
                 request.room_id, self.encoder_address, len(self.ranks), request.expected_tokens
@@ -86,7 +96,7 @@ class LanguageScheduler:
                 in_flight.append(request)
         self.transfer_queue = in_flight
 
-    def _take(self, request: LanguageRequest) -> None:
+    def _take(self, request: LanguageRequest[ReceiverHandle]) -> None:
         """Every rank has the embedding: prefill with it, then give the blocks back."""
         self.prefill(request.room_id, request.handles[0].result())
         self.resumes += sum(handle.resumes for handle in request.handles)
@@ -94,7 +104,7 @@ class LanguageScheduler:
         for handle in request.handles:
             handle.release()  # results are views into the blocks: only after prefill
 
-    def _fail(self, request: LanguageRequest) -> None:
+    def _fail(self, request: LanguageRequest[ReceiverHandle]) -> None:
         """One rank failed: abort the others (idempotent on ended rooms) and release all."""
         failed = next(h for h in request.handles if h.poll() is KVPoll.Failed)
         try:

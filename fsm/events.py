@@ -22,10 +22,13 @@ class RequestReceived:
 
 @dataclass(frozen=True, slots=True)
 class PayloadReady:
-    """Sender: the scheduler handed over the embedding of ``total_tokens`` tokens."""
+    """Sender: the scheduler handed over the embedding of ``total_tokens`` tokens: to be
+    stored in blocks the room takes, or already stored in ``blocks`` of the engine's
+    memory, which the scheduler took and filled (the room owns them from now on)."""
 
     total_tokens: int
     payload: object
+    blocks: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,8 +3,8 @@
 Rooms never allocate past other rooms. ``take`` hands out blocks at once only when
 no room is waiting ahead and enough are free; otherwise the room emits
 ``WaitForMemory`` and its engine grants it blocks later, in turn, as a
-``MemoryGranted`` event. ``embxfer.buffers.fair_pool.FairPool`` is the engine's
-implementation over any ``BlockAllocator``.
+``MemoryGranted`` event. The engines implement it over any block allocator (the fair
+pool of the memory layer).
 """
 
 from __future__ import annotations

@@ -56,11 +56,12 @@ SENDER_TABLE = verdict_table(
         ("request", OK, None, "", "_ignore"),
         ("request", F, None, "", "_answer_late_request"),
         # The scheduler hands over the embedding; it is stored once source blocks are
-        # granted (at once, or in turn in the memory queue).
-        ("payload", [B, W], None, "stale", "_ignore"),
-        ("payload", [B, W], F, "violation", ""),
+        # granted (at once, or in turn in the memory queue), or comes in blocks the
+        # scheduler filled. Blocks handed over with a payload the room refuses go back.
+        ("payload", [B, W], None, "stale", "_refuse_payload"),
+        ("payload", [B, W], F, "violation", "_free_payload_blocks"),
         ("payload", [B, W], None, "act", "_take_payload"),
-        ("payload", [T, *TERMINAL], None, "", "_ignore"),
+        ("payload", [T, *TERMINAL], None, "", "_refuse_payload"),
         ("granted", [B, W], None, "act", "_store_payload"),
         ("granted", [*ACTIVE, *TERMINAL], None, "", "_return_grant"),
         # The data transport finished writing a piece. Each receiver is served as soon
@@ -178,7 +179,7 @@ class SenderRoom(Room):
             else:
                 self._decide(
                     Verdict.STALE,
-                    f"aborted by {event.peer}, not a receiver of this room (yet): {event.reason}",
+                    f"aborted by receiver {event.peer}, which has not joined: {event.reason}",
                 )
         elif isinstance(event, PeerLost):
             if event.peer in self.receivers:
@@ -237,6 +238,14 @@ class SenderRoom(Room):
             self._decide(Verdict.STALE, "payload already handed over")
         elif event.total_tokens <= 0:
             self._decide(Verdict.VIOLATION, f"payload of {event.total_tokens} tokens")
+        elif event.blocks and len(event.blocks) != blocks_needed(
+            event.total_tokens, self.memory.block_size
+        ):
+            self._decide(
+                Verdict.VIOLATION,
+                f"payload of {event.total_tokens} tokens handed over in "
+                f"{len(event.blocks)} blocks of {self.memory.block_size}",
+            )
         elif blocks_needed(event.total_tokens, self.memory.block_size) > self.memory.total_blocks:
             self._decide(
                 Verdict.VIOLATION,
@@ -287,6 +296,9 @@ class SenderRoom(Room):
     def _take_payload(self, event: PayloadReady) -> None:
         self._pending_payload = event
         self._progressed()
+        if event.blocks:  # stored by the scheduler already
+            self._store_payload(MemoryGranted(event.blocks))
+            return
         total = event.total_tokens
         blocks = self.memory.take(total, total)
         if blocks is None:
@@ -300,8 +312,17 @@ class SenderRoom(Room):
         self._pending_payload = None
         self.total_tokens = pending.total_tokens
         self.src_blocks = event.blocks
-        self._actions.append(StorePayload(self.src_blocks, pending.payload))
+        if not pending.blocks:
+            self._actions.append(StorePayload(self.src_blocks, pending.payload))
         self._start_writes()
+
+    def _refuse_payload(self, event: PayloadReady) -> None:
+        self._free_payload_blocks(event)
+        self._ignore(event)
+
+    def _free_payload_blocks(self, event: PayloadReady) -> None:
+        if event.blocks:
+            self.memory.free(event.blocks)
 
     def _return_grant(self, event: MemoryGranted) -> None:
         self.memory.free(event.blocks)

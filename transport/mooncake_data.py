@@ -5,10 +5,13 @@ needs the wheel. The import first fixes two environment variables of the process
 ``MC_LOG_DIR`` is removed (set at all, it aborts the process on import: glog is
 initialised twice) and ``MC_LOG_LEVEL`` defaults to ``ERROR`` (the engine's INFO
 lines otherwise flood stderr; glog's own ``GLOG_minloglevel`` has no effect here).
+What it still prints (start-up lines, the reasons of failed writes) goes to fd 2:
+``embxfer.native_log`` turns that into log records.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import threading
@@ -21,9 +24,15 @@ log = logging.getLogger(__name__)
 
 _INSTALL_HINT = (
     "Mooncake Transfer Engine is not usable: pip install mooncake-transfer-engine-non-cuda "
-    "(or embxfer[mooncake]; a CUDA build for GPU memory), and on Debian/Ubuntu "
-    "apt-get install libibverbs1 libnuma1"
+    "(embxfer[mooncake]; for GPU memory embxfer[mooncake-cuda] or [mooncake-cuda13]), "
+    "and on Debian/Ubuntu apt-get install libibverbs1 libnuma1"
 )
+# The wheels that install ``mooncake``, and whether their build registers GPU memory.
+WHEELS_WITH_CUDA = {
+    "mooncake-transfer-engine-non-cuda": False,
+    "mooncake-transfer-engine": True,  # CUDA 12
+    "mooncake-transfer-engine-cuda13": True,
+}
 
 
 class _Engine(Protocol):
@@ -58,6 +67,26 @@ def _engine_class() -> Any:
     except ImportError as error:
         raise RuntimeError(f"{_INSTALL_HINT} ({error})") from error
     return TransferEngine
+
+
+def installed_wheels() -> list[str]:
+    """The distributions that installed the ``mooncake`` package here (normally one)."""
+    names = importlib.metadata.packages_distributions().get("mooncake", [])
+    return sorted({name.lower().replace("_", "-") for name in names})
+
+
+def cuda_problem(device: str, wheels: list[str]) -> str:
+    """Why buffers on ``device`` cannot be registered with the Mooncake of ``wheels``
+    (as ``installed_wheels`` names them), or "" if they can: only the CUDA builds
+    register GPU memory, and a CPU-only build would take the address and fail later."""
+    if not device.startswith("cuda") or any(WHEELS_WITH_CUDA.get(w, False) for w in wheels):
+        return ""
+    found = ", ".join(wheels) or "no Mooncake wheel"
+    return (
+        f"buffers on {device!r} need a CUDA build of Mooncake to be registered, and this "
+        f"is {found}: pip install 'embxfer[mooncake-cuda]' (CUDA 12) or "
+        f"'embxfer[mooncake-cuda13]', after uninstalling the CPU-only wheel"
+    )
 
 
 def available() -> bool:

@@ -20,22 +20,27 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from types import TracebackType
 
 from embxfer.demo import ENCODER, DemoSettings, RoomOutcome
 from embxfer.remote import NetworkConfig
 from embxfer.transport.curve_keys import EngineKeys
 
+from .hosts import place
 from .messages import (
     Command,
+    CountRejected,
     Finish,
     OpenRoom,
     Ready,
+    Rejected,
     Report,
     StartFailed,
     WorkerReport,
     WorkerSpec,
 )
+from .netns import Testbed
 from .worker import worker_main
 
 LOG = logging.getLogger("embxfer.cluster")
@@ -58,18 +63,21 @@ class Worker:
     report: WorkerReport | None = None
     answering: bool = True  # False once it reported, died, was killed or stopped
     stopped: bool = False  # SIGSTOPped: only SIGKILL ends it
+    rejected: dict[str, int] | None = None  # its engine's rejections when last asked
     exit: str = ""  # how it ended, for the summary
 
 
 class Cluster:
     """An encoder process and ``settings.receivers`` language processes on ``network``;
-    with ``keys``, each runs CURVE with its own (``keys[side]``)."""
+    with ``keys``, each runs CURVE with its own (``keys[side]``); with ``testbed``, each
+    runs on a host of its own (``--hosts netns``)."""
 
     def __init__(
         self,
         settings: DemoSettings,
         network: NetworkConfig,
         log_level: str = "WARNING",
+        testbed: Testbed | None = None,
         keys: Mapping[str, EngineKeys] | None = None,
     ) -> None:
         self.settings = settings
@@ -87,6 +95,8 @@ class Cluster:
                 strict=True,
             )
         ]
+        if testbed is not None:
+            self._specs = [place(spec, testbed) for spec in self._specs]
         self.workers: dict[str, Worker] = {}
         self._outcomes: list[tuple[str, RoomOutcome]] = []  # received, not yet taken
         self._closed = False
@@ -188,6 +198,8 @@ class Cluster:
         elif isinstance(message, WorkerReport):
             worker.report = message
             worker.answering = False
+        elif isinstance(message, Rejected):
+            worker.rejected = message.counts
         else:
             LOG.warning("%s sent an unexpected %r", worker.side, message)
 
@@ -199,6 +211,23 @@ class Cluster:
             code = worker.process.exitcode
             worker.exit = f"died (exit code {code})"
             LOG.warning("%s %s", worker.side, worker.exit)
+
+    def rss_mib(self) -> dict[str, float]:
+        """Resident memory of each worker still running, in MiB (Linux)."""
+        resident: dict[str, float] = {}
+        for side, worker in self.workers.items():
+            try:
+                status = Path(f"/proc/{worker.process.pid}/status").read_text()
+            except (OSError, ValueError):  # gone, or no /proc here
+                continue
+            for line in status.splitlines():
+                if line.startswith("VmRSS:"):
+                    resident[side] = round(int(line.split()[1]) / 1024, 1)  # kB
+        return resident
+
+    def ask_rejected(self, side: str) -> None:
+        """Ask ``side`` for its engine's rejections so far; its answer lands in ``rejected``."""
+        self._send(self.workers[side], CountRejected())
 
     def silent_sides(self) -> list[str]:
         """Workers that will report nothing more about rooms (dead, stopped or done)."""

@@ -23,6 +23,7 @@ class WorkerSpec:
     network: NetworkConfig
     seed: int  # the encoder makes payloads from it; language ranks check against them
     log_level: str = "WARNING"
+    netns: str = ""  # the network namespace (its file) the worker runs in; "": the parent's
 
     @property
     def is_encoder(self) -> bool:
@@ -50,7 +51,12 @@ class Finish:
     wait_s: float
 
 
-Command = OpenRoom | Finish
+@dataclass(frozen=True)
+class CountRejected:
+    """Report what the engine rejected so far (``Rejected``)."""
+
+
+Command = OpenRoom | Finish | CountRejected
 
 
 # -- worker -> parent ----------------------------------------------------------------
@@ -77,4 +83,11 @@ class WorkerReport:
     rejected: dict[str, int]
 
 
-Report = Ready | StartFailed | RoomOutcome | WorkerReport
+@dataclass(frozen=True)
+class Rejected:
+    """The inbound frames or messages the engine rejected so far, by reason."""
+
+    counts: dict[str, int]
+
+
+Report = Ready | StartFailed | RoomOutcome | WorkerReport | Rejected

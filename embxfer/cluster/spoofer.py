@@ -24,6 +24,8 @@ from embxfer.fsm.messages import Abort
 from embxfer.transport.curve_keys import AllowList, EngineKeys
 from embxfer.transport.wire import encode
 
+from . import netns
+
 LOG = logging.getLogger("embxfer.cluster.spoofer")
 
 SPOOFER = "spoofer"  # its name among the run's keys
@@ -40,8 +42,11 @@ class Spoof:
     claims: tuple[tuple[str, str], ...]
 
 
-def spoofer_main(keys: EngineKeys | None, conn: Connection) -> None:
-    """Entry point of the spoofer process: one ``Spoof``, answered with how many sent."""
+def spoofer_main(keys: EngineKeys | None, netns_path: str, conn: Connection) -> None:
+    """Entry point of the spoofer process: one ``Spoof``, answered with how many sent;
+    ``netns_path``: the network namespace it runs in ("": the parent's)."""
+    if netns_path:
+        netns.enter(netns_path)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
     try:
         command = conn.recv()
@@ -80,11 +85,14 @@ class Spoofer:
     """The parent's handle on the spoofer process: started with the workers, so that it
     is ready when the fault strikes; a context manager that leaves no process behind."""
 
-    def __init__(self, keys: EngineKeys | None) -> None:
+    def __init__(self, keys: EngineKeys | None, netns_path: str = "") -> None:
         context = multiprocessing.get_context("spawn")
         self._conn, theirs = context.Pipe()
         self._process: BaseProcess = context.Process(
-            target=spoofer_main, args=(keys, theirs), name="embxfer-spoofer", daemon=True
+            target=spoofer_main,
+            args=(keys, netns_path, theirs),
+            name="embxfer-spoofer",
+            daemon=True,
         )
         self._process.start()
         theirs.close()

@@ -8,21 +8,19 @@ one ``RoomOutcome`` per room, and a ``WorkerReport`` at the end.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
+import queue
 import signal
-import sys
-import tempfile
+import threading
 import time
 import traceback
-from collections.abc import Iterator
 from concurrent.futures import Future
 from multiprocessing.connection import Connection
 from typing import Any, Generic, Protocol, TypeVar
 
 from embxfer.demo import TERMINAL, RoomOutcome, leaked_blocks, receiver_outcome, sender_outcome
 from embxfer.fsm.poll import KVPoll
+from embxfer.native_log import route_native_log
 from embxfer.receiver import ReceiverEngine, ReceiverHandle
 from embxfer.remote import remote_receiver, remote_sender
 from embxfer.runtime import Runtime
@@ -30,7 +28,18 @@ from embxfer.sender import SenderEngine, SenderHandle
 from embxfer.transport.zmq_control import ZmqControlChannel
 from embxfer.workload import payload_for
 
-from .messages import Finish, OpenRoom, Ready, StartFailed, WorkerReport, WorkerSpec
+from . import netns
+from .messages import (
+    Command,
+    CountRejected,
+    Finish,
+    OpenRoom,
+    Ready,
+    Rejected,
+    StartFailed,
+    WorkerReport,
+    WorkerSpec,
+)
 
 LOG = logging.getLogger("embxfer.cluster.worker")
 
@@ -40,19 +49,21 @@ _IDLE_POLL_S = 0.05
 
 def worker_main(spec: WorkerSpec, conn: Connection) -> None:
     """Entry point of a worker process (``multiprocessing`` spawn target)."""
+    if spec.netns:  # first: every socket and thread of the engine must be born there
+        netns.enter(spec.netns)
     # Ctrl-C reaches the whole process group; the parent handles it and stops us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(
         level=spec.log_level.upper(),
         format=f"%(asctime)s %(levelname)s {spec.side} %(name)s %(message)s",
     )
+    route_native_log()  # Mooncake's lines, logged with this worker's side
     try:
-        with _start_up_noise_hidden():
-            loop: _Loop[Any, Any] = (
-                _EncoderLoop(spec, remote_sender(spec.config, spec.network), conn)
-                if spec.is_encoder
-                else _LanguageLoop(spec, remote_receiver(spec.config, spec.network), conn)
-            )
+        loop: _Loop[Any, Any] = (
+            _EncoderLoop(spec, remote_sender(spec.config, spec.network), conn)
+            if spec.is_encoder
+            else _LanguageLoop(spec, remote_receiver(spec.config, spec.network), conn)
+        )
     except Exception:
         conn.send(StartFailed(traceback.format_exc()))
         return
@@ -64,7 +75,7 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
         engine.start()
         conn.send(Ready(engine.address))
         loop.run()
-    except (EOFError, BrokenPipeError):
+    except (EOFError, ConnectionError):  # its pipe closed, or was reset as it died
         LOG.warning("%s: the parent is gone; shutting down", spec.side)
     finally:
         engine.close()
@@ -82,29 +93,6 @@ def _reload_allow_list_on_sighup(engine: Runtime[Any]) -> None:
             LOG.error("allow-list not reloaded, the old one stays: %s", error)
 
     signal.signal(signal.SIGHUP, reload)
-
-
-# What Mooncake's glog prints on stderr as each engine starts, harmlessly.
-_START_UP_NOISE = ("Logging before InitGoogleLogging", "Local segment descriptor not found")
-
-
-@contextlib.contextmanager
-def _start_up_noise_hidden() -> Iterator[None]:
-    """Pass on everything written to stderr (fd 2, where glog writes) meanwhile except
-    Mooncake's start-up noise: from several workers at once it buries the progress bar."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as capture:
-        os.dup2(capture.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            capture.seek(0)
-            for line in capture.read().decode(errors="replace").splitlines(keepends=True):
-                if not any(noise in line for noise in _START_UP_NOISE):
-                    sys.stderr.write(line)
 
 
 class _Handle(Protocol):
@@ -133,13 +121,15 @@ class _Loop(Generic[EngineT, HandleT]):
         self.open: dict[int, tuple[HandleT, int]] = {}  # room id -> (handle, tokens)
 
     def run(self) -> None:
+        commands = _Commands(self.conn)
         while True:
-            if self.conn.poll(_BUSY_POLL_S if self.open else _IDLE_POLL_S):
-                command = self.conn.recv()
+            for command in commands.take(_BUSY_POLL_S if self.open else _IDLE_POLL_S):
                 if isinstance(command, Finish):
                     self.finish(command.wait_s)
                     return
-                assert isinstance(command, OpenRoom)
+                if isinstance(command, CountRejected):
+                    self.conn.send(Rejected(self.rejected()))
+                    continue
                 self.open[command.room_id] = (self.start(command), command.tokens)
             self.collect()
 
@@ -161,20 +151,64 @@ class _Loop(Generic[EngineT, HandleT]):
             self.collect()
             time.sleep(0.01)
         leaked = leaked_blocks(self.engine, max(0.0, deadline - time.monotonic()))
-        rejected: Future[dict[str, int]] = Future()  # the pump thread owns the counters
+        self.conn.send(WorkerReport(leaked, self.rejected()))
 
-        def read_rejected() -> None:
+    def rejected(self) -> dict[str, int]:
+        """What the engine rejected so far, by reason, up to the last frame it took in."""
+        counts: Future[dict[str, int]] = Future()  # the pump thread owns the counters
+
+        def read() -> None:
             self.engine.count_channel_rejects()
-            rejected.set_result(dict(self.engine.stats.rejected))
+            counts.set_result(dict(self.engine.stats.rejected))
 
-        self.engine.submit(read_rejected)
-        self.conn.send(WorkerReport(leaked, rejected.result(timeout=5.0)))
+        self.engine.submit(read)
+        return counts.result(timeout=5.0)
 
     def start(self, command: OpenRoom) -> HandleT:
         raise NotImplementedError
 
     def outcome(self, handle: HandleT, tokens: int) -> RoomOutcome:
         raise NotImplementedError
+
+
+class _Commands:
+    """The parent's commands, taken in by a thread of their own.
+
+    Each pipe holds a few hundred kilobytes. With a thousand rooms opening at once the
+    parent's commands fill one while the worker's reports fill the other, and a worker
+    that read only between its own sends would block sending while the parent blocks
+    sending to it. Reading on a thread that never sends, the worker never stops taking
+    commands in, so the parent's sends always finish and it goes back to reading.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self._queue: queue.SimpleQueue[Command | None] = queue.SimpleQueue()  # None: EOF
+        threading.Thread(
+            target=self._read, args=(conn,), name="embxfer-commands", daemon=True
+        ).start()
+
+    def _read(self, conn: Connection) -> None:
+        try:
+            while True:
+                self._queue.put(conn.recv())
+        except (EOFError, OSError):  # the parent is gone
+            self._queue.put(None)
+
+    def take(self, timeout_s: float) -> list[Command]:
+        """Every command that came in, waiting up to ``timeout_s`` for the first; raises
+        EOFError once the parent is gone."""
+        try:
+            taken = [self._queue.get(timeout=timeout_s)]
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                taken.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        if None in taken:
+            raise EOFError("the parent closed its pipe")
+        return [command for command in taken if command is not None]
 
 
 class _EncoderLoop(_Loop[SenderEngine, SenderHandle]):

@@ -10,6 +10,7 @@ from typing import Any
 from embxfer import EngineConfig, KVPoll, ResumePolicy, SpillMode, Timeouts
 from embxfer.receiver import ReceiverEngine
 from embxfer.sender import SenderEngine
+from embxfer.transport.faults import FaultPlan
 from embxfer.transport.inproc import InprocControlChannel, InprocDataTransport, InprocNetwork
 from embxfer.workload import payload_for
 
@@ -84,9 +85,9 @@ def test_a_served_receiver_going_quiet_does_not_fail_a_room_still_waiting_on_ano
     assert got_part.result().equals(payload_for(1, 2000, starved.layout, seed=5))
 
 
-def test_a_receiver_waiting_on_a_room_the_sender_has_not_created_keeps_hearing_from_it() -> None:
-    clock = Clock()
-    network = InprocNetwork()
+def encoder_and_language(
+    network: InprocNetwork, clock: Clock
+) -> tuple[SenderEngine, ReceiverEngine]:
     sender = SenderEngine(
         CONFIG,
         InprocControlChannel(network, "encoder"),
@@ -99,6 +100,13 @@ def test_a_receiver_waiting_on_a_room_the_sender_has_not_created_keeps_hearing_f
         InprocDataTransport(network, "language-data"),
         clock,
     )
+    return sender, receiver
+
+
+def test_a_receiver_waiting_on_a_room_the_sender_has_not_created_keeps_hearing_from_it() -> None:
+    clock = Clock()
+    network = InprocNetwork()
+    sender, receiver = encoder_and_language(network, clock)
     engines = [sender, receiver]
     got = receiver.create_room(1, sender.address)
     # The encoder's scheduler is late: for many peer timeouts the request waits, parked.
@@ -110,3 +118,33 @@ def test_a_receiver_waiting_on_a_room_the_sender_has_not_created_keeps_hearing_f
     pump(engines, clock, 0.05)
     assert got.poll() is KVPoll.Success
     assert sent.poll() is KVPoll.Success
+
+
+def test_after_a_partition_an_idle_receiver_the_sender_gave_up_on_registers_again() -> None:
+    """In a partition the sender gave a receiver up (the receiver had joined a room and
+    its abort of it was lost in the cut) while the receiver, with no room open, waited
+    for nothing. Once the network heals, the receiver's next room must register again,
+    not ask the sender as a stranger whose requests are turned down."""
+    clock = Clock()
+    network = InprocNetwork()
+    sender, receiver = encoder_and_language(network, clock)
+    engines = [sender, receiver]
+    first = sender.create_room(1)
+    joined = receiver.create_room(1, sender.address, expected_tokens=300)
+    pump(engines, clock, 0.05)
+    assert first.poll() is KVPoll.WaitingForInput  # joined; the payload is not in yet
+
+    network.faults.plan = FaultPlan(drop=1.0)  # the cut: every message is lost
+    joined.abort("the client went away")
+    pump(engines, clock, 5 * PEER_TIMEOUT_S)
+    assert first.poll() is KVPoll.Failed
+    assert first.reason == "receiver language lost"
+    network.faults.plan = None  # healed
+
+    got = receiver.create_room(2, sender.address)
+    sent = sender.create_room(2)
+    sent.send(payload_for(2, 300, sender.layout, seed=5))
+    pump(engines, clock, 0.05)
+    assert got.poll() is KVPoll.Success, got.reason
+    assert sent.poll() is KVPoll.Success, sent.reason
+    assert dict(sender.stats.rejected) == {}

@@ -46,6 +46,7 @@ CASES: dict[str, tuple[Event, float]] = {
     "resume": (RequestReceived(RECEIVER, request(8, (2,))), 1.0),
     "bad_allocation": (RequestReceived(OTHER, PieceRequest(ROOM, 0, (5,), 3, 1)), 1.0),
     "payload": (PayloadReady(TOTAL, None), 1.0),
+    "payload_in_blocks": (PayloadReady(TOTAL, None, (-1,)), 1.0),  # blocks: see test_table
     "write_ok": (WriteFinished(RECEIVER, 0, True), 1.0),
     "write_failed": (WriteFinished(RECEIVER, 0, False, "rc=-1"), 1.0),
     "abort": (AbortRequested("scheduler"), 1.0),
@@ -72,6 +73,7 @@ EXPECTED: dict[tuple[str, str], tuple[str, str]] = {
     (B, "resume"): (F, FAIL, ()),  # resume from an unknown receiver
     (B, "bad_allocation"): (F, FAIL, ()),
     (B, "payload"): (B, ACT, ("StorePayload",)),  # stored; written once receivers joined
+    (B, "payload_in_blocks"): (B, ACT, ()),  # stored by the scheduler: the room keeps them
     (B, "write_ok"): (B, IGNORE),
     (B, "write_failed"): (B, IGNORE),
     (B, "abort"): (F, FAIL, ()),
@@ -91,6 +93,7 @@ EXPECTED: dict[tuple[str, str], tuple[str, str]] = {
     (W, "resume"): (F, FAIL, ()),  # resume while the piece is still being written
     (W, "bad_allocation"): (F, FAIL, ()),
     (W, "payload"): (W, IGNORE),  # already handed over
+    (W, "payload_in_blocks"): (W, IGNORE),  # and its blocks go back at once
     (W, "write_ok"): (T, ACT, ("PieceWritten",)),  # 8 of 10 written: a resume is owed
     (W, "write_failed"): (F, FAIL, ("Abort",)),
     (W, "abort"): (F, FAIL, ()),
@@ -106,6 +109,7 @@ EXPECTED: dict[tuple[str, str], tuple[str, str]] = {
     (T, "resume"): (T, ACT, ("WritePiece",)),  # writes the remaining 2 tokens
     (T, "bad_allocation"): (F, FAIL, ("Abort",)),
     (T, "payload"): (T, IGNORE),
+    (T, "payload_in_blocks"): (T, IGNORE),
     (T, "write_ok"): (T, IGNORE),  # no write in flight
     (T, "write_failed"): (T, IGNORE),
     (T, "abort"): (F, FAIL, ("Abort",)),
@@ -121,6 +125,7 @@ EXPECTED: dict[tuple[str, str], tuple[str, str]] = {
     (OK, "resume"): (OK, IGNORE),
     (OK, "bad_allocation"): (OK, IGNORE),
     (OK, "payload"): (OK, IGNORE),
+    (OK, "payload_in_blocks"): (OK, IGNORE),
     (OK, "write_ok"): (OK, IGNORE),
     (OK, "write_failed"): (OK, IGNORE),
     (OK, "abort"): (OK, IGNORE),
@@ -136,6 +141,7 @@ EXPECTED: dict[tuple[str, str], tuple[str, str]] = {
     (F, "resume"): (F, IGNORE),
     (F, "bad_allocation"): (F, ACT, ("Abort",)),
     (F, "payload"): (F, IGNORE),
+    (F, "payload_in_blocks"): (F, IGNORE),
     (F, "write_ok"): (F, IGNORE),  # no write was in flight when it failed
     (F, "write_failed"): (F, IGNORE),
     (F, "abort"): (F, IGNORE),
@@ -177,6 +183,8 @@ def test_table(state: str, case: str) -> None:
     event, now = CASES[case]
     if isinstance(event, MemoryGranted):
         event = MemoryGranted(tuple(room.memory.take(BLOCK, BLOCK) or ()))
+    if isinstance(event, PayloadReady) and event.blocks:  # the scheduler took and filled
+        event = PayloadReady(TOTAL, None, tuple(room.memory.take(TOTAL, TOTAL) or ()))
     after, outcome, *emits = EXPECTED[state, case]
     assert emits or outcome == IGNORE, "an act or a failure says what it emits"
     check_outcome(room, event, now, after, outcome, *emits)
@@ -252,3 +260,23 @@ def test_a_joined_receiver_is_served_before_the_others_join() -> None:
     assert room.state == W
     room.handle(WriteFinished(OTHER, 0, True), 0.0)
     assert room.state == OK
+
+
+def test_a_payload_in_the_schedulers_blocks_is_written_from_them_without_a_copy() -> None:
+    room = sender_in(W)
+    blocks = tuple(room.memory.take(TOTAL, TOTAL) or ())
+    actions = room.handle(PayloadReady(TOTAL, None, blocks), 1.0)
+    assert [type(a).__name__ for a in actions] == ["WritePiece"]  # no StorePayload
+    assert room.src_blocks == blocks
+    room.handle(WriteFinished(RECEIVER, 0, True), 1.0)
+    room.handle(RequestReceived(RECEIVER, request(8, (2,))), 1.0)
+    room.handle(WriteFinished(RECEIVER, 8, True), 1.0)
+    assert room.state == OK and room.memory.free_blocks == 64  # the room freed them
+
+
+def test_blocks_that_do_not_match_the_payloads_length_fail_the_room_and_go_back() -> None:
+    room = sender_in(W)
+    blocks = tuple(room.memory.take(2 * BLOCK, 2 * BLOCK) or ())  # 10 tokens need 3
+    check_outcome(room, PayloadReady(TOTAL, None, blocks), 1.0, F, FAIL, ("Abort",))
+    assert room.reason == "payload of 10 tokens handed over in 2 blocks of 4"
+    assert room.memory.free_blocks == 64

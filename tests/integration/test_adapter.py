@@ -1,89 +1,114 @@
-"""The SGLang-shaped adapter driven the way an SGLang scheduler drives its connectors,
-configured through SGLang's environment variable names."""
+"""The SGLang adapter without sglang installed: the stand-in base classes, rooms run by
+the SGLang-style scheduler loops, and what the adapter refuses. (``tests/sglang`` runs
+the same report against sglang 0.5.23's own classes.)"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import re
+from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
-from embxfer import EngineConfig, KVPoll, TransferFailed
-from embxfer.adapter import EmbeddingReceiver, EmbeddingSender
-from embxfer.workload import payload_for
+from embxfer import EngineConfig, KVPoll
+from embxfer.adapter import EmbeddingKVManager, EmbeddingKVReceiver, EmbeddingKVSender
+from embxfer.sglang_interface import DisaggregationMode, KVTransferDestination
+from embxfer.transport.mooncake_data import available
 from tests.integration.pumping import Rig
+from tests.sglang import conformance
 
-TERMINAL = (KVPoll.Success, KVPoll.Failed)
+PREFILL, DECODE = DisaggregationMode.PREFILL, DisaggregationMode.DECODE
+
+
+def test_the_adapter_conforms_to_the_stand_in_interface() -> None:
+    conformance.verify(json.loads(json.dumps(conformance.check())), sglang=False)
+
+
+def test_the_readme_maps_every_method_of_the_interface() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("\n## Using it from SGLang\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    mapped = set(re.findall(r"^\| `(?:\w+\.)?(\w+)\(", "\n".join(rows), re.MULTILINE))
+    for _, methods in conformance.INTERFACE.values():
+        for method in methods:
+            if method != "__init__":
+                assert method in mapped, method
+    assert {"KVManager", "KVSender", "KVReceiver"} <= mapped
 
 
 @pytest.fixture
-def rig(monkeypatch: pytest.MonkeyPatch) -> Iterator[Rig]:
-    monkeypatch.setenv("SGLANG_EMBEDDING_DEFAULT_ALLOCATE_BUFFER_SIZE", "1024")
-    monkeypatch.setenv("SGLANG_MULTIMODAL_BLOCK_SIZE", "64")
-    monkeypatch.setenv("SGLANG_EMBEDDING_CACHE_BUFFER_SIZE", "8")  # 8 buffers of 1024 tokens
-    config = EngineConfig.from_env(hidden_size=16, adaptive_alloc=False)
-    assert (config.default_alloc_tokens, config.block_size, config.num_blocks) == (1024, 64, 128)
-    rig = Rig(config)
-    yield rig
-    rig.close()
+def rig() -> Rig:
+    return Rig(EngineConfig(num_blocks=64, block_size=16, hidden_size=8, adaptive_alloc=False))
 
 
-def test_a_resumed_transfer_through_sglang_calls(rig: Rig) -> None:
-    payload = payload_for(7, 2000, rig.sender.layout, seed=1)
-    # Language scheduler: the receiver bootstraps on creation ...
-    receiver = EmbeddingReceiver(rig.receiver, rig.sender.address, bootstrap_room=7)
-    sender = EmbeddingSender(rig.sender, "unused", bootstrap_room=7)
-    rig.pump_until(lambda: receiver.poll() >= KVPoll.WaitingForInput)
-    receiver.init(kv_indices=None)  # ... and its prealloc queue hands it on
-    # Encoder scheduler: the embedding is computed, then sent.
-    sender.init(num_kv_indices=payload.num_tokens)
-    sender.send(payload)
-    rig.pump_until(lambda: sender.poll() in TERMINAL and receiver.poll() in TERMINAL)
-    assert sender.poll() == receiver.poll() == 4  # plain ints, as SGLang compares them
-    assert receiver.result().equals(payload)
-    # 2000 tokens into SGLang's 1024-token default: one resume, in 64-token blocks:
-    # 16 blocks held by the first piece, 16 more for the remaining 976 tokens.
-    assert rig.receiver.stats.resumes == 1
-    assert rig.receiver.allocator.high_water_mark == 32
-    receiver.clear()
-    sender.clear()
-    receiver.clear()  # idempotent
-    rig.drain()
-    assert rig.sender.allocator.used_blocks == rig.receiver.allocator.used_blocks == 0
-
-
-def test_abort_fails_both_sides_with_a_reason_and_frees_everything(rig: Rig) -> None:
-    receiver = EmbeddingReceiver(rig.receiver, rig.sender.address, bootstrap_room=3)
-    sender = EmbeddingSender(rig.sender, "unused", bootstrap_room=3)
-    rig.pump_until(lambda: sender.poll() == KVPoll.WaitingForInput)
-    receiver.abort()
-    rig.pump_until(lambda: sender.poll() == receiver.poll() == KVPoll.Failed)
-    with pytest.raises(TransferFailed, match="aborted by scheduler"):
-        receiver.failure_exception()
-    with pytest.raises(TransferFailed, match="aborted by receiver"):
-        sender.failure_exception()
-    sender.abort()  # on an ended room: nothing happens
-    for handle in (sender, receiver):
-        handle.clear()
-    rig.drain()
-    assert sender.poll() == KVPoll.Failed
-    assert rig.sender.allocator.used_blocks == rig.receiver.allocator.used_blocks == 0
-
-
-def test_send_refuses_a_length_other_than_init_declared(rig: Rig) -> None:
-    sender = EmbeddingSender(rig.sender, "unused", bootstrap_room=5)
-    sender.init(num_kv_indices=100)
-    with pytest.raises(ValueError, match="init said 100 tokens, send got 99"):
-        sender.send(payload_for(5, 99, rig.sender.layout, seed=1))
-
-
-def test_a_size_hint_avoids_the_resume(rig: Rig) -> None:
-    payload = payload_for(9, 2000, rig.sender.layout, seed=1)
-    receiver = EmbeddingReceiver(
-        rig.receiver, rig.sender.address, bootstrap_room=9, expected_tokens=2000
+def managers(rig: Rig) -> tuple[EmbeddingKVManager, EmbeddingKVManager]:
+    return (
+        EmbeddingKVManager(None, PREFILL, None, engine=rig.sender),
+        EmbeddingKVManager(None, DECODE, None, engine=rig.receiver),
     )
-    sender = EmbeddingSender(rig.sender, "unused", bootstrap_room=9)
-    sender.send(payload)
-    rig.pump_until(lambda: receiver.poll() in TERMINAL)
-    assert receiver.poll() == KVPoll.Success
-    assert receiver.result().equals(payload)
-    assert rig.receiver.stats.resumes == 0
+
+
+def test_the_sender_refuses_what_would_not_hand_over_one_embedding(rig: Rig) -> None:
+    encoder, _ = managers(rig)
+    sender = EmbeddingKVSender(encoder, "", bootstrap_room=1)
+    sender.init(num_kv_indices=2, aux_index=4)
+    with pytest.raises(ValueError, match="aux record is in the first block, 3"):
+        sender.send(np.array([3, 4], dtype=np.int32), num_kv_tokens=20)
+    with pytest.raises(ValueError, match="init said 2 blocks, send got 1"):
+        sender.send(np.array([4], dtype=np.int32), num_kv_tokens=10)
+    with pytest.raises(ValueError, match="no state"):
+        sender.send(np.array([4, 5], dtype=np.int32), state_indices=[[1]])
+    sender.init(num_kv_indices=2)
+    sender.send(np.array(encoder.memory.take(20, 20) or [], dtype=np.int32), num_kv_tokens=20)
+    with pytest.raises(RuntimeError, match="sent already"):
+        sender.send(np.array([9, 10], dtype=np.int32), num_kv_tokens=20)
+
+
+def test_the_receiver_refuses_what_an_embedding_does_not_have(rig: Rig) -> None:
+    _, language = managers(rig)
+    with pytest.raises(ValueError, match="bootstrap_room"):
+        EmbeddingKVReceiver(language, rig.sender.address)
+    receiver = EmbeddingKVReceiver(language, rig.sender.address, bootstrap_room=2)
+    blocks = np.array([0, 1], dtype=np.int32)
+    with pytest.raises(ValueError, match="no cached prefix"):
+        receiver.send_metadata(blocks, decode_prefix_len=5)
+    with pytest.raises(ValueError, match="its buffers only"):
+        receiver.send_metadata(blocks, destination=KVTransferDestination.HOST)
+    receiver.send_metadata(np.array(language.memory.take(32, 32) or [], dtype=np.int32))
+    with pytest.raises(RuntimeError, match="handed over already"):
+        receiver.send_metadata(blocks)
+    receiver.abort()
+    receiver.clear()
+    rig.pump_until(lambda: receiver.poll() == KVPoll.Failed)
+    rig.drain()
+    assert rig.receiver.used_blocks == 0  # the room freed the blocks it was handed
+
+
+def test_a_manager_serves_one_role_with_the_matching_engine(rig: Rig) -> None:
+    with pytest.raises(ValueError, match="not 'null'"):
+        EmbeddingKVManager(None, DisaggregationMode.NULL, None, engine=rig.sender)
+    with pytest.raises(TypeError, match="decode manager needs a ReceiverEngine"):
+        EmbeddingKVManager(None, DECODE, None, engine=rig.sender)
+    encoder, _ = managers(rig)
+    with pytest.raises(TypeError, match="not ReceiverEngine"):
+        EmbeddingKVReceiver(encoder, rig.sender.address, bootstrap_room=3)
+
+
+@pytest.mark.skipif(not available(), reason="Mooncake Transfer Engine is not usable here")
+def test_a_manager_builds_its_engine_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("EMBXFER_NUM_BLOCKS", "8")
+    monkeypatch.setenv("EMBXFER_HIDDEN_SIZE", "16")
+    monkeypatch.setenv("SGLANG_ENCODER_RECV_TIMEOUT", "42")
+    server_args = SimpleNamespace(host="127.0.0.1", tp_size=2)
+    language = EmbeddingKVManager(SimpleNamespace(ib_device=None), "decode", server_args)
+    try:
+        assert language.bootstrap_addr.startswith("tcp://127.0.0.1:")
+        assert language.receivers_per_room == 2
+        assert language.engine.config.timeouts.progress_s == 42
+        assert language.memory.total_blocks == 8
+    finally:
+        language.teardown()

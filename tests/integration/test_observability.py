@@ -106,3 +106,14 @@ def test_every_log_line_about_a_room_names_it(caplog: pytest.LogCaptureFixture) 
     assert any("rejected" in line for line in lines)
     assert all(line.startswith("room=41 ") for line in lines), lines
     rig.close()
+
+
+def test_frames_the_channel_dropped_since_the_last_heartbeat_can_be_counted_at_once() -> None:
+    rig = Rig(CONFIG)
+    rig.receiver.run_once(0.0)  # its first heartbeat is behind it: the next is a second away
+    rig.network.inject_frame(rig.sender.address, rig.receiver.address, b"garbage")
+    rig.receiver.run_once(0.0)  # the channel drops the frame; the engine's stats lag
+    assert "malformed" not in rig.receiver.stats.rejected
+    rig.receiver.count_channel_rejects()
+    assert rig.receiver.stats.rejected == {"malformed": 1}
+    rig.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -39,6 +40,7 @@ FAULTED = [
     "--timeout-s", "4", "--peer-timeout-s", "1.5", "--write-grace-s", "1.5",
 ]  # fmt: skip
 RUN_LIMIT_S = 120.0
+GLOG_LINE = re.compile(r"^(?:[IWEF]\d{4} \d\d:\d\d:\d\d|WARNING: Logging before)", re.MULTILINE)
 
 
 @dataclass
@@ -101,6 +103,8 @@ def test_small_run_succeeds_byte_exact_with_resumes() -> None:
     assert summary["leaked_blocks"] == 0
     assert summary["resumes"] > 0
     assert summary["bytes"] > 0
+    # Mooncake's glog lines (every engine prints some as it starts) went into logging.
+    assert not GLOG_LINE.search(run.stderr), run.stderr
     assert set(summary["sides"]) == {"encoder", "language-0", "language-1"}
     for side in summary["sides"].values():
         assert side["rooms"] == {"Success": 12}

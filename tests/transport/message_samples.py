@@ -15,6 +15,7 @@ from embxfer.fsm.messages import (
     Register,
     RegisterAck,
 )
+from embxfer.fuzz import SAMPLE_MESSAGES, SAMPLE_REGIONS
 from embxfer.transport.wire import (
     MAX_BLOCK_SIZE,
     MAX_INT,
@@ -22,26 +23,9 @@ from embxfer.transport.wire import (
     MAX_STRING_CHARS,
 )
 
-REGIONS = (
-    BufferRegion("embeddings", 0x7F00_0000_0000, 128 * 4096 * 2),
-    BufferRegion("fill_ids", 0x7F10_0000_0000, 128 * 4),
-)
-
-EXAMPLES: tuple[Message, ...] = (
-    Register("10.0.0.2:17001", block_size=128, num_blocks=4096, regions=REGIONS),
-    RegisterAck(accepted=True),
-    RegisterAck(accepted=False, reason="block size mismatch"),
-    PieceRequest(
-        room=7, sent_tokens=0, blocks=(3, 9, 4), allocated_tokens=384, required_receivers=2
-    ),
-    PieceRequest(
-        room=MAX_INT, sent_tokens=1024, blocks=(0,), allocated_tokens=1, required_receivers=1
-    ),
-    PieceWritten(room=7, sent_tokens=1024, tokens=976, total_tokens=2000),
-    Abort(room=7, reason="client went away"),
-    AbortAck(room=0),
-    Heartbeat(),
-)
+# The library's samples serve the fuzzers as templates too.
+EXAMPLES = SAMPLE_MESSAGES
+REGIONS = SAMPLE_REGIONS
 
 _ints = st.integers(0, MAX_INT)
 _text = st.text(max_size=MAX_STRING_CHARS)
