@@ -29,6 +29,7 @@ from embxfer.runtime.pump import Pump, Timers
 from embxfer.runtime.rooms import RoomTable, Tracked
 from embxfer.runtime.stats import EngineStats
 from embxfer.transport.base import ControlChannel, DataTransport
+from embxfer.transport.tally import Tally
 
 LOG = logging.getLogger("embxfer.runtime")
 
@@ -103,7 +104,7 @@ class Engine(Generic[TrackedT]):
         self.peers = PeerMonitor(clock, config.heartbeat_s, config.peer_timeout_s)
         self.timers = Timers()
         sink = (metrics or default_metrics()).engine(self.role, self.address)
-        self.stats = EngineStats(sink=sink)
+        self.stats = EngineStats(Tally(LOG, f"{self.role} rejected a message from"), sink=sink)
         sink.watch_allocator(self.allocator)
         self._channel_rejects: dict[str, int] = {}  # control.rejected already counted
 
@@ -205,11 +206,7 @@ class Engine(Generic[TrackedT]):
     # -- rejections ------------------------------------------------------------------
     def reject(self, reason: str, peer: str, detail: str = "", room: int | None = None) -> None:
         """Count (and log once per reason) an inbound message that cannot be used."""
-        if self.stats.rejected_message(reason):
-            where = "" if room is None else f"room={room} "
-            LOG.warning(
-                "%s%s rejected a message from %s: %s %s", where, self.role, peer, reason, detail
-            )
+        self.stats.rejected_message(reason, peer, detail, room)
 
     def count_channel_rejects(self) -> None:
         """Count frames the control channel dropped (garbage, bad version, refused keys,
@@ -218,7 +215,7 @@ class Engine(Generic[TrackedT]):
             new = total - self._channel_rejects.get(reason, 0)
             if new > 0:
                 self._channel_rejects[reason] = total
-                self.stats.rejected_message(reason, new)
+                self.stats.rejected_by_channel(reason, new)
 
     # -- memory, time, peers -----------------------------------------------------------
     def _serve_memory(self) -> None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from embxfer.fsm.poll import KVPoll
 from embxfer.fsm.room import Room
 from embxfer.metrics import EngineMetrics, NoMetrics
+from embxfer.transport.tally import Tally
 
 
 class TransferFailed(RuntimeError):
@@ -37,13 +38,13 @@ class EngineStats:
     Updated only through its methods, which also feed ``sink`` (Prometheus or nothing),
     so the counters here and the exported metrics cannot disagree."""
 
+    rejected: Tally  # inbound messages and frames that could not be used, by reason
     succeeded: int = 0
     failed: int = 0
     resumes: int = 0
     memory_waits: int = 0  # times a room queued for blocks
     payload_bytes: int = 0
     failure_reasons: Counter[str] = field(default_factory=Counter)
-    rejected: Counter[str] = field(default_factory=Counter)
     sink: EngineMetrics = field(default_factory=NoMetrics, repr=False, compare=False)
 
     def room_ended(self, room: Room, seconds: float) -> None:
@@ -62,9 +63,14 @@ class EngineStats:
         self.payload_bytes += nbytes
         self.sink.bytes_moved(nbytes)
 
-    def rejected_message(self, reason: str, count: int = 1) -> bool:
-        """Count ``count`` rejections; True if they are the first for ``reason``."""
-        first = not self.rejected[reason]
-        self.rejected[reason] += count
+    def rejected_message(
+        self, reason: str, peer: str, detail: str = "", room: int | None = None
+    ) -> None:
+        """One inbound message this engine could not use (logged once per reason)."""
+        self.rejected.add(reason, peer, detail, room=room)
+        self.sink.message_rejected(reason)
+
+    def rejected_by_channel(self, reason: str, count: int) -> None:
+        """``count`` frames the control channel dropped (and logged) since last asked."""
+        self.rejected.count(reason, count)
         self.sink.message_rejected(reason, count)
-        return first
