@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -78,3 +79,41 @@ def assemble(
 def _join(parts: list[torch.Tensor]) -> torch.Tensor:
     """One part as is (keeps a view a view), several concatenated."""
     return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+class PieceRecord(Protocol):
+    """A received piece as the receiver room records it: kept in ``blocks``, or spilled
+    (``blocks`` empty) and then staged under its ``sent_tokens``."""
+
+    @property
+    def sent_tokens(self) -> int: ...
+
+    @property
+    def tokens(self) -> int: ...
+
+    @property
+    def blocks(self) -> tuple[int, ...]: ...
+
+
+def assemble_room(
+    buffers: MetadataBuffers,
+    pieces: Sequence[PieceRecord],
+    staged: Mapping[int, EmbeddingPayload],
+    staged_aux: tuple[int, int] | None,
+    total_tokens: int,
+) -> EmbeddingPayload:
+    """A receiver room's result: kept pieces read in place, spilled ones from ``staged``;
+    the aux record (``T``, mrope delta) from the room's first block, or as it was staged
+    with the first piece. Raises ValueError if the aux record disagrees with the ``T``
+    the sender reported, or the pieces do not tile ``[0, T)``."""
+    stored = [
+        StoredPiece(p.sent_tokens, p.tokens, blocks=p.blocks)
+        if p.blocks
+        else StoredPiece(p.sent_tokens, p.tokens, staged=staged[p.sent_tokens])
+        for p in pieces
+    ]
+    first = min(pieces, key=lambda piece: piece.sent_tokens)
+    total, delta = staged_aux or buffers.read_aux(first.blocks[0])
+    if total != total_tokens:
+        raise ValueError(f"aux says {total} tokens, the sender said {total_tokens}")
+    return assemble(buffers, stored, total, delta)

@@ -10,9 +10,10 @@ from embxfer.config import EngineConfig
 from embxfer.fsm.policy import ResumePolicy, SpillMode
 from embxfer.fsm.poll import KVPoll
 from embxfer.fsm.room import Timeouts
-from embxfer.receiver import ReceiverEngine, ReceiverHandle
+from embxfer.handles import ReceiverHandle, SenderHandle
+from embxfer.receiver import ReceiverEngine
 from embxfer.runtime import EngineStats, TransferFailed
-from embxfer.sender import SenderEngine, SenderHandle
+from embxfer.sender import SenderEngine
 
 __all__ = [
     "EmbeddingPayload",

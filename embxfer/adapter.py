@@ -89,9 +89,10 @@ from embxfer.buffers.metadata import MetadataBuffers
 from embxfer.buffers.payload import EmbeddingPayload
 from embxfer.config import EngineConfig
 from embxfer.fsm.poll import KVPoll
-from embxfer.receiver import ReceiverEngine, ReceiverHandle
+from embxfer.handles import ReceiverHandle, SenderHandle
+from embxfer.receiver import ReceiverEngine
 from embxfer.remote import NetworkConfig, remote_receiver, remote_sender
-from embxfer.sender import SenderEngine, SenderHandle
+from embxfer.sender import SenderEngine
 from embxfer.sglang_interface import (
     BaseKVManager,
     BaseKVReceiver,

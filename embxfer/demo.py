@@ -23,10 +23,9 @@ from embxfer.buffers.layout import BufferLayout
 from embxfer.config import EngineConfig
 from embxfer.fsm.poll import KVPoll
 from embxfer.fsm.room import Timeouts
+from embxfer.handles import ReceiverHandle, SenderHandle
 from embxfer.local import inproc_engines
-from embxfer.receiver import ReceiverHandle
-from embxfer.runtime import Runtime, TransferFailed
-from embxfer.sender import SenderHandle
+from embxfer.runtime import Engine, TransferFailed
 from embxfer.workload import payload_for, token_lengths
 
 TERMINAL = (KVPoll.Success, KVPoll.Failed)
@@ -380,7 +379,7 @@ def _percentile(ordered: list[float], q: float) -> float:
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
-def leaked_blocks(engine: Runtime[Any], wait_s: float = 5.0) -> int:
+def leaked_blocks(engine: Engine[Any], wait_s: float = 5.0) -> int:
     """Blocks still allocated once the engine has forgotten its rooms (or ``wait_s``):
     failed rooms may hold blocks until their write grace ends."""
     deadline = time.monotonic() + wait_s
@@ -396,7 +395,7 @@ def run_inproc(settings: DemoSettings, progress: bool = True) -> Summary:
         settings.receiver_config().replace(write_threads=False),
         settings.receivers,
     )
-    engines: list[Runtime[Any]] = [sender, *receivers]
+    engines: list[Engine[Any]] = [sender, *receivers]
     for engine in engines:
         engine.start()
     summary = Summary("inproc", settings.requests)

@@ -1,15 +1,11 @@
-"""The encoder-side engine and the room handle its scheduler uses."""
+"""The encoder-side engine: stores each room's embedding and writes it to the receivers
+that ask, piece by piece."""
 
 from __future__ import annotations
 
-import logging
-import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NoReturn
 
 from embxfer.buffers.allocator import BlockAllocator
 from embxfer.buffers.layout import AUX_KIND
@@ -18,43 +14,36 @@ from embxfer.buffers.payload import EmbeddingPayload
 from embxfer.buffers.segments import plan_segments
 from embxfer.config import EngineConfig
 from embxfer.fsm.actions import Action, SendMessage, StorePayload, WritePiece
-from embxfer.fsm.events import (
-    AbortReceived,
-    AbortRequested,
-    Event,
-    PayloadReady,
-    Released,
-    WriteFinished,
-)
-from embxfer.fsm.messages import (
-    AbortAck,
-    BufferRegion,
-    Message,
-    Register,
-    RegisterAck,
-)
-from embxfer.fsm.poll import KVPoll
-from embxfer.fsm.routing import room_event
+from embxfer.fsm.events import PayloadReady, WriteFinished
+from embxfer.fsm.messages import BufferRegion
 from embxfer.fsm.sender import SenderRoom
+from embxfer.handles import SenderHandle, SenderStatus
 from embxfer.metrics import Metrics
-from embxfer.runtime import Runtime, TransferFailed
-from embxfer.transport.base import ControlChannel, DataTransport, Segment, WriteResult
-
-LOG = logging.getLogger("embxfer.sender")
-
-_PARKED_LIMIT = 65536  # room messages held for rooms the scheduler has not created yet
-
-
-@dataclass(frozen=True)
-class RemoteBuffers:
-    """A registered receiver: where its blocks are, for one-sided writes."""
-
-    session_id: str
-    regions: tuple[BufferRegion, ...]
-    num_blocks: int
+from embxfer.routes import SenderRoutes
+from embxfer.runtime.engine import Engine
+from embxfer.runtime.rooms import Tracked
+from embxfer.transport.base import ControlChannel, DataTransport, WriteResult
+from embxfer.transport.writer import WriteJob, Writers
 
 
-class SenderEngine(Runtime[SenderRoom]):
+@dataclass(eq=False)
+class SenderTracked(Tracked[SenderRoom]):
+    """A sender room, and the scheduler's payload until it is stored in the room's blocks."""
+
+    token_bytes: int = 0  # every token kind of one token
+    aux_bytes: int = 0  # the aux record, written once to each receiver
+    payload: EmbeddingPayload | None = None
+
+    def publish(self) -> None:
+        status = self.status
+        assert isinstance(status, SenderStatus)
+        written = [progress.written for progress in self.room.receivers.values()]
+        reached = sum(1 for tokens in written if tokens)
+        status.bytes_written = sum(written) * self.token_bytes + reached * self.aux_bytes
+        super().publish()
+
+
+class SenderEngine(Engine[SenderTracked]):
     """Owns the encoder's buffers and rooms; writes pieces to receivers that ask."""
 
     role = "sender"
@@ -73,115 +62,84 @@ class SenderEngine(Runtime[SenderRoom]):
         super().__init__(
             config, control, data, clock, metrics, allocator=allocator, buffers=buffers
         )
-        self.receivers: dict[str, RemoteBuffers] = {}
-        self._writers: dict[str, _Writer] = {}
-        self._parked: dict[int, list[tuple[float, Event]]] = {}
-        self._parked_count = 0
-        self._local_regions = [
+        self.local_regions = [
             BufferRegion(kind, base, size) for kind, base, size in self.buffers.regions()
         ]
+        self.router = self.routes = SenderRoutes(self)
+        self.writers = Writers(threaded=config.write_threads)
 
     def create_room(self, room_id: int) -> SenderHandle:
         """A room for one request; receivers join it by asking for pieces."""
         room = SenderRoom(room_id, self.memory, self.config.timeouts, self.clock())
-        self.submit(lambda: self._adopt(room))
-        return SenderHandle(self, room)
-
-    def _adopt(self, room: SenderRoom) -> None:
-        if self.adopt(room):
-            for _, event in self._parked.pop(room.room_id, []):
-                self._parked_count -= 1
-                self.deliver(room, event)
-
-    # -- inbound ---------------------------------------------------------------------
-    def on_message(self, peer: str, message: Message) -> None:
-        if isinstance(message, Register):
-            self._register(peer, message)
-            return
-        routed = room_event("sender", peer, message)
-        if routed is None:
-            self.reject("unexpected_kind", peer, type(message).__name__)
-            return
-        room_id, event = routed
-        room = self.rooms.get(room_id)
-        forgotten = room is None and self.is_closed(room_id)
-        if forgotten and isinstance(event, AbortReceived):
-            # A receiver gave up on a room this engine finished and forgot (its last
-            # notice was lost, in a partition say, after which this engine may have given
-            # the receiver up too). A room is forgotten only once none of its writes is in
-            # flight: say so, as the room would have, and the receiver frees the blocks it
-            # holds against a late write. That fails nothing, whoever asks.
-            self.control.send(peer, AbortAck(room_id))
-        # Only a registered receiver can be in a room, so only one may ask or abort: a
-        # stray peer guessing room ids must not fail other receivers' rooms.
-        if peer not in self.receivers:
-            self.reject("unregistered_peer", peer)
-        elif room is not None:
-            self.deliver(room, event)
-        elif not forgotten:
-            self._park(peer, room_id, event)
-        elif not isinstance(event, AbortReceived):
-            self.reject("closed_room", peer, room=room_id)
-
-    def _park(self, peer: str, room_id: int, event: Event) -> None:
-        """Hold a room's event for a room the scheduler has not created yet (it may be
-        slower than the receiver); dropped after the bootstrap timeout."""
-        if self._parked_count >= _PARKED_LIMIT:
-            self.reject("park_full", peer, room=room_id)
-            return
-        self._parked.setdefault(room_id, []).append((self.clock(), event))
-        self._parked_count += 1
-
-    def _register(self, peer: str, message: Register) -> None:
-        problem = self._geometry_problem(message)
-        if problem:
-            self.reject("bad_geometry", peer, problem)
-            self.control.send(peer, RegisterAck(False, problem))
-            return
-        self.receivers[peer] = RemoteBuffers(
-            message.session_id, message.regions, message.num_blocks
+        tracked = SenderTracked(
+            room,
+            SenderStatus(),
+            token_bytes=self.layout.bytes_per_token,
+            aux_bytes=self.layout.block_bytes(AUX_KIND),
         )
-        self.control.send(peer, RegisterAck(True))
+        self.submit(lambda: self._adopt(tracked))
+        return SenderHandle(self, tracked)
 
-    def _geometry_problem(self, message: Register) -> str:
-        if message.block_size != self.layout.block_size:
-            return f"block_size {message.block_size} != {self.layout.block_size}"
-        theirs = {(r.kind, r.block_bytes) for r in message.regions}
-        ours = {(r.kind, r.block_bytes) for r in self._local_regions}
-        if theirs != ours:
-            return f"buffer kinds/sizes {sorted(theirs)} != {sorted(ours)}"
-        return ""
+    def _adopt(self, tracked: SenderTracked) -> None:
+        if self.adopt(tracked):
+            for event in self.routes.unpark(tracked.room_id):
+                self.deliver(tracked, event)
+
+    def hand_over(
+        self,
+        tracked: SenderTracked,
+        payload: EmbeddingPayload | None,
+        blocks: tuple[int, ...] = (),
+        num_tokens: int = 0,
+    ) -> None:
+        """The scheduler's embedding for the room: a payload to copy in, or ``blocks``
+        of this engine's memory it already wrote (thread-safe)."""
+        if payload is not None:
+            payload.validate(self.layout)
+            num_tokens = payload.num_tokens
+
+        def on_pump() -> None:
+            if payload is not None and tracked.payload is None and not tracked.room.total_tokens:
+                tracked.payload = payload
+            self.deliver(tracked, PayloadReady(num_tokens, blocks))
+
+        self.submit(on_pump)
+
+    def close(self) -> None:
+        super().close()
+        self.writers.shutdown()
 
     # -- outbound --------------------------------------------------------------------
-    def carry_out(self, room: SenderRoom, action: Action) -> None:
+    def carry_out(self, tracked: SenderTracked, action: Action) -> None:
         if isinstance(action, SendMessage):
             self.control.send(action.peer, action.message)
         elif isinstance(action, StorePayload):
-            assert isinstance(action.payload, EmbeddingPayload)
-            self.buffers.store(action.blocks, action.payload)
+            payload, tracked.payload = tracked.payload, None
+            assert payload is not None, "a room stores only a payload it was handed"
+            self.buffers.store(action.blocks, payload)
         elif isinstance(action, WritePiece):
-            self._write(room, action)
+            self._write(tracked, action)
         else:
             raise TypeError(f"sender cannot carry out {action!r}")
 
-    def _write(self, room: SenderRoom, action: WritePiece) -> None:
+    def _write(self, tracked: SenderTracked, action: WritePiece) -> None:
         def finished(result: WriteResult) -> None:
             nbytes = sum(s.length for s in segments) if result.ok else 0
             event = WriteFinished(action.receiver, action.sent_tokens, result.ok, result.reason)
 
             def on_pump() -> None:  # stats, like rooms, are touched on the pump thread only
                 self.stats.bytes_moved(nbytes)
-                self.deliver(room, event)
+                self.deliver(tracked, event)
 
             self.submit(on_pump)
 
-        peer = self.receivers.get(action.receiver)
+        peer = self.routes.receivers.get(action.receiver)
         if peer is None:
             finished(WriteResult(False, f"receiver {action.receiver} is not registered"))
             return
         try:
             segments = plan_segments(
-                self._local_regions,
+                self.local_regions,
                 peer.regions,
                 self.layout,
                 action.src_blocks,
@@ -193,211 +151,14 @@ class SenderEngine(Runtime[SenderRoom]):
         except Exception as exc:  # e.g. blocks outside the receiver's declared geometry
             finished(WriteResult(False, f"cannot plan write: {exc}"))
             return
-        job = _WriteJob(
+        job = WriteJob(
             self.data.write,
             peer.session_id,
             segments,
             finished,
-            wanted=lambda: self.receivers.get(action.receiver) == peer,
+            wanted=lambda: self.routes.receivers.get(action.receiver) == peer,
         )
-        if self.config.write_threads:
-            self._writer(action.receiver).submit(job)
-        else:
-            job.run()
+        self.writers.submit(action.receiver, job)
 
-    def _writer(self, peer: str) -> _Writer:
-        """One thread per receiver: a stalled receiver holds up only its own writes."""
-        writer = self._writers.get(peer)
-        if writer is None:
-            writer = self._writers[peer] = _Writer(f"embxfer-write-{len(self._writers)}")
-        return writer
-
-    def _shutdown_writers(self) -> None:
-        for writer in self._writers.values():
-            writer.shutdown()
-
-    # -- peers and time --------------------------------------------------------------
-    def active_peers(self) -> Iterable[str]:
-        """Receivers that get heartbeats; those silent past the peer timeout are lost.
-
-        A receiver still owed a piece of an open room must be alive; one that has all
-        its tokens may go quiet (it has nothing left to ask) while the room waits on
-        the other receivers, so its silence must not fail the room. Registered
-        receivers heard from within the peer timeout get heartbeats as well (and are
-        never lost for it): one may be waiting on a room this engine has not created
-        yet, and must keep hearing from us meanwhile.
-        """
-        owed = {
-            peer
-            for room in self.rooms.values()
-            if not room.terminal
-            for peer, progress in room.receivers.items()
-            if progress.in_flight or not room.total_tokens or progress.written < room.total_tokens
-        }
-        heard_since = self.clock() - self.config.peer_timeout_s
-        recent = {
-            peer
-            for peer in self.receivers
-            if (clock := self.peers.get(peer)) and clock.last_seen >= heard_since
-        }
-        return owed | recent
-
-    def forget_peer(self, peer: str) -> None:
-        self.receivers.pop(peer, None)
-
-    def housekeeping(self, now: float) -> None:
-        expiry = now - self.config.timeouts.bootstrap_s
-        for room_id in list(self._parked):
-            kept = [entry for entry in self._parked[room_id] if entry[0] > expiry]
-            self._parked_count -= len(self._parked[room_id]) - len(kept)
-            if kept:
-                self._parked[room_id] = kept
-            else:
-                del self._parked[room_id]
-
-
-@dataclass(frozen=True)
-class _WriteJob:
-    """A write and what to do with its outcome; transports never raise, this double-checks.
-
-    ``wanted`` turns False once the receiver is declared lost (or registers another
-    geometry): a write still queued then fails at once instead of being tried, because
-    each try at a dead Mooncake peer holds the writer thread about a second, and its
-    room keeps its source blocks until the write is over.
-    """
-
-    write: Callable[[str, list[Segment]], WriteResult]
-    session_id: str
-    segments: list[Segment]
-    done: Callable[[WriteResult], None]
-    wanted: Callable[[], bool]
-
-    def run(self) -> None:
-        if not self.wanted():
-            self.done(WriteResult(False, "receiver lost before the write started"))
-            return
-        try:
-            result = self.write(self.session_id, self.segments)
-        except Exception as exc:
-            result = WriteResult(False, f"transport raised {exc!r}")
-        self.done(result)
-
-
-class _Writer:
-    """The writer thread of one receiver, which sends the writes queued while one was in
-    flight together, as one transport call.
-
-    A Mooncake batch costs a fixed round trip and a busy wait on top of its segments;
-    rooms of a few tokens each pay it in full, so writing one room at a time caps a
-    receiver at a few hundred rooms a second when cores are contended. Joined writes
-    are the same writes in the same order; if a joined call fails, each is tried again
-    on its own (a one-sided write may be repeated) so every room learns its own outcome.
-    """
-
-    MAX_SEGMENTS = 1024  # per joined call: bounds the bytes a failed call makes us retry
-
-    def __init__(self, name: str) -> None:
-        self._executor = ThreadPoolExecutor(1, name)
-        self._lock = threading.Lock()
-        self._queue: deque[_WriteJob] = deque()
-        self._draining = False
-
-    def submit(self, job: _WriteJob) -> None:
-        with self._lock:
-            self._queue.append(job)
-            if self._draining:
-                return
-            self._draining = True
-        self._executor.submit(self._drain)
-
-    def _drain(self) -> None:
-        while True:
-            with self._lock:
-                if not self._queue:
-                    self._draining = False
-                    return
-                jobs = [self._queue.popleft()]
-                segments = len(jobs[0].segments)
-                while self._queue and segments + len(self._queue[0].segments) <= self.MAX_SEGMENTS:
-                    segments += len(self._queue[0].segments)
-                    jobs.append(self._queue.popleft())
-            try:
-                _run_joined(jobs)
-            except Exception:  # the thread must go on draining whatever one job did
-                LOG.exception("writer failed on %d jobs", len(jobs))
-
-    def shutdown(self) -> None:
-        """Drop the writes not started; one under way finishes on its own."""
-        with self._lock:
-            self._queue.clear()
-        self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _run_joined(jobs: list[_WriteJob]) -> None:
-    """Run ``jobs`` (queued for one receiver, in order) as one write."""
-    first = jobs[0]
-    if len(jobs) == 1 or any(
-        job.session_id != first.session_id or not job.wanted() for job in jobs
-    ):
-        for job in jobs:  # a receiver lost or registered anew: one by one, as ever
-            job.run()
-        return
-    try:
-        result = first.write(first.session_id, [s for job in jobs for s in job.segments])
-    except Exception as exc:
-        result = WriteResult(False, f"transport raised {exc!r}")
-    for job in jobs:
-        if result.ok:
-            job.done(result)
-        else:
-            job.run()
-
-
-class SenderHandle:
-    """A scheduler's view of one sender room: non-blocking, safe from any one thread."""
-
-    def __init__(self, engine: SenderEngine, room: SenderRoom) -> None:
-        self._engine = engine
-        self._room = room
-        self.room_id = room.room_id
-
-    def send(self, payload: EmbeddingPayload) -> None:
-        """Hand over the embedding; it is copied into the engine's buffers."""
-        payload.validate(self._engine.layout)
-        event = PayloadReady(payload.num_tokens, payload)
-        self._engine.submit(lambda: self._engine.deliver(self._room, event))
-
-    def send_blocks(self, blocks: Sequence[int], num_tokens: int) -> None:
-        """Hand over an embedding of ``num_tokens`` tokens that the scheduler already
-        wrote into ``blocks`` (taken from the engine's ``memory``, written with
-        ``buffers.store``): nothing is copied. The room owns the blocks from now on and
-        frees them with its own (at once if it refuses them)."""
-        event = PayloadReady(num_tokens, None, tuple(blocks))
-        self._engine.submit(lambda: self._engine.deliver(self._room, event))
-
-    def poll(self) -> KVPoll:
-        return self._room.poll
-
-    @property
-    def reason(self) -> str:
-        return self._room.reason
-
-    @property
-    def bytes_written(self) -> int:
-        """Bytes this room has written to its receivers so far: every token kind of every
-        piece confirmed, and each receiver's aux record."""
-        layout = self._engine.layout
-        written = [progress.written for progress in list(self._room.receivers.values())]
-        reached = sum(1 for tokens in written if tokens)
-        return sum(written) * layout.bytes_per_token + reached * layout.block_bytes(AUX_KIND)
-
-    def failure_exception(self) -> NoReturn:
-        """Raise the room's failure, with its reason (SGLang's contract)."""
-        raise TransferFailed(self.room_id, self._room.reason or "room has not failed")
-
-    def abort(self, reason: str = "requested") -> None:
-        self._engine.submit(lambda: self._engine.deliver(self._room, AbortRequested(reason)))
-
-    def release(self) -> None:
-        """The scheduler is done; the engine frees the room's memory once no write needs it."""
-        self._engine.submit(lambda: self._engine.deliver(self._room, Released()))
+    def room_ended(self, tracked: SenderTracked) -> None:
+        tracked.payload = None  # never stored: the room failed first

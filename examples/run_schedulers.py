@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from embxfer import EmbeddingPayload, EngineConfig, ReceiverEngine, SenderEngine
 from embxfer.local import inproc_engines
-from embxfer.runtime import Runtime
+from embxfer.runtime import Engine
 from embxfer.workload import payload_for
 from examples.encoder_scheduler import EncodeRequest, EncoderScheduler
 from examples.language_scheduler import LanguageRequest, LanguageScheduler
@@ -67,7 +67,7 @@ class Engines:
     threaded: bool
 
     @property
-    def all(self) -> list[Runtime[Any]]:
+    def all(self) -> list[Engine[Any]]:
         return [self.sender, *self.receivers]
 
     @property

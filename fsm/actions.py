@@ -17,10 +17,9 @@ class SendMessage:
 
 @dataclass(frozen=True, slots=True)
 class StorePayload:
-    """Sender: copy the scheduler's payload into the room's source ``blocks``."""
+    """Sender: copy the payload the scheduler handed over into the room's ``blocks``."""
 
     blocks: tuple[int, ...]
-    payload: object
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,12 +22,12 @@ class RequestReceived:
 
 @dataclass(frozen=True, slots=True)
 class PayloadReady:
-    """Sender: the scheduler handed over the embedding of ``total_tokens`` tokens: to be
-    stored in blocks the room takes, or already stored in ``blocks`` of the engine's
-    memory, which the scheduler took and filled (the room owns them from now on)."""
+    """Sender: the scheduler handed over the embedding of ``total_tokens`` tokens: the
+    engine holds it until the room has blocks to store it in, or it is stored already in
+    ``blocks`` of the engine's memory, which the scheduler took and filled (the room owns
+    them from now on). The room needs only the length."""
 
     total_tokens: int
-    payload: object
     blocks: tuple[int, ...] = ()
 
 

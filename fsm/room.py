@@ -158,7 +158,6 @@ class Room:
 
     __slots__ = (
         "_actions",
-        "_published",
         "_verdict",
         "crash",
         "deadline",
@@ -179,7 +178,6 @@ class Room:
         self.room_id = room_id
         self.timeouts = timeouts
         self.state = BOOTSTRAPPING
-        self._published = KVPoll.Bootstrapping
         self.now = now
         self.deadline = now + timeouts.bootstrap_s
         self.reason = ""
@@ -201,7 +199,6 @@ class Room:
             self.MACHINE.events[self.TRIGGERS[type(event)]].trigger(self, event)
         except Exception as exc:
             self._crashed(event, exc)
-        self._published = KVPoll[self.state]
         actions, self._actions = self._actions, []
         return actions
 
@@ -216,13 +213,6 @@ class Room:
         except Exception:  # the failure path itself is broken: the room stays as it is
             self._actions = []
             LOG.exception("room=%d could not fail after a crash", self.room_id)
-
-    @property
-    def poll(self) -> KVPoll:
-        """The state as of the last event fully handled. Schedulers poll from their own
-        threads, and ``state`` changes before the transition's callbacks run: a room
-        seen in Success could still lack its last piece, one in Failed its reason."""
-        return self._published
 
     @property
     def terminal(self) -> bool:

@@ -153,6 +153,15 @@ class SenderRoom(Room):
         """Released, terminal, and holding nothing: the runtime may forget the room."""
         return self.released and self.terminal and not self.src_blocks and not self.writes_in_flight
 
+    def owed_receivers(self) -> list[str]:
+        """Receivers still owed a piece (or a write's outcome): they must stay alive."""
+        total = self.total_tokens
+        return [
+            peer
+            for peer, progress in self.receivers.items()
+            if progress.in_flight or not total or progress.written < total
+        ]
+
     @property
     def waiting_for_memory(self) -> bool:
         """The payload is in, its source blocks are not: the room waits in the queue."""
@@ -313,7 +322,7 @@ class SenderRoom(Room):
         self.total_tokens = pending.total_tokens
         self.src_blocks = event.blocks
         if not pending.blocks:
-            self._actions.append(StorePayload(self.src_blocks, pending.payload))
+            self._actions.append(StorePayload(self.src_blocks))
         self._start_writes()
 
     def _refuse_payload(self, event: PayloadReady) -> None:

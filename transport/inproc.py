@@ -18,7 +18,7 @@ import torch
 
 from embxfer.fsm.messages import Message
 from embxfer.transport.base import Inbound, Segment, WriteResult
-from embxfer.transport.wire import RejectCounter, decode_inbound, encode
+from embxfer.transport.wire import decode_inbound, encode, reject_tally
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +151,7 @@ class InprocControlChannel:
         self._network = network
         self._address = address
         self._mailbox = network._attach_mailbox(address)
-        self._rejects = RejectCounter(address)
+        self._rejects = reject_tally(address)
 
     @property
     def address(self) -> str:

@@ -9,7 +9,6 @@ peer on another version is always reported as ``bad_version``, not as garbage.
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Generic, Literal, TypeVar
 
 import msgspec
@@ -22,6 +21,7 @@ from embxfer.fsm.messages import (
     Register,
 )
 from embxfer.transport.base import Inbound
+from embxfer.transport.tally import Tally
 
 MAX_FRAME_BYTES = 1 << 20
 MAX_BLOCKS_PER_REQUEST = 1 << 20
@@ -40,7 +40,7 @@ RejectReason = Literal[
     "inconsistent",  # fields contradict each other
 ]
 
-_logger = logging.getLogger("embxfer.wire")
+LOG = logging.getLogger("embxfer.wire")
 
 MessageT = TypeVar("MessageT")
 
@@ -165,41 +165,17 @@ def _consistent(condition: bool, detail: str) -> None:
         raise WireError("inconsistent", detail)
 
 
-class RejectCounter:
-    """Counts rejected frames by reason for one channel. Logs each reason's first occurrence
-    at WARNING (so a misbehaving peer is noticed) and later ones at DEBUG (so it cannot
-    flood the log)."""
-
-    def __init__(self, local: str) -> None:
-        self._local = local
-        self._lock = threading.Lock()
-        self._counts: dict[str, int] = {}
-
-    def record(self, peer: str, error: WireError) -> None:
-        """Count one rejection of a frame from ``peer``."""
-        with self._lock:
-            first = error.reason not in self._counts
-            self._counts[error.reason] = self._counts.get(error.reason, 0) + 1
-        _logger.log(
-            logging.WARNING if first else logging.DEBUG,
-            "%s rejected a frame from %s: %s",
-            self._local,
-            peer,
-            error,
-        )
-
-    def snapshot(self) -> dict[str, int]:
-        """A copy of the counts by reason."""
-        with self._lock:
-            return dict(self._counts)
+def reject_tally(local: str) -> Tally:
+    """The counter of frames a channel at ``local`` rejects."""
+    return Tally(LOG, f"{local} rejected a frame from")
 
 
 def decode_inbound(
-    peer: str, frame: bytes | bytearray | memoryview, rejects: RejectCounter
+    peer: str, frame: bytes | bytearray | memoryview, rejects: Tally
 ) -> Inbound | None:
     """What a channel's receive does with each frame: the message, or None once counted."""
     try:
         return Inbound(peer, decode(frame))
     except WireError as error:
-        rejects.record(peer, error)
+        rejects.add(error.reason, peer, error.detail)
         return None

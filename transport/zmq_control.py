@@ -19,7 +19,7 @@ import math
 import secrets
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from types import TracebackType
 
 import zmq
@@ -29,7 +29,8 @@ from zmq.utils.monitor import recv_monitor_message
 from embxfer.fsm.messages import Message
 from embxfer.transport.base import Inbound
 from embxfer.transport.curve_keys import AllowList, EngineKeys
-from embxfer.transport.wire import RejectCounter, WireError, decode_inbound, encode
+from embxfer.transport.tally import Tally
+from embxfer.transport.wire import decode_inbound, encode, reject_tally
 
 log = logging.getLogger(__name__)
 
@@ -147,9 +148,9 @@ class ZmqControlChannel:
         except BaseException:
             self._terminate()
             raise
-        self._frame_rejects = RejectCounter(self._address)
-        self._refusals = _Tally(f"{self._address} refused")
-        self._drops = _Tally(f"{self._address} dropped a message to")
+        self._frame_rejects = reject_tally(self._address)
+        self._refusals = Tally(log, f"{self._address} refused")
+        self._drops = Tally(log, f"{self._address} dropped a message to")
         self._poller = zmq.Poller()
         for socket in (self._router, self._wake_pull, self._monitor):
             self._poller.register(socket, zmq.POLLIN)
@@ -215,19 +216,19 @@ class ZmqControlChannel:
         try:
             dealer.send(frame, zmq.NOBLOCK)
         except zmq.Again:
-            self._drops.add(peer, "queue_full")
+            self._drops.add("queue_full", peer)
 
     def _dealer(self, peer: str) -> zmq.Socket[bytes] | None:
         """The cached DEALER for ``peer``, connecting one (and evicting the LRU) if new or
         if the key the allow-list has for the peer changed since."""
         if self._closed:
-            self._drops.add(peer, "closed")
+            self._drops.add("closed", peer)
             return None
         server_key = b""
         if self._allowed is not None:
             server_key = self._allowed.key_of(peer) or b""
             if not server_key:
-                self._drops.add(peer, "unknown_peer")
+                self._drops.add("unknown_peer", peer)
                 return None
         cached = self._dealers.get(peer)
         if cached is not None:
@@ -250,7 +251,7 @@ class ZmqControlChannel:
             dealer.connect(peer)
         except zmq.ZMQError:
             dealer.close()
-            self._drops.add(peer, "bad_address")
+            self._drops.add("bad_address", peer)
             return None
         self._dealers[peer] = (dealer, server_key)
         if len(self._dealers) > self._max_peers:
@@ -297,20 +298,17 @@ class ZmqControlChannel:
         """
         peer = _peer_address(frames[0].bytes)
         if peer is None:
-            self._frame_rejects.record(
-                repr(frames[0].bytes),
-                WireError("malformed", "routing identity is no tcp:// address"),
+            self._frame_rejects.add(
+                "malformed", repr(frames[0].bytes)[:64], "routing identity is no tcp:// address"
             )
             return None
         if allowed is not None:
             speaker = allowed.address_of(_user_id(frames[-1]))
             if speaker != peer:
-                self._refusals.add(peer, "revoked_key" if speaker is None else "identity_mismatch")
+                self._refusals.add("revoked_key" if speaker is None else "identity_mismatch", peer)
                 return None
         if len(frames) != 2:
-            self._frame_rejects.record(
-                peer, WireError("malformed", f"{len(frames) - 1} frames, not 1")
-            )
+            self._frame_rejects.add("malformed", peer, f"{len(frames) - 1} frames, not 1")
             return None
         return decode_inbound(peer, frames[1].bytes, self._frame_rejects)
 
@@ -322,7 +320,7 @@ class ZmqControlChannel:
                 return
             reason = _HANDSHAKE_REFUSALS.get(event["event"])
             if reason is not None:
-                self._refusals.add("a connection", reason)
+                self._refusals.add(reason, "a connection")
 
     def _drain_wakes(self) -> None:
         while True:
@@ -363,25 +361,6 @@ class ZmqControlChannel:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
-
-
-class _Tally:
-    """Counts events by reason; logs each reason's first occurrence at WARNING, later at DEBUG."""
-
-    def __init__(self, what: str) -> None:
-        self._what = what
-        self._lock = threading.Lock()
-        self._counts: Counter[str] = Counter()
-
-    def add(self, peer: str, reason: str) -> None:
-        with self._lock:
-            first = reason not in self._counts
-            self._counts[reason] += 1
-        log.log(logging.WARNING if first else logging.DEBUG, "%s %s: %s", self._what, peer, reason)
-
-    def snapshot(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._counts)
 
 
 def _peer_address(identity: bytes) -> str | None:

@@ -31,10 +31,9 @@ from embxfer.bench.core import BenchSettings, Metric, Number, at_most
 from embxfer.buffers.payload import EmbeddingPayload
 from embxfer.config import EngineConfig
 from embxfer.fsm.poll import KVPoll
+from embxfer.handles import ReceiverHandle, SenderHandle
 from embxfer.local import inproc_engines
-from embxfer.receiver import ReceiverHandle
-from embxfer.runtime import Runtime
-from embxfer.sender import SenderHandle
+from embxfer.runtime import Engine
 from embxfer.workload import token_lengths
 
 LENGTHS = "lognormal:1500:0.6"  # median 1500 tokens (a ~1000x1000 image in Qwen2-VL)
@@ -99,7 +98,7 @@ class _Simulation:
             write_threads=False,
         )
         self.sender, (self.receiver,), _ = inproc_engines(config, config, clock=lambda: self.now)
-        self.engines: tuple[Runtime[Any], ...] = (self.sender, self.receiver)
+        self.engines: tuple[Engine[Any], ...] = (self.sender, self.receiver)
         self.embeddings = torch.zeros(longest, HIDDEN, dtype=torch.bfloat16)
         self.rng = random.Random(seed)
         self.open: dict[int, tuple[SenderHandle, ReceiverHandle]] = {}

@@ -55,7 +55,7 @@ class Pair:
         recv = self.receiver.create_room(
             room_id, self.sender.address, expected_tokens=expected_tokens
         )
-        _wait(lambda: room_id in self.sender.rooms and bool(self.sender.rooms[room_id].receivers))
+        _wait(lambda: bool((tracked := self.sender.rooms.get(room_id)) and tracked.room.receivers))
         started = time.perf_counter()
         send.send(payload)
         while (state := recv.poll()) is not KVPoll.Success:

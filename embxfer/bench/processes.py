@@ -19,9 +19,10 @@ import torch
 from embxfer.buffers.payload import EmbeddingPayload
 from embxfer.config import EngineConfig
 from embxfer.fsm.poll import KVPoll
-from embxfer.receiver import ReceiverEngine, ReceiverHandle
+from embxfer.handles import ReceiverHandle, SenderHandle
+from embxfer.receiver import ReceiverEngine
 from embxfer.remote import NetworkConfig, remote_receiver, remote_sender
-from embxfer.sender import SenderEngine, SenderHandle
+from embxfer.sender import SenderEngine
 
 _IDLE_S = 50e-6  # the scheduler loop yields this long when no room finished
 _CHECK_EVERY = 64  # the receiver checks the bytes of every 64th room

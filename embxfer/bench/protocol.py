@@ -46,7 +46,7 @@ class Pair:
         sender = SenderRoom(room_id, self.sender_memory, _TIMEOUTS, 0.0)
         (ask,) = receiver.handle(PeerReady(), 0.0)
         sender.handle(_arriving("sender", RECEIVER, ask), 0.0)
-        sender.handle(PayloadReady(TOKENS, None), 0.0)
+        sender.handle(PayloadReady(TOKENS), 0.0)
         return sender, receiver
 
     def finish(self, sender: SenderRoom, receiver: ReceiverRoom) -> None:

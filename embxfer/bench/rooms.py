@@ -17,9 +17,8 @@ from embxfer.cluster.demo import ProcessOptions, run_processes
 from embxfer.config import EngineConfig
 from embxfer.demo import DemoSettings
 from embxfer.fsm.poll import KVPoll
+from embxfer.handles import ReceiverHandle, SenderHandle
 from embxfer.local import inproc_engines
-from embxfer.receiver import ReceiverHandle
-from embxfer.sender import SenderHandle
 from embxfer.transport import mooncake_data
 
 TOKENS = 16

@@ -16,7 +16,7 @@ from typing import Any
 from embxfer.bench.processes import Plan
 from embxfer.local import inproc_engines
 from embxfer.receiver import ReceiverEngine
-from embxfer.runtime import Runtime
+from embxfer.runtime import Engine
 from embxfer.sender import SenderEngine
 
 _SETTLE_S = 30.0  # at most this long for the rooms to reach their waiting states
@@ -75,7 +75,7 @@ def _settle(receiver: ReceiverEngine, rooms: int) -> None:
         time.sleep(0.01)
 
 
-def _pump_thread(engine: Runtime[Any]) -> threading.Thread:
+def _pump_thread(engine: Engine[Any]) -> threading.Thread:
     """The thread ``engine.start`` made (named after the engine's role)."""
     name = f"embxfer-{engine.role}"
     for thread in threading.enumerate():

@@ -20,11 +20,12 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from embxfer.demo import TERMINAL, RoomOutcome, leaked_blocks, receiver_outcome, sender_outcome
 from embxfer.fsm.poll import KVPoll
+from embxfer.handles import ReceiverHandle, SenderHandle
 from embxfer.native_log import route_native_log
-from embxfer.receiver import ReceiverEngine, ReceiverHandle
+from embxfer.receiver import ReceiverEngine
 from embxfer.remote import remote_receiver, remote_sender
-from embxfer.runtime import Runtime
-from embxfer.sender import SenderEngine, SenderHandle
+from embxfer.runtime import Engine
+from embxfer.sender import SenderEngine
 from embxfer.transport.zmq_control import ZmqControlChannel
 from embxfer.workload import payload_for
 
@@ -67,7 +68,7 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
     except Exception:
         conn.send(StartFailed(traceback.format_exc()))
         return
-    engine: Runtime[Any] = loop.engine
+    engine: Engine[Any] = loop.engine
     if spec.network.curve is not None:
         _reload_allow_list_on_sighup(engine)
     try:
@@ -81,7 +82,7 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
         engine.close()
 
 
-def _reload_allow_list_on_sighup(engine: Runtime[Any]) -> None:
+def _reload_allow_list_on_sighup(engine: Engine[Any]) -> None:
     """``kill -HUP`` a worker to have it read its allow-list again (revoking a key)."""
     control = engine.control
     assert isinstance(control, ZmqControlChannel)
@@ -108,7 +109,7 @@ class _Handle(Protocol):
 
 
 HandleT = TypeVar("HandleT", bound=_Handle)
-EngineT = TypeVar("EngineT", bound=Runtime[Any])
+EngineT = TypeVar("EngineT", bound=Engine[Any])
 
 
 class _Loop(Generic[EngineT, HandleT]):

@@ -335,7 +335,7 @@ def _walk(total_tokens: int, initial_tokens: int, policy: ResumePolicy) -> Itera
     yield f"{_E}->>{_L}: RegisterAck(accepted=true)"
     yield from ex.run(ex.receiver, PeerReady())
     yield f"Note over {_E}: scheduler: send(embedding of {total_tokens} tokens)"
-    yield from ex.run(ex.sender, PayloadReady(total_tokens, payload=None))
+    yield from ex.run(ex.sender, PayloadReady(total_tokens))
     if ex.receiver.state != SUCCESS or ex.sender.state != SUCCESS:
         raise DiagramError(f"exchange ended in {ex.sender.state}/{ex.receiver.state}")
     pieces = len(ex.receiver.pieces)

@@ -8,10 +8,11 @@ from typing import Any
 import pytest
 
 from embxfer import EngineConfig, KVPoll, ResumePolicy, SpillMode
+from embxfer.handles import ReceiverHandle, SenderHandle
 from embxfer.local import inproc_engines
-from embxfer.receiver import ReceiverEngine, ReceiverHandle
-from embxfer.runtime import Runtime
-from embxfer.sender import SenderEngine, SenderHandle
+from embxfer.receiver import ReceiverEngine
+from embxfer.runtime import Engine
+from embxfer.sender import SenderEngine
 from embxfer.tools.faults import Faults
 from embxfer.workload import payload_for
 
@@ -57,7 +58,7 @@ def drain(engines: list[Any]) -> None:
     pump(engines, lambda: not any(e.rooms for e in engines))
 
 
-def check_result(handle: ReceiverHandle, tokens: int, layout_engine: Runtime[Any]) -> None:
+def check_result(handle: ReceiverHandle, tokens: int, layout_engine: Engine[Any]) -> None:
     assert handle.poll() is KVPoll.Success, handle.reason
     result = handle.result()
     assert result.num_tokens == tokens
@@ -87,7 +88,7 @@ def test_seed_cases(tokens: int, alloc: int, resumes: int) -> None:
 
 def test_second_allocation_is_whole_blocks_of_the_rest() -> None:
     _, (receiver,), _, (got,) = run_room(2000, [1024])
-    room = receiver.rooms[got.room_id]
+    room = receiver.rooms.get(got.room_id).room
     assert [(p.sent_tokens, p.tokens, len(p.blocks)) for p in room.pieces] == [
         (0, 1024, 8),
         (1024, 976, 8),
@@ -98,7 +99,7 @@ def test_capped_resumes_bound_every_piece() -> None:
     config = CONFIG.replace(policy=ResumePolicy(max_resume_tokens=16384))
     _, (receiver,), _, (got,) = run_room(50000, [8192], config)
     check_result(got, 50000, receiver)
-    room = receiver.rooms[got.room_id]
+    room = receiver.rooms.get(got.room_id).room
     assert [p.tokens for p in room.pieces] == [8192, 16384, 16384, 9040]
     assert got.resumes == 3
 
@@ -107,7 +108,7 @@ def test_same_block_indices_come_back_on_a_resume() -> None:
     config = CONFIG.replace(policy=ResumePolicy(spill=SpillMode.ALWAYS_SPILL))
     _, (receiver,), _, (got,) = run_room(2000, [1024], config)
     check_result(got, 2000, receiver)
-    first, second = receiver.rooms[got.room_id].pieces
+    first, second = receiver.rooms.get(got.room_id).room.pieces
     assert first.blocks == () and second.blocks == tuple(range(8)), "blocks 0-7 twice"
 
 

@@ -8,8 +8,9 @@ import threading
 import time
 from collections.abc import Sequence
 
-from embxfer.sender import _WriteJob, _Writer
 from embxfer.transport.base import Segment, WriteResult
+from embxfer.transport.writer import PeerWriter as _Writer
+from embxfer.transport.writer import WriteJob as _WriteJob
 
 WAIT_S = 10.0
 

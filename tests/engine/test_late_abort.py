@@ -55,7 +55,7 @@ def test_so_is_one_that_arrives_after_a_partition_in_which_the_sender_gave_it_up
     faults.plan = FaultPlan(delay=1.0, delay_sends=10**9)
     rig.pump_until(lambda: owed.poll() is KVPoll.Failed and joined.poll() is KVPoll.Failed)
     rig.pump_until(lambda: unaware.poll() is KVPoll.Failed)
-    assert rig.receiver.address not in rig.sender.receivers  # given up
+    assert rig.receiver.address not in rig.sender.routes.receivers  # given up
     for handle in (owed, unaware, joined):
         handle.release()
     faults.plan = None

@@ -9,9 +9,10 @@ from typing import Any
 
 from embxfer import EngineConfig, KVPoll, ResumePolicy, SpillMode, Timeouts
 from embxfer.fsm.events import Event
+from embxfer.handles import ReceiverHandle, SenderHandle
 from embxfer.local import inproc_engines
-from embxfer.receiver import ReceiverEngine, ReceiverHandle
-from embxfer.sender import SenderEngine, SenderHandle
+from embxfer.receiver import ReceiverEngine
+from embxfer.sender import SenderEngine
 from embxfer.workload import payload_for
 
 from .test_inproc_engines import check_result, drain, finish
@@ -132,13 +133,13 @@ def test_a_large_room_is_not_passed_by_smaller_ones_behind_it() -> None:
     for _ in range(20):
         for engine in pump_both:
             engine.run_once(0.0)
-    assert [room.waiting_for_memory for room in receiver.rooms.values()] == [True] * 3
+    assert [t.room.waiting_for_memory for t in receiver.rooms] == [True] * 3
     receiver.memory.free(hog)
     for _ in range(20):
         for engine in pump_both:
             engine.run_once(0.0)
     assert rooms[0][1].poll() is KVPoll.Success, "the head took the whole pool"
-    waiting = {room_id for room_id, room in receiver.rooms.items() if room.waiting_for_memory}
+    waiting = {t.room_id for t in receiver.rooms if t.room.waiting_for_memory}
     assert waiting == {1, 2}, "the small rooms waited behind it, though one block was free"
     for index, (sent, got) in enumerate(rooms):
         finish(pump_both, sent, got)
@@ -167,7 +168,7 @@ def test_waiting_rooms_cost_no_events_until_memory_comes_back() -> None:
     for _ in range(10):
         sender.run_once(0.0)
         receiver.run_once(0.0)
-    assert sum(room.waiting_for_memory for room in receiver.rooms.values()) == 80
+    assert sum(t.room.waiting_for_memory for t in receiver.rooms) == 80
     events: list[Event] = []
     deliver = receiver.deliver
 
@@ -186,7 +187,7 @@ def test_waiting_rooms_cost_no_events_until_memory_comes_back() -> None:
     for _ in range(5):  # the sender acknowledges; the quarantined blocks come back
         sender.run_once(0.0)
         receiver.run_once(0.0)
-    granted = [room_id for room_id, room in receiver.rooms.items() if room.outstanding]
+    granted = [t.room_id for t in receiver.rooms if t.room.outstanding]
     assert granted == list(range(5, 25)), "the next five in the queue hold blocks now"
     for handle in [*handles, *senders]:
         handle.abort()

@@ -17,7 +17,7 @@ import pytest
 
 from embxfer import EngineConfig, KVPoll, Timeouts
 from embxfer.receiver import ReceiverEngine
-from embxfer.runtime import Runtime
+from embxfer.runtime import Engine
 from embxfer.sender import SenderEngine
 from embxfer.transport.base import Segment, WriteResult
 from embxfer.transport.inproc import InprocControlChannel, InprocDataTransport, InprocNetwork
@@ -65,7 +65,7 @@ class Rig:
             )
             for rank in range(2)
         ]
-        self.engines: list[Runtime[Any]] = [self.sender, *self.receivers]
+        self.engines: list[Engine[Any]] = [self.sender, *self.receivers]
 
 
 @pytest.fixture

@@ -47,7 +47,7 @@ def sender_in(state: str, allocator: FreeListAllocator | None = None) -> SenderR
     if state == "Failed":
         room.handle(AbortRequested("test"), 0.0)
         return room
-    (write,) = [a for a in room.handle(PayloadReady(TOTAL, None), 0.0) if isinstance(a, WritePiece)]
+    (write,) = [a for a in room.handle(PayloadReady(TOTAL), 0.0) if isinstance(a, WritePiece)]
     room.handle(WriteFinished(RECEIVER, 0, True), 0.0)
     if state == "Transferring":
         return room

@@ -25,7 +25,7 @@ def test_a_sender_callback_that_raises_fails_the_room_and_discards_its_actions(
 ) -> None:
     allocator = FreeListAllocator(64, 4)
     room = sender_in("WaitingForInput", allocator)
-    room.handle(PayloadReady(TOTAL, None), 0.0)
+    room.handle(PayloadReady(TOTAL), 0.0)
 
     def broken(self: SenderRoom, event: WriteFinished) -> None:
         self._actions.append(object())  # type: ignore[arg-type]  # half a step

@@ -97,8 +97,8 @@ def two_receivers() -> SenderRoom:
     room = sender_in(B)
     check_outcome(room, RequestReceived(RECEIVER, request(0, (0, 1), 2)), 0.0, B, ACT)
     check_outcome(room, RequestReceived(RECEIVER, request(0, (0, 1), 2)), 0.0, B, IGNORE)
-    check_outcome(room, PayloadReady(TOTAL, None), 0.0, B, ACT, ("StorePayload", "WritePiece"))
-    check_outcome(room, PayloadReady(TOTAL, None), 0.0, B, IGNORE)  # handed over already
+    check_outcome(room, PayloadReady(TOTAL), 0.0, B, ACT, ("StorePayload", "WritePiece"))
+    check_outcome(room, PayloadReady(TOTAL), 0.0, B, IGNORE)  # handed over already
     return room
 
 
@@ -118,7 +118,7 @@ def sender_resume_of_one_receiver_while_another_still_owed() -> None:
     room = sender_in(B)
     room.handle(RequestReceived(RECEIVER, request(0, (0, 1), 2)), 0.0)
     room.handle(RequestReceived(OTHER, request(0, (0, 1), 2)), 0.0)
-    room.handle(PayloadReady(TOTAL, None), 0.0)
+    room.handle(PayloadReady(TOTAL), 0.0)
     check_outcome(room, WriteFinished(RECEIVER, 0, True), 0.0, T, ACT, ("PieceWritten",))
     check_outcome(room, WriteFinished(OTHER, 0, True), 0.0, T, ACT, ("PieceWritten",))
     room.handle(RequestReceived(RECEIVER, request(8, (2,), 2)), 0.0)
@@ -140,14 +140,14 @@ def sender_a_joined_receiver_is_lost_before_the_others_join() -> None:
 def sender_one_piece_does_it_all() -> None:
     room = sender_in(B)
     room.handle(RequestReceived(RECEIVER, request(0, (0, 1, 2))), 0.0)
-    room.handle(PayloadReady(TOTAL, None), 0.0)
+    room.handle(PayloadReady(TOTAL), 0.0)
     check_outcome(room, WriteFinished(RECEIVER, 0, True), 0.0, OK, ACT, ("PieceWritten",))
 
 
 def sender_three_pieces_and_a_failed_resume_write() -> None:
     room = sender_in(B)
     room.handle(RequestReceived(RECEIVER, request(0, (0,))), 0.0)
-    room.handle(PayloadReady(TOTAL, None), 0.0)
+    room.handle(PayloadReady(TOTAL), 0.0)
     room.handle(WriteFinished(RECEIVER, 0, True), 0.0)
     room.handle(RequestReceived(RECEIVER, request(4, (1,))), 0.0)
     check_outcome(room, WriteFinished(RECEIVER, 4, True), 0.0, T, ACT, ("PieceWritten",))
@@ -160,7 +160,7 @@ def sender_payload_granted_memory_in_each_state() -> None:
         allocator = FreeListAllocator(3, BLOCK)
         hog = allocator.alloc(BLOCK)
         room = sender_in(state, allocator)
-        check_outcome(room, PayloadReady(TOTAL, None), 0.0, state, ACT, ("WaitForMemory",))
+        check_outcome(room, PayloadReady(TOTAL), 0.0, state, ACT, ("WaitForMemory",))
         assert hog is not None
         allocator.free(hog)
         granted = MemoryGranted(tuple(allocator.alloc(TOTAL) or ()))
@@ -169,7 +169,7 @@ def sender_payload_granted_memory_in_each_state() -> None:
 
 
 def sender_an_empty_payload_while_waiting_for_input() -> None:
-    check_outcome(sender_in(W), PayloadReady(0, None), 0.0, F, FAIL, ("Abort",))
+    check_outcome(sender_in(W), PayloadReady(0), 0.0, F, FAIL, ("Abort",))
 
 
 def receiver_three_pieces() -> None:

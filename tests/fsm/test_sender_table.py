@@ -45,8 +45,8 @@ CASES: dict[str, tuple[Event, float]] = {
     "duplicate_request": (RequestReceived(RECEIVER, request(0, (0, 1))), 1.0),
     "resume": (RequestReceived(RECEIVER, request(8, (2,))), 1.0),
     "bad_allocation": (RequestReceived(OTHER, PieceRequest(ROOM, 0, (5,), 3, 1)), 1.0),
-    "payload": (PayloadReady(TOTAL, None), 1.0),
-    "payload_in_blocks": (PayloadReady(TOTAL, None, (-1,)), 1.0),  # blocks: see test_table
+    "payload": (PayloadReady(TOTAL), 1.0),
+    "payload_in_blocks": (PayloadReady(TOTAL, (-1,)), 1.0),  # blocks: see test_table
     "write_ok": (WriteFinished(RECEIVER, 0, True), 1.0),
     "write_failed": (WriteFinished(RECEIVER, 0, False, "rc=-1"), 1.0),
     "abort": (AbortRequested("scheduler"), 1.0),
@@ -60,7 +60,7 @@ CASES: dict[str, tuple[Event, float]] = {
     "granted": (MemoryGranted(()), 1.0),  # blocks the room did not wait for: see test_table
     "crash": (CallbackFailed("PayloadReady: KeyError()"), 1.0),
     "stale_write": (WriteFinished(RECEIVER, 4, True), 1.0),  # no write at that offset
-    "empty_payload": (PayloadReady(0, None), 1.0),
+    "empty_payload": (PayloadReady(0), 1.0),
 }
 
 B, W, T, OK, F = STATE_NAMES[1], STATE_NAMES[2], STATE_NAMES[3], STATE_NAMES[4], STATE_NAMES[0]
@@ -167,7 +167,7 @@ def sender_with_write_in_flight(state: str) -> SenderRoom:
     """W with the first piece being written; other states as rooms.sender_in builds them."""
     room = sender_in(state)
     if state == W:
-        room.handle(PayloadReady(TOTAL, None), 0.0)
+        room.handle(PayloadReady(TOTAL), 0.0)
     return room
 
 
@@ -184,7 +184,7 @@ def test_table(state: str, case: str) -> None:
     if isinstance(event, MemoryGranted):
         event = MemoryGranted(tuple(room.memory.take(BLOCK, BLOCK) or ()))
     if isinstance(event, PayloadReady) and event.blocks:  # the scheduler took and filled
-        event = PayloadReady(TOTAL, None, tuple(room.memory.take(TOTAL, TOTAL) or ()))
+        event = PayloadReady(TOTAL, tuple(room.memory.take(TOTAL, TOTAL) or ()))
     after, outcome, *emits = EXPECTED[state, case]
     assert emits or outcome == IGNORE, "an act or a failure says what it emits"
     check_outcome(room, event, now, after, outcome, *emits)
@@ -219,7 +219,7 @@ def test_payload_waits_for_memory_in_the_queue_until_granted() -> None:
     assert hog is not None
     room = sender_in(W, allocator)
     # 3 blocks needed, 2 free: the room queues for all 3 and sets no timer but its deadline
-    assert room.handle(PayloadReady(TOTAL, None), 1.0) == [WaitForMemory(TOTAL, TOTAL)]
+    assert room.handle(PayloadReady(TOTAL), 1.0) == [WaitForMemory(TOTAL, TOTAL)]
     assert room.state == W and room.waiting_for_memory and room.wakeup == room.deadline
     assert room.handle(Tick(), 2.0) == [] and room.waiting_for_memory
     allocator.free(hog)
@@ -234,7 +234,7 @@ def test_a_room_failing_in_the_queue_leaves_it_and_says_why() -> None:
     allocator = FreeListAllocator(3, BLOCK)
     allocator.alloc(BLOCK)  # held by others: 2 of the 3 blocks needed are free
     room = sender_in(W, allocator)
-    assert room.handle(PayloadReady(TOTAL, None), 1.0) == [WaitForMemory(TOTAL, TOTAL)]
+    assert room.handle(PayloadReady(TOTAL), 1.0) == [WaitForMemory(TOTAL, TOTAL)]
     actions = room.handle(Tick(), 1.0 + room.timeouts.progress_s)
     assert room.state == F
     assert room.reason == "deadline passed in WaitingForInput waiting for memory"
@@ -243,7 +243,7 @@ def test_a_room_failing_in_the_queue_leaves_it_and_says_why() -> None:
 
 def test_a_payload_larger_than_the_pool_fails_at_once() -> None:
     room = sender_in(W, FreeListAllocator(2, BLOCK))
-    check_outcome(room, PayloadReady(TOTAL, None), 1.0, F, FAIL, ("Abort",))
+    check_outcome(room, PayloadReady(TOTAL), 1.0, F, FAIL, ("Abort",))
     assert "can never fit 2 blocks" in room.reason
 
 
@@ -252,7 +252,7 @@ def test_a_joined_receiver_is_served_before_the_others_join() -> None:
     room = sender_in(B)
     room.handle(RequestReceived(RECEIVER, request(0, (0, 1, 2), receivers=2)), 0.0)
     assert room.state == B
-    actions = room.handle(PayloadReady(TOTAL, None), 0.0)
+    actions = room.handle(PayloadReady(TOTAL), 0.0)
     assert [type(a).__name__ for a in actions] == ["StorePayload", "WritePiece"]
     actions = room.handle(WriteFinished(RECEIVER, 0, True), 0.0)
     assert room.state == B and messages(actions) == ["PieceWritten"]
@@ -265,7 +265,7 @@ def test_a_joined_receiver_is_served_before_the_others_join() -> None:
 def test_a_payload_in_the_schedulers_blocks_is_written_from_them_without_a_copy() -> None:
     room = sender_in(W)
     blocks = tuple(room.memory.take(TOTAL, TOTAL) or ())
-    actions = room.handle(PayloadReady(TOTAL, None, blocks), 1.0)
+    actions = room.handle(PayloadReady(TOTAL, blocks), 1.0)
     assert [type(a).__name__ for a in actions] == ["WritePiece"]  # no StorePayload
     assert room.src_blocks == blocks
     room.handle(WriteFinished(RECEIVER, 0, True), 1.0)
@@ -277,6 +277,6 @@ def test_a_payload_in_the_schedulers_blocks_is_written_from_them_without_a_copy(
 def test_blocks_that_do_not_match_the_payloads_length_fail_the_room_and_go_back() -> None:
     room = sender_in(W)
     blocks = tuple(room.memory.take(2 * BLOCK, 2 * BLOCK) or ())  # 10 tokens need 3
-    check_outcome(room, PayloadReady(TOTAL, None, blocks), 1.0, F, FAIL, ("Abort",))
+    check_outcome(room, PayloadReady(TOTAL, blocks), 1.0, F, FAIL, ("Abort",))
     assert room.reason == "payload of 10 tokens handed over in 2 blocks of 4"
     assert room.memory.free_blocks == 64

@@ -9,7 +9,7 @@ from typing import Any
 from embxfer.config import EngineConfig
 from embxfer.metrics import Metrics
 from embxfer.receiver import ReceiverEngine
-from embxfer.runtime import Runtime
+from embxfer.runtime import Engine
 from embxfer.sender import SenderEngine
 from embxfer.transport.inproc import InprocControlChannel, InprocDataTransport, InprocNetwork
 
@@ -35,7 +35,7 @@ class Rig:
             self.clock,
             metrics,
         )
-        self.engines: list[Runtime[Any]] = [self.sender, self.receiver]
+        self.engines: list[Engine[Any]] = [self.sender, self.receiver]
 
     def clock(self) -> float:
         return self.now

@@ -45,7 +45,7 @@ from embxfer.fuzz import (
 )
 from embxfer.receiver import ReceiverEngine
 from embxfer.remote import NetworkConfig, remote_receiver, remote_sender
-from embxfer.runtime import Runtime
+from embxfer.runtime import Engine
 from embxfer.sender import SenderEngine
 from embxfer.transport.curve_keys import AllowList, EngineKeys, generate_keys
 from embxfer.transport.mooncake_data import available
@@ -67,7 +67,7 @@ HOST = "127.0.0.1"
 T = TypeVar("T")
 
 
-def on_pump(engine: Runtime[Any], read: Callable[[], T]) -> T:
+def on_pump(engine: Engine[Any], read: Callable[[], T]) -> T:
     """``read()`` on the engine's pump thread, which owns everything ``read`` may touch."""
     result: Future[T] = Future()
     engine.submit(lambda: result.set_result(read()))

@@ -29,12 +29,12 @@ from embxfer.transport.wire import (
     MAX_INT,
     MAX_REGIONS,
     MAX_STRING_CHARS,
-    RejectCounter,
     RejectReason,
     WireError,
     decode,
     decode_inbound,
     encode,
+    reject_tally,
     validate,
 )
 
@@ -222,11 +222,11 @@ def test_detail_quoting_a_peer_is_bounded() -> None:
     assert len(caught.value.detail) == MAX_DETAIL_CHARS
 
 
-def test_reject_counter_logs_each_reason_once_at_warning(caplog: pytest.LogCaptureFixture) -> None:
-    counter = RejectCounter("L0")
+def test_reject_tally_logs_each_reason_once_at_warning(caplog: pytest.LogCaptureFixture) -> None:
+    counter = reject_tally("L0")
     caplog.set_level(logging.DEBUG, logger="embxfer.wire")
     for reason in ("malformed", "malformed", "bad_version", "malformed"):
-        counter.record("E3", WireError(reason, "detail"))
+        counter.add(reason, "E3", "detail")
     assert counter.snapshot() == {"malformed": 3, "bad_version": 1}
     levels = [(r.levelno, "malformed" in r.getMessage()) for r in caplog.records]
     assert levels == [
@@ -238,13 +238,12 @@ def test_reject_counter_logs_each_reason_once_at_warning(caplog: pytest.LogCaptu
     assert all("L0" in r.getMessage() and "E3" in r.getMessage() for r in caplog.records)
 
 
-def test_reject_counter_is_thread_safe() -> None:
-    counter = RejectCounter("L0")
-    error = WireError("malformed")
+def test_reject_tally_is_thread_safe() -> None:
+    counter = reject_tally("L0")
 
     def record_many() -> None:
         for _ in range(2000):
-            counter.record("E", error)
+            counter.add("malformed", "E")
 
     threads = [threading.Thread(target=record_many) for _ in range(8)]
     for thread in threads:
@@ -255,14 +254,14 @@ def test_reject_counter_is_thread_safe() -> None:
 
 
 def test_snapshot_is_a_copy() -> None:
-    counter = RejectCounter("L0")
-    counter.record("E", WireError("too_large"))
+    counter = reject_tally("L0")
+    counter.add("too_large", "E")
     counter.snapshot()["too_large"] = 99
     assert counter.snapshot() == {"too_large": 1}
 
 
 def test_decode_inbound() -> None:
-    counter = RejectCounter("L0")
+    counter = reject_tally("L0")
     assert decode_inbound("E1", encode(Heartbeat()), counter) == Inbound("E1", Heartbeat())
     assert decode_inbound("E1", b"junk", counter) is None
     assert counter.snapshot() == {"malformed": 1}

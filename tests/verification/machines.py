@@ -256,7 +256,7 @@ class WorldMachine(RuleBasedStateMachine):
             if other not in members
         ]
         if room_id in world.handed:
-            moves.append(Inject(SENDER, room_id, PayloadReady(1, None), fault=False))
+            moves.append(Inject(SENDER, room_id, PayloadReady(1), fault=False))
         past_end = world.totals[room_id] + 1
         for peer, progress in room.receivers.items():
             stale_write = WriteFinished(peer, progress.requested_at + 1, True)

@@ -33,7 +33,7 @@ def test_a_healthy_room_succeeds_and_gives_every_block_back() -> None:
     world = World(CONFIG, ByteData(CONFIG, seed=1))
     world.apply(OpenRoom(0, 7, ("L0",), (2,)))
     run_to_success(world)
-    assert world.rooms[("L0", 0)].poll.name == "Success"
+    assert world.rooms[("L0", 0)].state == "Success"
     world.final_check()
 
 

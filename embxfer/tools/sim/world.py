@@ -148,7 +148,7 @@ class World:
                 self._open(move)
             case HandPayload(room=room):
                 self.handed.add(room)
-                self._run((SENDER, room), PayloadReady(self.totals[room], self.payloads[room]))
+                self._run((SENDER, room), PayloadReady(self.totals[room]))
             case Deliver(envelope=envelope):
                 self.in_flight.remove(envelope)
                 self._deliver(envelope)
@@ -318,7 +318,7 @@ class World:
         elif isinstance(action, WritePiece):
             self.writes.append(PendingWrite(room, action, self.now))
         elif isinstance(action, StorePayload):
-            self.data.store(room, action.blocks, action.payload)
+            self.data.store(room, action.blocks, self.payloads[room])
         elif isinstance(action, WaitForMemory):
             self.ownership.queued[engine].append(room)
             self.pools[engine].wait(room, action.tokens, action.floor_tokens)

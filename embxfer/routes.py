@@ -1,0 +1,232 @@
+"""What inbound control messages mean to each role, beyond the room they are for.
+
+Room messages become room events through ``fsm.routing.room_event`` (the one mapping).
+What is left is engine business, per role. A sender keeps the receivers that
+registered (their buffer geometry, for one-sided writes), takes room messages from
+them alone, and parks those for rooms its scheduler has not created yet. A receiver
+registers with each sender its rooms name, once, and holds rooms in Bootstrapping
+until the sender accepts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from embxfer.fsm.events import AbortReceived, Event, PeerReady
+from embxfer.fsm.messages import AbortAck, BufferRegion, Message, Register, RegisterAck
+from embxfer.fsm.routing import room_event
+
+if TYPE_CHECKING:
+    from embxfer.receiver import ReceiverEngine, ReceiverTracked
+    from embxfer.sender import SenderEngine
+
+LOG = logging.getLogger("embxfer.routes")
+
+PARKED_LIMIT = 65536  # room events held for rooms the scheduler has not created yet
+
+
+@dataclass(frozen=True)
+class RemoteBuffers:
+    """A registered receiver: where its blocks are, for one-sided writes."""
+
+    session_id: str
+    regions: tuple[BufferRegion, ...]
+    num_blocks: int
+
+
+class SenderRoutes:
+    """The sender's side of the control channel."""
+
+    def __init__(self, engine: SenderEngine) -> None:
+        self.engine = engine
+        self.receivers: dict[str, RemoteBuffers] = {}
+        self._parked: dict[int, list[tuple[float, Event]]] = {}
+        self._parked_count = 0
+
+    def on_message(self, peer: str, message: Message) -> None:
+        engine = self.engine
+        if isinstance(message, Register):
+            self._register(peer, message)
+            return
+        routed = room_event("sender", peer, message)
+        if routed is None:
+            engine.reject("unexpected_kind", peer, type(message).__name__)
+            return
+        room_id, event = routed
+        tracked = engine.rooms.get(room_id)
+        forgotten = tracked is None and engine.rooms.is_closed(room_id)
+        if forgotten and isinstance(event, AbortReceived):
+            # A receiver gave up on a room this engine finished and forgot (its last
+            # notice was lost, in a partition say, after which this engine may have given
+            # the receiver up too). A room is forgotten only once none of its writes is in
+            # flight: say so, as the room would have, and the receiver frees the blocks it
+            # holds against a late write. That fails nothing, whoever asks.
+            engine.control.send(peer, AbortAck(room_id))
+        # Only a registered receiver can be in a room, so only one may ask or abort: a
+        # stray peer guessing room ids must not fail other receivers' rooms.
+        if peer not in self.receivers:
+            engine.reject("unregistered_peer", peer)
+        elif tracked is not None:
+            engine.deliver(tracked, event)
+        elif not forgotten:
+            self._park(peer, room_id, event)
+        elif not isinstance(event, AbortReceived):
+            engine.reject("closed_room", peer, room=room_id)
+
+    def unpark(self, room_id: int) -> list[Event]:
+        """The events held for a room its scheduler just created, in arrival order."""
+        parked = self._parked.pop(room_id, [])
+        self._parked_count -= len(parked)
+        return [event for _, event in parked]
+
+    def _park(self, peer: str, room_id: int, event: Event) -> None:
+        """Hold a room's event for a room the scheduler has not created yet (it may be
+        slower than the receiver); dropped after the bootstrap timeout."""
+        if self._parked_count >= PARKED_LIMIT:
+            self.engine.reject("park_full", peer, room=room_id)
+            return
+        self._parked.setdefault(room_id, []).append((self.engine.clock(), event))
+        self._parked_count += 1
+
+    def _register(self, peer: str, message: Register) -> None:
+        problem = self._geometry_problem(message)
+        if problem:
+            self.engine.reject("bad_geometry", peer, problem)
+            self.engine.control.send(peer, RegisterAck(False, problem))
+            return
+        self.receivers[peer] = RemoteBuffers(
+            message.session_id, message.regions, message.num_blocks
+        )
+        self.engine.control.send(peer, RegisterAck(True))
+
+    def _geometry_problem(self, message: Register) -> str:
+        layout = self.engine.layout
+        if message.block_size != layout.block_size:
+            return f"block_size {message.block_size} != {layout.block_size}"
+        theirs = {(r.kind, r.block_bytes) for r in message.regions}
+        ours = {(r.kind, r.block_bytes) for r in self.engine.local_regions}
+        if theirs != ours:
+            return f"buffer kinds/sizes {sorted(theirs)} != {sorted(ours)}"
+        return ""
+
+    def needed_peers(self) -> Iterable[str]:
+        """Receivers that get heartbeats; those silent past the peer timeout are lost.
+
+        A receiver still owed a piece of an open room must be alive; one that has all
+        its tokens may go quiet (it has nothing left to ask) while the room waits on
+        the other receivers, so its silence must not fail the room. Registered
+        receivers heard from within the peer timeout get heartbeats as well (and are
+        never lost for it): one may be waiting on a room this engine has not created
+        yet, and must keep hearing from us meanwhile.
+        """
+        owed = {
+            peer
+            for tracked in self.engine.rooms
+            if not tracked.room.terminal
+            for peer in tracked.room.owed_receivers()
+        }
+        since = self.engine.clock() - self.engine.config.peer_timeout_s
+        recent = {peer for peer in self.receivers if self.engine.peers.heard_since(peer, since)}
+        return owed | recent
+
+    def peer_lost(self, peer: str) -> None:
+        self.receivers.pop(peer, None)
+
+    def housekeeping(self, now: float) -> None:
+        """Drop parked events older than the bootstrap timeout."""
+        expiry = now - self.engine.config.timeouts.bootstrap_s
+        for room_id in list(self._parked):
+            kept = [entry for entry in self._parked[room_id] if entry[0] > expiry]
+            self._parked_count -= len(self._parked[room_id]) - len(kept)
+            if kept:
+                self._parked[room_id] = kept
+            else:
+                del self._parked[room_id]
+
+
+@dataclass
+class SenderLink:
+    """Registration with one sender: rooms wait in Bootstrapping until it is accepted."""
+
+    ready: bool = False
+    next_register: float = 0.0
+
+
+class ReceiverRoutes:
+    """The receiver's side of the control channel."""
+
+    def __init__(self, engine: ReceiverEngine, register: Register) -> None:
+        self.engine = engine
+        self.senders: dict[str, SenderLink] = {}
+        self._register = register
+
+    def joined(self, tracked: ReceiverTracked) -> None:
+        """A room was just adopted: register with its sender once, or let it start."""
+        sender = tracked.room.sender
+        link = self.senders.get(sender)
+        if link is None:  # one registration per sender; housekeeping repeats it if lost
+            link = self.senders[sender] = SenderLink()
+            self._send_register(sender, link)
+        elif link.ready:
+            self.engine.deliver(tracked, PeerReady())
+
+    def _send_register(self, sender: str, link: SenderLink) -> None:
+        link.next_register = self.engine.clock() + self.engine.config.heartbeat_s
+        self.engine.control.send(sender, self._register)
+
+    def on_message(self, peer: str, message: Message) -> None:
+        engine = self.engine
+        if isinstance(message, RegisterAck):
+            self._registered(peer, message)
+            return
+        routed = room_event("receiver", peer, message)
+        if routed is None:
+            engine.reject("unexpected_kind", peer, type(message).__name__)
+            return
+        room_id, event = routed
+        tracked = engine.rooms.get(room_id)
+        if tracked is None:
+            reason = "closed_room" if engine.rooms.is_closed(room_id) else "unknown_room"
+            engine.reject(reason, peer, room=room_id)
+            return
+        engine.deliver(tracked, event)
+
+    def _registered(self, peer: str, message: RegisterAck) -> None:
+        link = self.senders.get(peer)
+        if link is None or link.ready:
+            self.engine.reject("unexpected_register_ack", peer)
+            return
+        waiting = [tracked for tracked in self.engine.rooms if tracked.room.sender == peer]
+        if message.accepted:
+            link.ready = True
+            for tracked in waiting:
+                self.engine.deliver(tracked, PeerReady())
+        else:
+            del self.senders[peer]
+            refused = AbortReceived(peer, f"registration refused: {message.reason}")
+            for tracked in waiting:
+                self.engine.deliver(tracked, refused)
+
+    def needed_peers(self) -> Iterable[str]:
+        """Senders of open rooms, and every sender this engine is registered with.
+
+        A registration is watched like a room: both sides heartbeat it (the sender
+        heartbeats receivers it hears from), so a sender silent past the peer timeout
+        is lost, and the registration with it. Without that, a receiver idle through a
+        partition would keep a registration the sender gave up, and its next rooms would
+        ask as a stranger and be turned down until they timed out.
+        """
+        open_rooms = {t.room.sender for t in self.engine.rooms if not t.room.terminal}
+        return open_rooms | self.senders.keys()
+
+    def peer_lost(self, peer: str) -> None:
+        self.senders.pop(peer, None)
+
+    def housekeeping(self, now: float) -> None:
+        """Register again with senders that have not answered."""
+        for sender, link in self.senders.items():
+            if not link.ready and now >= link.next_register:
+                self._send_register(sender, link)
