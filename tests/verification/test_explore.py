@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from embxfer.cli import main
 from embxfer.explore import ExploreSettings, explore
+from embxfer.tools.cli import main
 
 
 def test_every_interleaving_without_faults_succeeds() -> None:

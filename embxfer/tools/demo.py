@@ -1,7 +1,7 @@
 """The end-to-end demo: an encoder feeds language ranks, every byte is checked.
 
 ``run_inproc`` runs all engines in this process over the in-process transport; the
-cross-process demo (``embxfer.cluster``: ZeroMQ + Mooncake) has its workers report
+cross-process demo (``embxfer.tools.cluster``: ZeroMQ + Mooncake) has its workers report
 ``RoomOutcome``s made here, and counts them with the same ``Tally`` into the same
 ``Summary``.
 """
@@ -26,7 +26,7 @@ from embxfer.fsm.room import Timeouts
 from embxfer.handles import ReceiverHandle, SenderHandle
 from embxfer.local import inproc_engines
 from embxfer.runtime import Engine, TransferFailed
-from embxfer.workload import payload_for, token_lengths
+from embxfer.tools.workload import payload_for, token_lengths
 
 TERMINAL = (KVPoll.Success, KVPoll.Failed)
 

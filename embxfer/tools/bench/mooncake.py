@@ -11,7 +11,14 @@ from dataclasses import dataclass
 
 import torch
 
-from embxfer.bench.core import (
+from embxfer.buffers.payload import EmbeddingPayload, random_payload
+from embxfer.buffers.segments import plan_segments
+from embxfer.config import EngineConfig
+from embxfer.fsm.poll import KVPoll
+from embxfer.receiver import ReceiverEngine
+from embxfer.remote import NetworkConfig, remote_receiver, remote_sender
+from embxfer.sender import SenderEngine
+from embxfer.tools.bench.core import (
     BenchSettings,
     Metric,
     Spread,
@@ -20,13 +27,6 @@ from embxfer.bench.core import (
     interleaved,
     skipped,
 )
-from embxfer.buffers.payload import EmbeddingPayload, random_payload
-from embxfer.buffers.segments import plan_segments
-from embxfer.config import EngineConfig
-from embxfer.fsm.poll import KVPoll
-from embxfer.receiver import ReceiverEngine
-from embxfer.remote import NetworkConfig, remote_receiver, remote_sender
-from embxfer.sender import SenderEngine
 from embxfer.transport import mooncake_data
 from embxfer.transport.base import Segment
 

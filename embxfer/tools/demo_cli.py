@@ -7,8 +7,8 @@ import dataclasses
 import logging
 import sys
 
-from embxfer.demo import DemoSettings, run_inproc
 from embxfer.fsm.room import Timeouts
+from embxfer.tools.demo import DemoSettings, run_inproc
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -165,10 +165,10 @@ def run(args: argparse.Namespace) -> int:
         summary = run_inproc(settings, progress=not args.no_progress)
     else:
         # Imported here: the in-process demo must not need Mooncake or spawn anything.
-        from embxfer.cluster.demo import Fault, ProcessOptions, run_processes
-        from embxfer.cluster.launcher import WorkerStartError
-        from embxfer.cluster.netns import NetnsError, unavailable
         from embxfer.remote import NetworkConfig
+        from embxfer.tools.cluster.demo import Fault, ProcessOptions, run_processes
+        from embxfer.tools.cluster.launcher import WorkerStartError
+        from embxfer.tools.cluster.netns import NetnsError, unavailable
 
         netns = args.hosts == "netns"
         if netns and (problem := unavailable()):
@@ -217,7 +217,7 @@ def _write_grace_s(args: argparse.Namespace) -> float:
     if args.write_grace_s is not None:
         return float(args.write_grace_s)
     if args.fault:
-        from embxfer.cluster.demo import Fault  # processes only: see run
+        from embxfer.tools.cluster.demo import Fault  # processes only: see run
 
         if Fault(args.fault).is_partition:
             return min(2.0 * float(args.partition_s) + 5.0, Timeouts().write_grace_s)

@@ -27,14 +27,14 @@ from typing import Any
 
 import torch
 
-from embxfer.bench.core import BenchSettings, Metric, Number, at_most
 from embxfer.buffers.payload import EmbeddingPayload
 from embxfer.config import EngineConfig
 from embxfer.fsm.poll import KVPoll
 from embxfer.handles import ReceiverHandle, SenderHandle
 from embxfer.local import inproc_engines
 from embxfer.runtime import Engine
-from embxfer.workload import token_lengths
+from embxfer.tools.bench.core import BenchSettings, Metric, Number, at_most
+from embxfer.tools.workload import token_lengths
 
 LENGTHS = "lognormal:1500:0.6"  # median 1500 tokens (a ~1000x1000 image in Qwen2-VL)
 FIXED_TOKENS = 8192

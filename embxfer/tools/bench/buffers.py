@@ -13,7 +13,12 @@ from collections.abc import Callable
 
 import torch
 
-from embxfer.bench.core import (
+from embxfer.buffers.assembly import StoredPiece, assemble
+from embxfer.buffers.layout import ALL_KINDS, BufferLayout
+from embxfer.buffers.metadata import MetadataBuffers
+from embxfer.buffers.payload import random_payload
+from embxfer.buffers.segments import plan_segments
+from embxfer.tools.bench.core import (
     BenchSettings,
     Metric,
     Spread,
@@ -22,11 +27,6 @@ from embxfer.bench.core import (
     interleaved,
     skipped,
 )
-from embxfer.buffers.assembly import StoredPiece, assemble
-from embxfer.buffers.layout import ALL_KINDS, BufferLayout
-from embxfer.buffers.metadata import MetadataBuffers
-from embxfer.buffers.payload import random_payload
-from embxfer.buffers.segments import plan_segments
 from embxfer.transport.base import Segment
 from embxfer.transport.inproc import InprocDataTransport, InprocNetwork
 
