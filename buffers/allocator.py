@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from embxfer.buffers.blocks import blocks_needed
+from embxfer.fsm.memory import blocks_needed
 
 
 class BlockAllocator(Protocol):

@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import sys
 
+from embxfer.fsm.memory import blocks_needed
 from embxfer.fsm.room import Timeouts
 from embxfer.tools.demo import DemoSettings, run_inproc
 
@@ -204,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
 def pool_tokens(text: str, settings: DemoSettings) -> int:
     """A buffer capacity: ``TOKENS``, or ``PERCENT%`` of what the open requests hold."""
     if text.endswith("%"):
-        return -(-settings.demand_tokens * int(text[:-1]) // 100)
+        return blocks_needed(settings.demand_tokens * int(text[:-1]), 100)
     return int(text)
 
 

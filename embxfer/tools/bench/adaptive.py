@@ -29,6 +29,7 @@ import torch
 
 from embxfer.buffers.payload import EmbeddingPayload
 from embxfer.config import EngineConfig
+from embxfer.fsm.memory import blocks_needed
 from embxfer.fsm.poll import KVPoll
 from embxfer.handles import ReceiverHandle, SenderHandle
 from embxfer.local import inproc_engines
@@ -89,7 +90,7 @@ class _Simulation:
         self.now = 0.0
         longest = max(max(lengths), FIXED_TOKENS)
         config = EngineConfig(
-            num_blocks=4 * CONCURRENCY * -(-longest // BLOCK_SIZE),
+            num_blocks=4 * CONCURRENCY * blocks_needed(longest, BLOCK_SIZE),
             block_size=BLOCK_SIZE,
             hidden_size=HIDDEN,
             default_alloc_tokens=FIXED_TOKENS,

@@ -18,6 +18,7 @@ from embxfer.buffers.layout import ALL_KINDS, BufferLayout
 from embxfer.buffers.metadata import MetadataBuffers
 from embxfer.buffers.payload import random_payload
 from embxfer.buffers.segments import plan_segments
+from embxfer.fsm.memory import blocks_needed
 from embxfer.tools.bench.core import (
     BenchSettings,
     Metric,
@@ -36,7 +37,7 @@ BLOCK_SIZE = 128
 
 
 def _layout(settings: BenchSettings, device: str, tokens: int) -> BufferLayout:
-    blocks = 2 * -(-tokens // BLOCK_SIZE) + 2
+    blocks = 2 * blocks_needed(tokens, BLOCK_SIZE) + 2
     return BufferLayout(blocks, BLOCK_SIZE, settings.pick(HIDDEN, 256), torch.bfloat16, device)
 
 
