@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from embxfer.buffers.blocks import blocks_needed
+from embxfer.fsm.memory import blocks_needed
 
 
 class BlockAllocator(Protocol):

@@ -1,12 +1,8 @@
-"""Checks and arithmetic on lists of block indices, shared by buffers, segments and allocator."""
+"""Checks on lists of block indices, shared by buffers, segments and assembly."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-from embxfer.fsm.memory import blocks_needed
-
-__all__ = ["blocks_needed", "check_blocks", "contiguous_start"]
 
 
 def check_blocks(blocks: Sequence[int], count: int, limit: int, what: str) -> Sequence[int]:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from embxfer.buffers.allocator import BlockAllocator
-from embxfer.buffers.blocks import blocks_needed
+from embxfer.fsm.memory import blocks_needed
 
 WaiterT = TypeVar("WaiterT", bound=Hashable)
 

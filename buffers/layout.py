@@ -8,7 +8,7 @@ from typing import Final, Literal, NamedTuple
 
 import torch
 
-from embxfer.buffers.blocks import blocks_needed
+from embxfer.fsm.memory import blocks_needed
 
 TokenKind = Literal["embeddings", "fill_ids", "mrope_positions"]
 Kind = Literal["embeddings", "fill_ids", "mrope_positions", "aux"]

@@ -2,6 +2,6 @@
 
 import sys
 
-from embxfer.cli import main
+from embxfer.tools.cli import main
 
 sys.exit(main())

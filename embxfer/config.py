@@ -23,6 +23,7 @@ from typing import Literal
 import torch
 
 from embxfer.buffers.layout import BufferLayout
+from embxfer.fsm.memory import blocks_needed
 from embxfer.fsm.policy import ResumePolicy, SpillMode
 from embxfer.fsm.room import Timeouts
 
@@ -112,7 +113,7 @@ def _capacity_blocks(env: Mapping[str, str], config: EngineConfig) -> int | None
     """The number of blocks, if a variable sets the capacity: in tokens, or SGLang's
     embedding pool in MiB, divided by what one block takes in this layout."""
     if "EMBXFER_CACHE_TOKENS" in env:
-        return -(-int(env["EMBXFER_CACHE_TOKENS"]) // config.block_size)
+        return blocks_needed(int(env["EMBXFER_CACHE_TOKENS"]), config.block_size)
     if "SGLANG_EMBEDDING_POOL_SIZE_MB" in env:
         pool_bytes = int(env["SGLANG_EMBEDDING_POOL_SIZE_MB"]) * 1024 * 1024
         return max(1, pool_bytes // config.layout.bytes_per_block)

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from embxfer import EmbeddingPayload, EngineConfig, ReceiverEngine, SenderEngine
 from embxfer.local import inproc_engines
 from embxfer.runtime import Engine
-from embxfer.workload import payload_for
+from embxfer.tools.workload import payload_for
 from examples.encoder_scheduler import EncodeRequest, EncoderScheduler
 from examples.language_scheduler import LanguageRequest, LanguageScheduler
 

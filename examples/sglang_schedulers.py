@@ -26,7 +26,7 @@ import numpy as np
 from embxfer import EmbeddingPayload, KVPoll, TransferFailed
 from embxfer.adapter import EmbeddingKVManager, EmbeddingKVReceiver, EmbeddingKVSender
 from embxfer.sglang_interface import SGLANG_INSTALLED, DisaggregationMode
-from embxfer.workload import payload_for
+from embxfer.tools.workload import payload_for
 from examples import run_schedulers
 from examples.language_scheduler import LanguageRequest
 from examples.run_schedulers import SEED, drive, make_engines

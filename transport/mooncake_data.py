@@ -6,7 +6,7 @@ needs the wheel. The import first fixes two environment variables of the process
 initialised twice) and ``MC_LOG_LEVEL`` defaults to ``ERROR`` (the engine's INFO
 lines otherwise flood stderr; glog's own ``GLOG_minloglevel`` has no effect here).
 What it still prints (start-up lines, the reasons of failed writes) goes to fd 2:
-``embxfer.native_log`` turns that into log records.
+``embxfer.tools.native_log`` turns that into log records.
 """
 
 from __future__ import annotations

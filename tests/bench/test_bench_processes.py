@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from embxfer.bench.processes import Plan, run_plans
+from embxfer.tools.bench.processes import Plan, run_plans
 from embxfer.transport.mooncake_data import available
 
 pytestmark = [

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from embxfer.bench.runner import BENCHMARKS
-from embxfer.cli import main
+from embxfer.tools.bench.runner import BENCHMARKS
+from embxfer.tools.cli import main
 
 GOALS = {
     "mooncake_e2e_vs_raw",

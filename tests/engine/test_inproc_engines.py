@@ -14,7 +14,7 @@ from embxfer.receiver import ReceiverEngine
 from embxfer.runtime import Engine
 from embxfer.sender import SenderEngine
 from embxfer.tools.faults import Faults
-from embxfer.workload import payload_for
+from embxfer.tools.workload import payload_for
 
 TERMINAL = (KVPoll.Success, KVPoll.Failed)
 CONFIG = EngineConfig(num_blocks=1024, hidden_size=32, write_threads=False)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from embxfer import EngineConfig, KVPoll, Timeouts
 from embxfer.fsm.messages import PieceWritten
 from embxfer.tools.faults import FaultPlan, Faults
-from embxfer.workload import payload_for
+from embxfer.tools.workload import payload_for
 from tests.integration.pumping import Rig
 
 CONFIG = EngineConfig(num_blocks=64, hidden_size=16, default_alloc_tokens=1024)

@@ -11,8 +11,8 @@ from embxfer import EngineConfig, KVPoll, ResumePolicy, SpillMode, Timeouts
 from embxfer.receiver import ReceiverEngine
 from embxfer.sender import SenderEngine
 from embxfer.tools.faults import FaultPlan, Faults
+from embxfer.tools.workload import payload_for
 from embxfer.transport.inproc import InprocControlChannel, InprocDataTransport, InprocNetwork
-from embxfer.workload import payload_for
 
 PEER_TIMEOUT_S = 1.0
 CONFIG = EngineConfig(

@@ -13,7 +13,7 @@ from embxfer.handles import ReceiverHandle, SenderHandle
 from embxfer.local import inproc_engines
 from embxfer.receiver import ReceiverEngine
 from embxfer.sender import SenderEngine
-from embxfer.workload import payload_for
+from embxfer.tools.workload import payload_for
 
 from .test_inproc_engines import check_result, drain, finish
 

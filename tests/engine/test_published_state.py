@@ -15,7 +15,7 @@ from embxfer.fsm.events import PieceArrived
 from embxfer.fsm.receiver import ReceiverRoom
 from embxfer.handles import ReceiverHandle
 from embxfer.local import inproc_engines
-from embxfer.workload import payload_for
+from embxfer.tools.workload import payload_for
 
 CONFIG = EngineConfig(num_blocks=64, hidden_size=32, write_threads=False)
 

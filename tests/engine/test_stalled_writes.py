@@ -19,9 +19,9 @@ from embxfer import EngineConfig, KVPoll, Timeouts
 from embxfer.receiver import ReceiverEngine
 from embxfer.runtime import Engine
 from embxfer.sender import SenderEngine
+from embxfer.tools.workload import payload_for
 from embxfer.transport.base import Segment, WriteResult
 from embxfer.transport.inproc import InprocControlChannel, InprocDataTransport, InprocNetwork
-from embxfer.workload import payload_for
 
 PROGRESS_S = 0.5
 CONFIG = EngineConfig(

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from transitions.extensions import diagrams_graphviz
 
-from embxfer.cli import main
 from embxfer.fsm.poll import STATE_NAMES
 from embxfer.tools import diagram
+from embxfer.tools.cli import main
 from embxfer.tools.diagram_cli import SPEC, SPEC_BLOCKS, export, splice
 
 SPECS = Path(__file__).resolve().parents[2] / "specs"

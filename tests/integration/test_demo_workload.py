@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from embxfer.demo import DemoSettings
-from embxfer.demo_cli import pool_tokens
-from embxfer.workload import IMAGE_TOKENS, VIDEO_TOKENS, token_lengths
+from embxfer.tools.demo import DemoSettings
+from embxfer.tools.demo_cli import pool_tokens
+from embxfer.tools.workload import IMAGE_TOKENS, VIDEO_TOKENS, token_lengths
 
 
 def test_the_vision_language_mix_is_images_and_a_few_long_videos() -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from embxfer.cli import main
+from embxfer.tools.cli import main
 from embxfer.transport.curve_keys import AllowList, EngineKeys
 
 

@@ -12,7 +12,7 @@ GLOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\]", re.MU
 
 SCRIPT = r"""
 import logging, os, sys
-from embxfer.native_log import route_native_log
+from embxfer.tools.native_log import route_native_log
 assert route_native_log() and route_native_log()  # once per process, then a no-op
 logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s %(message)s")
 native = lambda text: os.write(2, text.encode())  # as Mooncake's glog writes

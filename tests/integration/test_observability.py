@@ -9,8 +9,8 @@ import pytest
 from embxfer import EngineConfig, KVPoll, metrics
 from embxfer.fsm.messages import PieceWritten
 from embxfer.metrics import NoMetrics, PrometheusMetrics, default_metrics
+from embxfer.tools.workload import payload_for
 from embxfer.transport.wire import encode
-from embxfer.workload import payload_for
 from tests.integration.pumping import Rig
 
 CONFIG = EngineConfig(num_blocks=256, hidden_size=16, default_alloc_tokens=1024)

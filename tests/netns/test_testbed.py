@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 import pytest
 
-from embxfer.cluster import netns
-from embxfer.cluster.netns import NETNS_DIR, NetnsError
+from embxfer.tools.cluster import netns
+from embxfer.tools.cluster.netns import NETNS_DIR, NetnsError
 
 pytestmark = [
     pytest.mark.netns,
@@ -84,7 +84,7 @@ def connect_to_the_world() -> None:
 def test_leftovers_of_a_dead_run_are_removed_and_those_of_a_live_run_are_not() -> None:
     # A run in another process, killed outright: its namespaces stay behind.
     script = (
-        "import os, signal; from embxfer.cluster.netns import Testbed\n"
+        "import os, signal; from embxfer.tools.cluster.netns import Testbed\n"
         "bed = Testbed(['x']); bed.create(); print(bed.run_id, flush=True)\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"
     )

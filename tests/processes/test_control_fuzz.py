@@ -2,7 +2,7 @@
 
 The sender and receiver engines run in this process on their real transports (ZeroMQ on
 127.0.0.1, Mooncake over TCP); a raw DEALER claiming an address nobody registered throws
-the frames of ``embxfer.fuzz`` (random bytes, mutated valid frames, valid messages for
+the frames of ``embxfer.tools.fuzz`` (random bytes, mutated valid frames, valid messages for
 rooms that exist or not, registrations with the wrong geometry, wrong versions, wrong
 framing), each with a predicted fate: dropped by the channel (counted by wire reason),
 refused by the engine (counted by engine reason), or a harmless heartbeat. The counters
@@ -30,10 +30,14 @@ from typing import Any, TypeVar, get_args
 
 import pytest
 
-from embxfer.demo import DemoSettings, RoomOutcome, receiver_outcome
 from embxfer.fsm.messages import Abort
 from embxfer.fsm.poll import KVPoll
-from embxfer.fuzz import (
+from embxfer.receiver import ReceiverEngine
+from embxfer.remote import NetworkConfig, remote_receiver, remote_sender
+from embxfer.runtime import Engine
+from embxfer.sender import SenderEngine
+from embxfer.tools.demo import DemoSettings, RoomOutcome, receiver_outcome
+from embxfer.tools.fuzz import (
     OVERSIZED,
     WRONG_ENVELOPES,
     HostileFrames,
@@ -43,14 +47,10 @@ from embxfer.fuzz import (
     unused_address,
     wrong_envelopes,
 )
-from embxfer.receiver import ReceiverEngine
-from embxfer.remote import NetworkConfig, remote_receiver, remote_sender
-from embxfer.runtime import Engine
-from embxfer.sender import SenderEngine
+from embxfer.tools.workload import payload_for
 from embxfer.transport.curve_keys import AllowList, EngineKeys, generate_keys
 from embxfer.transport.mooncake_data import available
 from embxfer.transport.wire import RejectReason, encode
-from embxfer.workload import payload_for
 
 pytestmark = [
     pytest.mark.processes,

@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from embxfer.cluster import netns
-from embxfer.cluster.netns import NETNS_DIR
+from embxfer.tools.cluster import netns
+from embxfer.tools.cluster.netns import NETNS_DIR
 from embxfer.transport.mooncake_data import available
 from tests.processes.test_demo_processes import demo, left_behind
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from embxfer.demo import UNREPORTED
+from embxfer.tools.demo import UNREPORTED
 from embxfer.transport.mooncake_data import available
 
 pytestmark = [

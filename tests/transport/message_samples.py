@@ -15,7 +15,7 @@ from embxfer.fsm.messages import (
     Register,
     RegisterAck,
 )
-from embxfer.fuzz import SAMPLE_MESSAGES, SAMPLE_REGIONS
+from embxfer.tools.fuzz import SAMPLE_MESSAGES, SAMPLE_REGIONS
 from embxfer.transport.wire import (
     MAX_BLOCK_SIZE,
     MAX_INT,

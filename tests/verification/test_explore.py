@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from embxfer.cli import main
+from embxfer.tools.cli import main
 from embxfer.tools.explore import ExploreSettings, explore
 
 

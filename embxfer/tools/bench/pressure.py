@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
-from embxfer.bench import processes, waiting
-from embxfer.bench.core import (
+from embxfer.local import inproc_engines
+from embxfer.tools.bench import processes, waiting
+from embxfer.tools.bench.core import (
     BenchSettings,
     Metric,
     Number,
@@ -26,8 +27,7 @@ from embxfer.bench.core import (
     interleaved,
     skipped,
 )
-from embxfer.bench.processes import Outcome, Plan
-from embxfer.local import inproc_engines
+from embxfer.tools.bench.processes import Outcome, Plan
 from embxfer.transport import mooncake_data
 
 TOKENS = 16  # a room's piece fits one block

@@ -13,11 +13,11 @@ import logging
 import time
 from collections.abc import Iterable
 
-from embxfer.demo import ACROSS_CUT, AFTER_HEAL, BEFORE_CUT, Phase
+from embxfer.tools.demo import ACROSS_CUT, AFTER_HEAL, BEFORE_CUT, Phase
 
 from .netns import Testbed
 
-LOG = logging.getLogger("embxfer.cluster")
+LOG = logging.getLogger("embxfer.tools.cluster")
 
 
 class Partition:

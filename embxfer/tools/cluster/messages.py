@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from embxfer.config import EngineConfig
-from embxfer.demo import ENCODER, RoomOutcome
 from embxfer.remote import NetworkConfig
+from embxfer.tools.demo import ENCODER, RoomOutcome
 
 
 @dataclass(frozen=True)

@@ -27,14 +27,15 @@ from typing import Any
 
 import torch
 
-from embxfer.bench.core import BenchSettings, Metric, Number, at_most
 from embxfer.buffers.payload import EmbeddingPayload
 from embxfer.config import EngineConfig
+from embxfer.fsm.memory import blocks_needed
 from embxfer.fsm.poll import KVPoll
 from embxfer.handles import ReceiverHandle, SenderHandle
 from embxfer.local import inproc_engines
 from embxfer.runtime import Engine
-from embxfer.workload import token_lengths
+from embxfer.tools.bench.core import BenchSettings, Metric, Number, at_most
+from embxfer.tools.workload import token_lengths
 
 LENGTHS = "lognormal:1500:0.6"  # median 1500 tokens (a ~1000x1000 image in Qwen2-VL)
 FIXED_TOKENS = 8192
@@ -89,7 +90,7 @@ class _Simulation:
         self.now = 0.0
         longest = max(max(lengths), FIXED_TOKENS)
         config = EngineConfig(
-            num_blocks=4 * CONCURRENCY * -(-longest // BLOCK_SIZE),
+            num_blocks=4 * CONCURRENCY * blocks_needed(longest, BLOCK_SIZE),
             block_size=BLOCK_SIZE,
             hidden_size=HIDDEN,
             default_alloc_tokens=FIXED_TOKENS,

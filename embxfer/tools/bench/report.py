@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from embxfer.bench.core import Metric, Spread
+from embxfer.tools.bench.core import Metric, Spread
 
 
 def _number(value: float) -> str:

@@ -23,8 +23,8 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import TracebackType
 
-from embxfer.demo import ENCODER, DemoSettings, RoomOutcome
 from embxfer.remote import NetworkConfig
+from embxfer.tools.demo import ENCODER, DemoSettings, RoomOutcome
 from embxfer.transport.curve_keys import EngineKeys
 
 from .hosts import place
@@ -43,7 +43,7 @@ from .messages import (
 from .netns import Testbed
 from .worker import worker_main
 
-LOG = logging.getLogger("embxfer.cluster")
+LOG = logging.getLogger("embxfer.tools.cluster")
 
 _STOP_GRACE_S = 3.0  # SIGTERM to SIGKILL, at close
 

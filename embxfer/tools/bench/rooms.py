@@ -9,16 +9,16 @@ from collections import deque
 
 import torch
 
-from embxfer.bench import processes
-from embxfer.bench.core import BenchSettings, Metric, Number, Spread, at_least, skipped
-from embxfer.bench.processes import Plan
 from embxfer.buffers.payload import EmbeddingPayload
-from embxfer.cluster.demo import ProcessOptions, run_processes
 from embxfer.config import EngineConfig
-from embxfer.demo import DemoSettings
 from embxfer.fsm.poll import KVPoll
 from embxfer.handles import ReceiverHandle, SenderHandle
 from embxfer.local import inproc_engines
+from embxfer.tools.bench import processes
+from embxfer.tools.bench.core import BenchSettings, Metric, Number, Spread, at_least, skipped
+from embxfer.tools.bench.processes import Plan
+from embxfer.tools.cluster.demo import ProcessOptions, run_processes
+from embxfer.tools.demo import DemoSettings
 from embxfer.transport import mooncake_data
 
 TOKENS = 16

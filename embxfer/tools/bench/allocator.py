@@ -7,11 +7,11 @@ import functools
 import random
 import time
 
-from embxfer.bench.core import BenchSettings, Metric, Spread, at_most, interleaved
 from embxfer.buffers.allocator import FreeListAllocator
 from embxfer.buffers.layout import ALL_KINDS, TOKEN_KINDS, BufferLayout
 from embxfer.buffers.metadata import MetadataBuffers
 from embxfer.buffers.segments import count_runs, plan_segments
+from embxfer.tools.bench.core import BenchSettings, Metric, Spread, at_most, interleaved
 
 BLOCK_SIZE = 128
 REQUEST_TOKENS = 8192  # one default allocation: 64 blocks

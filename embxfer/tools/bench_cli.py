@@ -9,9 +9,9 @@ import json
 import os
 from pathlib import Path
 
-from embxfer.bench.core import BenchSettings
-from embxfer.bench.report import definitions, summary, table
-from embxfer.bench.runner import BENCHMARKS, machine, run_benchmarks
+from embxfer.tools.bench.core import BenchSettings
+from embxfer.tools.bench.report import definitions, summary, table
+from embxfer.tools.bench.runner import BENCHMARKS, machine, run_benchmarks
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(definitions(metrics))
     if args.plot is not None:
-        from embxfer.bench.plot import write_charts
+        from embxfer.tools.bench.plot import write_charts
 
         for path in write_charts(metrics, args.plot):
             print(f"wrote {path}")

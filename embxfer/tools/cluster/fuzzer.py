@@ -1,7 +1,7 @@
 """``embxfer demo --fuzz-frames N``: a stranger floods the live encoder while rooms run.
 
 The fuzzer is a process of its own (on a host of its own with ``--hosts netns``). It
-throws N hostile frames (``embxfer.fuzz``) at the encoder's control address from one
+throws N hostile frames (``embxfer.tools.fuzz``) at the encoder's control address from one
 identity, then the frames with a wrong ZeroMQ envelope from two more, predicting for
 each frame the reason the encoder must count, and reports the prediction. The parent
 (``Flood``) keeps real rooms running until the encoder's counters show every frame
@@ -22,9 +22,9 @@ from multiprocessing.process import BaseProcess
 from types import TracebackType
 
 from embxfer.buffers.layout import BufferLayout
-from embxfer.demo import ENCODER
-from embxfer.demo import Flood as FloodSummary
-from embxfer.fuzz import (
+from embxfer.tools.demo import ENCODER
+from embxfer.tools.demo import Flood as FloodSummary
+from embxfer.tools.fuzz import (
     OVERSIZED,
     WRONG_ENVELOPES,
     HostileFrames,

@@ -7,8 +7,9 @@ import dataclasses
 import logging
 import sys
 
-from embxfer.demo import DemoSettings, run_inproc
+from embxfer.fsm.memory import blocks_needed
 from embxfer.fsm.room import Timeouts
+from embxfer.tools.demo import DemoSettings, run_inproc
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -165,10 +166,10 @@ def run(args: argparse.Namespace) -> int:
         summary = run_inproc(settings, progress=not args.no_progress)
     else:
         # Imported here: the in-process demo must not need Mooncake or spawn anything.
-        from embxfer.cluster.demo import Fault, ProcessOptions, run_processes
-        from embxfer.cluster.launcher import WorkerStartError
-        from embxfer.cluster.netns import NetnsError, unavailable
         from embxfer.remote import NetworkConfig
+        from embxfer.tools.cluster.demo import Fault, ProcessOptions, run_processes
+        from embxfer.tools.cluster.launcher import WorkerStartError
+        from embxfer.tools.cluster.netns import NetnsError, unavailable
 
         netns = args.hosts == "netns"
         if netns and (problem := unavailable()):
@@ -204,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
 def pool_tokens(text: str, settings: DemoSettings) -> int:
     """A buffer capacity: ``TOKENS``, or ``PERCENT%`` of what the open requests hold."""
     if text.endswith("%"):
-        return -(-settings.demand_tokens * int(text[:-1]) // 100)
+        return blocks_needed(settings.demand_tokens * int(text[:-1]), 100)
     return int(text)
 
 
@@ -217,7 +218,7 @@ def _write_grace_s(args: argparse.Namespace) -> float:
     if args.write_grace_s is not None:
         return float(args.write_grace_s)
     if args.fault:
-        from embxfer.cluster.demo import Fault  # processes only: see run
+        from embxfer.tools.cluster.demo import Fault  # processes only: see run
 
         if Fault(args.fault).is_partition:
             return min(2.0 * float(args.partition_s) + 5.0, Timeouts().write_grace_s)

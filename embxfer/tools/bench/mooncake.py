@@ -11,7 +11,15 @@ from dataclasses import dataclass
 
 import torch
 
-from embxfer.bench.core import (
+from embxfer.buffers.payload import EmbeddingPayload, random_payload
+from embxfer.buffers.segments import plan_segments
+from embxfer.config import EngineConfig
+from embxfer.fsm.memory import blocks_needed
+from embxfer.fsm.poll import KVPoll
+from embxfer.receiver import ReceiverEngine
+from embxfer.remote import NetworkConfig, remote_receiver, remote_sender
+from embxfer.sender import SenderEngine
+from embxfer.tools.bench.core import (
     BenchSettings,
     Metric,
     Spread,
@@ -20,13 +28,6 @@ from embxfer.bench.core import (
     interleaved,
     skipped,
 )
-from embxfer.buffers.payload import EmbeddingPayload, random_payload
-from embxfer.buffers.segments import plan_segments
-from embxfer.config import EngineConfig
-from embxfer.fsm.poll import KVPoll
-from embxfer.receiver import ReceiverEngine
-from embxfer.remote import NetworkConfig, remote_receiver, remote_sender
-from embxfer.sender import SenderEngine
 from embxfer.transport import mooncake_data
 from embxfer.transport.base import Segment
 
@@ -83,7 +84,7 @@ def engines(tokens: int, hidden: int, receiver_tokens: int) -> Iterator[Pair]:
 
     def config(capacity: int) -> EngineConfig:
         return EngineConfig(
-            num_blocks=-(-capacity // BLOCK_SIZE) + 1,
+            num_blocks=blocks_needed(capacity, BLOCK_SIZE) + 1,
             block_size=BLOCK_SIZE,
             hidden_size=hidden,
             default_alloc_tokens=DEFAULT_ALLOC,

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from embxfer.bench import pressure
-from embxfer.bench.core import Metric, Spread
+from embxfer.tools.bench import pressure
+from embxfer.tools.bench.core import Metric, Spread
 
 
 def _pyplot() -> Any:

@@ -26,7 +26,7 @@ from embxfer.transport.wire import encode
 
 from . import netns
 
-LOG = logging.getLogger("embxfer.cluster.spoofer")
+LOG = logging.getLogger("embxfer.tools.cluster.spoofer")
 
 SPOOFER = "spoofer"  # its name among the run's keys
 _LINGER_MS = 5000  # how long its messages may take to leave before it gives up on them

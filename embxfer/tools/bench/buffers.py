@@ -13,7 +13,13 @@ from collections.abc import Callable
 
 import torch
 
-from embxfer.bench.core import (
+from embxfer.buffers.assembly import StoredPiece, assemble
+from embxfer.buffers.layout import ALL_KINDS, BufferLayout
+from embxfer.buffers.metadata import MetadataBuffers
+from embxfer.buffers.payload import random_payload
+from embxfer.buffers.segments import plan_segments
+from embxfer.fsm.memory import blocks_needed
+from embxfer.tools.bench.core import (
     BenchSettings,
     Metric,
     Spread,
@@ -22,11 +28,6 @@ from embxfer.bench.core import (
     interleaved,
     skipped,
 )
-from embxfer.buffers.assembly import StoredPiece, assemble
-from embxfer.buffers.layout import ALL_KINDS, BufferLayout
-from embxfer.buffers.metadata import MetadataBuffers
-from embxfer.buffers.payload import random_payload
-from embxfer.buffers.segments import plan_segments
 from embxfer.transport.base import Segment
 from embxfer.transport.inproc import InprocDataTransport, InprocNetwork
 
@@ -36,7 +37,7 @@ BLOCK_SIZE = 128
 
 
 def _layout(settings: BenchSettings, device: str, tokens: int) -> BufferLayout:
-    blocks = 2 * -(-tokens // BLOCK_SIZE) + 2
+    blocks = 2 * blocks_needed(tokens, BLOCK_SIZE) + 2
     return BufferLayout(blocks, BLOCK_SIZE, settings.pick(HIDDEN, 256), torch.bfloat16, device)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from embxfer.demo import ENCODER, DemoSettings
+from embxfer.tools.demo import ENCODER, DemoSettings
 
 from .messages import WorkerSpec
 from .netns import Testbed

@@ -1,7 +1,7 @@
 """The end-to-end demo: an encoder feeds language ranks, every byte is checked.
 
 ``run_inproc`` runs all engines in this process over the in-process transport; the
-cross-process demo (``embxfer.cluster``: ZeroMQ + Mooncake) has its workers report
+cross-process demo (``embxfer.tools.cluster``: ZeroMQ + Mooncake) has its workers report
 ``RoomOutcome``s made here, and counts them with the same ``Tally`` into the same
 ``Summary``.
 """
@@ -21,12 +21,13 @@ from tqdm import tqdm
 
 from embxfer.buffers.layout import BufferLayout
 from embxfer.config import EngineConfig
+from embxfer.fsm.memory import blocks_needed
 from embxfer.fsm.poll import KVPoll
 from embxfer.fsm.room import Timeouts
 from embxfer.handles import ReceiverHandle, SenderHandle
 from embxfer.local import inproc_engines
 from embxfer.runtime import Engine, TransferFailed
-from embxfer.workload import payload_for, token_lengths
+from embxfer.tools.workload import payload_for, token_lengths
 
 TERMINAL = (KVPoll.Success, KVPoll.Failed)
 
@@ -63,18 +64,18 @@ class DemoSettings:
     def demand_tokens(self) -> int:
         """What ``concurrency`` open requests of the mean length hold on each side."""
         lengths = self.lengths()
-        return self.concurrency * -(-sum(lengths) // len(lengths))
+        return self.concurrency * blocks_needed(sum(lengths), len(lengths))
 
     def sender_config(self) -> EngineConfig:
         if self.sender_tokens:
-            return self._config(-(-self.sender_tokens // self.block_size))
+            return self._config(blocks_needed(self.sender_tokens, self.block_size))
         longest = max(self.lengths())
-        blocks = self.concurrency * -(-longest // self.block_size) + 1
+        blocks = self.concurrency * blocks_needed(longest, self.block_size) + 1
         return self._config(blocks)
 
     def receiver_config(self) -> EngineConfig:
         tokens = self.receiver_tokens or self.concurrency * 2 * self.default_alloc
-        return self._config(-(-tokens // self.block_size))
+        return self._config(blocks_needed(tokens, self.block_size))
 
     def _config(self, num_blocks: int) -> EngineConfig:
         return EngineConfig(

@@ -9,18 +9,18 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from embxfer.native_log import route_native_log
+from embxfer.tools.native_log import route_native_log
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("embxfer.demo_cli", "run requests end to end and check every byte"),
+    "demo": ("embxfer.tools.demo_cli", "run requests end to end and check every byte"),
     "diagram": (
         "embxfer.tools.diagram_cli",
         "draw the room state machines (Mermaid, DOT, SVG, table)",
     ),
-    "bench": ("embxfer.bench_cli", "measure against raw Mooncake writes and memcpy"),
+    "bench": ("embxfer.tools.bench_cli", "measure against raw Mooncake writes and memcpy"),
     "explore": ("embxfer.tools.explore", "search every interleaving of a small configuration"),
-    "keys": ("embxfer.keys_cli", "per-engine CURVE keys and the allow-list"),
+    "keys": ("embxfer.tools.keys_cli", "per-engine CURVE keys and the allow-list"),
 }
 
 

@@ -18,16 +18,22 @@ from concurrent.futures import Future
 from multiprocessing.connection import Connection
 from typing import Any, Generic, Protocol, TypeVar
 
-from embxfer.demo import TERMINAL, RoomOutcome, leaked_blocks, receiver_outcome, sender_outcome
 from embxfer.fsm.poll import KVPoll
 from embxfer.handles import ReceiverHandle, SenderHandle
-from embxfer.native_log import route_native_log
 from embxfer.receiver import ReceiverEngine
 from embxfer.remote import remote_receiver, remote_sender
 from embxfer.runtime import Engine
 from embxfer.sender import SenderEngine
+from embxfer.tools.demo import (
+    TERMINAL,
+    RoomOutcome,
+    leaked_blocks,
+    receiver_outcome,
+    sender_outcome,
+)
+from embxfer.tools.native_log import route_native_log
+from embxfer.tools.workload import payload_for
 from embxfer.transport.zmq_control import ZmqControlChannel
-from embxfer.workload import payload_for
 
 from . import netns
 from .messages import (
@@ -42,7 +48,7 @@ from .messages import (
     WorkerSpec,
 )
 
-LOG = logging.getLogger("embxfer.cluster.worker")
+LOG = logging.getLogger("embxfer.tools.cluster.worker")
 
 _BUSY_POLL_S = 0.001  # how often open rooms are polled
 _IDLE_POLL_S = 0.05

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from embxfer.demo import (
+from embxfer.remote import NetworkConfig
+from embxfer.tools.demo import (
     ENCODER,
     DemoSettings,
     RoomOutcome,
@@ -28,7 +29,6 @@ from embxfer.demo import (
     language_side,
     progress_bar,
 )
-from embxfer.remote import NetworkConfig
 
 from . import hosts
 from .fuzzer import Flood, FuzzSpec
@@ -38,7 +38,7 @@ from .netns import Testbed
 from .partition import Partition
 from .spoofer import SPOOFER, Spoofer
 
-LOG = logging.getLogger("embxfer.cluster")
+LOG = logging.getLogger("embxfer.tools.cluster")
 
 
 class Fault(enum.Enum):

@@ -13,11 +13,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from embxfer.bench.processes import Plan
 from embxfer.local import inproc_engines
 from embxfer.receiver import ReceiverEngine
 from embxfer.runtime import Engine
 from embxfer.sender import SenderEngine
+from embxfer.tools.bench.processes import Plan
 
 _SETTLE_S = 30.0  # at most this long for the rooms to reach their waiting states
 

@@ -13,7 +13,6 @@ import gc
 import time
 import tracemalloc
 
-from embxfer.bench.core import BenchSettings, Metric, Spread, at_most
 from embxfer.buffers.allocator import FreeListAllocator
 from embxfer.buffers.fair_pool import FairPool
 from embxfer.fsm.actions import Action, SendMessage
@@ -22,6 +21,7 @@ from embxfer.fsm.receiver import ReceiverRoom
 from embxfer.fsm.room import Timeouts
 from embxfer.fsm.routing import Role, room_event
 from embxfer.fsm.sender import SenderRoom
+from embxfer.tools.bench.core import BenchSettings, Metric, Spread, at_most
 
 SENDER = "tcp://127.0.0.1:5000"
 RECEIVER = "tcp://127.0.0.1:5001"

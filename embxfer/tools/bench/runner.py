@@ -14,8 +14,8 @@ from importlib import metadata
 import torch
 from tqdm import tqdm
 
-from embxfer.bench import adaptive, allocator, buffers, mooncake, pressure, protocol, rooms
-from embxfer.bench.core import BenchSettings, Metric
+from embxfer.tools.bench import adaptive, allocator, buffers, mooncake, pressure, protocol, rooms
+from embxfer.tools.bench.core import BenchSettings, Metric
 
 Benchmark = Callable[[BenchSettings], list[Metric]]
 
