@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from embxfer.fsm.memory import blocks_needed
@@ -38,6 +39,16 @@ class BlockAllocator(Protocol):
 
 class BlockFreeError(ValueError):
     """A free of a block that is not allocated (double free) or not ours (foreign free)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FreeListSnapshot:
+    """A ``FreeListAllocator``'s whole state, for ``restore``: a model checker branches
+    from one state into many."""
+
+    stack: tuple[int, ...]  # the free blocks, the next one handed out last
+    allocated: bytes  # per block: 1 if handed out
+    high_water_mark: int
 
 
 class FreeListAllocator:
@@ -88,6 +99,26 @@ class FreeListAllocator:
     def high_water_mark(self) -> int:
         """Most blocks ever in use at once: sizes buffers from real load."""
         return self._high_water_mark
+
+    @property
+    def free_order(self) -> tuple[int, ...]:
+        """The free blocks in the order they will be handed out: allocators with equal
+        free orders behave alike from now on."""
+        return tuple(reversed(self._stack))
+
+    def snapshot(self) -> FreeListSnapshot:
+        """Everything ``restore`` needs to put this allocator back as it is now."""
+        return FreeListSnapshot(tuple(self._stack), bytes(self._allocated), self._high_water_mark)
+
+    def restore(self, snapshot: FreeListSnapshot) -> None:
+        """Go back to the state ``snapshot`` took (of this allocator or one like it)."""
+        if len(snapshot.allocated) != self.total_blocks:
+            raise ValueError(
+                f"a snapshot of {len(snapshot.allocated)} blocks, not {self.total_blocks}"
+            )
+        self._stack = list(snapshot.stack)
+        self._allocated = bytearray(snapshot.allocated)
+        self._high_water_mark = snapshot.high_water_mark
 
     def blocks_for(self, num_tokens: int) -> int:
         """Blocks needed for ``num_tokens`` tokens (whole blocks, rounded up)."""

@@ -1,6 +1,8 @@
 """Control channels and data transports inside one process, for tests, the demo and
 benchmarks. Every control message still crosses the real wire codec, and every write is
 bounds-checked like a one-sided engine would, so what passes here passes on the wire.
+Messages go straight to their peer unless an ``Interposer`` stands between (the tools'
+fault injection, ``embxfer.tools.faults``).
 """
 
 from __future__ import annotations
@@ -10,13 +12,35 @@ import threading
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
 from embxfer.fsm.messages import Message
 from embxfer.transport.base import Inbound, Segment, WriteResult
-from embxfer.transport.faults import Delivery, Faults
 from embxfer.transport.wire import decode_inbound, encode, reject_tally
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One encoded control message on its way from ``sender`` to ``peer``."""
+
+    sender: str
+    peer: str
+    frame: bytes
+    kind: type[Message]
+
+
+class Interposer(Protocol):
+    """What may stand between an ``InprocNetwork``'s senders and their peers."""
+
+    def send(self, delivery: Delivery) -> None:
+        """Deliver ``delivery`` (``InprocNetwork.deliver``): now, later, twice or never."""
+        ...
+
+    def write_failure(self) -> str | None:
+        """Why the write about to start must fail, or None when it may proceed."""
+        ...
 
 
 class _Mailbox:
@@ -49,7 +73,8 @@ class _Mailbox:
 class InprocNetwork:
     """The hub that channels (by address) and data transports (by session id) attach to.
 
-    ``faults`` sits between every control send and its delivery; see ``faults.Faults``.
+    ``interposer``, when set, sits between every control send and its delivery, and is
+    asked before every write whether it fails; None (the default) delivers directly.
     """
 
     def __init__(self) -> None:
@@ -57,7 +82,7 @@ class InprocNetwork:
         self._mailboxes: dict[str, _Mailbox] = {}
         self._transports: dict[str, InprocDataTransport] = {}
         self._undeliverable = 0
-        self.faults = Faults(self._deliver)
+        self.interposer: Interposer | None = None
 
     @property
     def undeliverable(self) -> int:
@@ -65,18 +90,30 @@ class InprocNetwork:
         with self._lock:
             return self._undeliverable
 
+    def send(self, delivery: Delivery) -> None:
+        """Deliver a control message, through the interposer if there is one."""
+        if self.interposer is None:
+            self.deliver(delivery)
+        else:
+            self.interposer.send(delivery)
+
+    def deliver(self, delivery: Delivery) -> None:
+        """Put ``delivery`` in its peer's mailbox now, bypassing the interposer."""
+        self.inject_frame(delivery.sender, delivery.peer, delivery.frame)
+
+    def write_failure(self) -> str | None:
+        """Why the write about to start must fail (the interposer's say), or None."""
+        return None if self.interposer is None else self.interposer.write_failure()
+
     def inject_frame(self, sender: str, peer: str, frame: bytes) -> None:
         """Put raw bytes (garbage included) in ``peer``'s mailbox as if ``sender`` sent them,
-        bypassing ``faults``: the last step of every delivery."""
+        bypassing the interposer: the last step of every delivery."""
         with self._lock:
             mailbox = self._mailboxes.get(peer)
             if mailbox is None:
                 self._undeliverable += 1
                 return
         mailbox.put(sender, frame)
-
-    def _deliver(self, delivery: Delivery) -> None:
-        self.inject_frame(delivery.sender, delivery.peer, delivery.frame)
 
     def _attach_mailbox(self, address: str) -> _Mailbox:
         with self._lock:
@@ -107,7 +144,8 @@ class InprocNetwork:
 
 
 class InprocControlChannel:
-    """A ``ControlChannel`` on an ``InprocNetwork``: FIFO per peer unless ``faults`` reorder."""
+    """A ``ControlChannel`` on an ``InprocNetwork``: FIFO per peer unless an interposer
+    reorders."""
 
     def __init__(self, network: InprocNetwork, address: str) -> None:
         self._network = network
@@ -120,7 +158,7 @@ class InprocControlChannel:
         return self._address
 
     def send(self, peer: str, message: Message) -> None:
-        self._network.faults.send(Delivery(self._address, peer, encode(message), type(message)))
+        self._network.send(Delivery(self._address, peer, encode(message), type(message)))
 
     def receive(self, timeout_s: float) -> list[Inbound]:
         frames = self._mailbox.take(timeout_s)
@@ -186,7 +224,7 @@ class InprocDataTransport:
             self._regions = (region, *self._regions)
 
     def write(self, peer_session: str, segments: Sequence[Segment]) -> WriteResult:
-        failure = self._network.faults.write_failure()
+        failure = self._network.write_failure()
         if failure is not None:
             return WriteResult(False, failure)
         peer = self._network._transport(peer_session)

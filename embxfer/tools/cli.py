@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "draw the room state machines (Mermaid, DOT, SVG, table)",
     ),
     "bench": ("embxfer.tools.bench_cli", "measure against raw Mooncake writes and memcpy"),
-    "explore": ("embxfer.explore", "search every interleaving of a small configuration"),
+    "explore": ("embxfer.tools.explore", "search every interleaving of a small configuration"),
     "keys": ("embxfer.tools.keys_cli", "per-engine CURVE keys and the allow-list"),
 }
 

@@ -55,6 +55,28 @@ def test_counters_and_high_water_mark() -> None:
     assert (allocator.used_blocks, allocator.high_water_mark) == (2, 5)
 
 
+def test_free_order_is_the_order_blocks_come_back() -> None:
+    allocator = FreeListAllocator(4, block_size=1)
+    assert allocator.alloc(3) == [0, 1, 2]
+    allocator.free([1, 0])
+    assert allocator.free_order == (1, 0, 3)
+    assert allocator.alloc(3) == [1, 0, 3]
+
+
+def test_restore_puts_back_what_the_snapshot_took() -> None:
+    allocator = FreeListAllocator(8, block_size=2)
+    allocator.alloc(6)
+    allocator.free([1])
+    taken, before = allocator.snapshot(), snapshot(allocator)
+    order = allocator.free_order
+    allocator.free([0, 2])
+    allocator.alloc(16)
+    allocator.restore(taken)
+    assert (snapshot(allocator), allocator.free_order) == (before, order)
+    with pytest.raises(ValueError, match="4 blocks"):
+        allocator.restore(FreeListAllocator(4).snapshot())
+
+
 def test_returns_none_when_full_and_changes_nothing() -> None:
     allocator = FreeListAllocator(4, block_size=4)
     assert allocator.alloc(12) == [0, 1, 2]

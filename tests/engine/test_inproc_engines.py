@@ -13,6 +13,7 @@ from embxfer.local import inproc_engines
 from embxfer.receiver import ReceiverEngine
 from embxfer.runtime import Engine
 from embxfer.sender import SenderEngine
+from embxfer.tools.faults import Faults
 from embxfer.tools.workload import payload_for
 
 TERMINAL = (KVPoll.Success, KVPoll.Failed)
@@ -128,7 +129,7 @@ def test_memory_pressure_resumes_in_many_pieces_byte_exact() -> None:
 
 def test_a_failed_write_fails_both_sides_with_a_reason_and_frees_everything() -> None:
     sender, receivers, network = inproc_engines(CONFIG, CONFIG, 1)
-    network.faults.fail_next_writes(1, "injected -1")
+    Faults.on(network).fail_next_writes(1, "injected -1")
     sent = sender.create_room(9)
     (got,) = [r.create_room(9, sender.address) for r in receivers]
     sent.send(payload_for(9, 3000, sender.layout, seed=3))

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from embxfer import EngineConfig, KVPoll, Timeouts
 from embxfer.fsm.messages import PieceWritten
+from embxfer.tools.faults import FaultPlan, Faults
 from embxfer.tools.workload import payload_for
-from embxfer.transport.faults import FaultPlan
 from tests.integration.pumping import Rig
 
 CONFIG = EngineConfig(num_blocks=64, hidden_size=16, default_alloc_tokens=1024)
@@ -17,9 +17,10 @@ CONFIG = EngineConfig(num_blocks=64, hidden_size=16, default_alloc_tokens=1024)
 
 def test_a_late_abort_of_a_forgotten_room_is_acknowledged_and_frees_the_quarantine() -> None:
     rig = Rig(CONFIG)
+    faults = Faults.on(rig.network)
     sent = rig.sender.create_room(1)
     got = rig.receiver.create_room(1, rig.sender.address)
-    rig.network.faults.drop_next(1, PieceWritten)  # the receiver never learns it is done
+    faults.drop_next(1, PieceWritten)  # the receiver never learns it is done
     sent.send(payload_for(1, 500, rig.sender.layout, seed=3))
     rig.pump_until(lambda: sent.poll() is KVPoll.Success)
     sent.release()
@@ -39,9 +40,10 @@ def test_a_late_abort_of_a_forgotten_room_is_acknowledged_and_frees_the_quaranti
 def test_so_is_one_that_arrives_after_a_partition_in_which_the_sender_gave_it_up() -> None:
     config = CONFIG.replace(heartbeat_s=0.1, peer_timeout_s=1.0, timeouts=Timeouts())
     rig = Rig(config)
+    faults = Faults.on(rig.network)
     done = rig.sender.create_room(1)  # it will finish, and be forgotten, before the cut
     unaware = rig.receiver.create_room(1, rig.sender.address)
-    rig.network.faults.drop_next(1, PieceWritten)
+    faults.drop_next(1, PieceWritten)
     done.send(payload_for(1, 500, rig.sender.layout, seed=3))
     rig.pump_until(lambda: done.poll() is KVPoll.Success)
     done.release()
@@ -50,14 +52,14 @@ def test_so_is_one_that_arrives_after_a_partition_in_which_the_sender_gave_it_up
     rig.pump_until(lambda: owed.poll() is KVPoll.WaitingForInput and not rig.sender.rooms.get(1))
 
     # The cut: every message is held (as TCP holds them) until the heal.
-    rig.network.faults.plan = FaultPlan(delay=1.0, delay_sends=10**9)
+    faults.plan = FaultPlan(delay=1.0, delay_sends=10**9)
     rig.pump_until(lambda: owed.poll() is KVPoll.Failed and joined.poll() is KVPoll.Failed)
     rig.pump_until(lambda: unaware.poll() is KVPoll.Failed)
     assert rig.receiver.address not in rig.sender.routes.receivers  # given up
     for handle in (owed, unaware, joined):
         handle.release()
-    rig.network.faults.plan = None
-    rig.network.faults.release_held()
+    faults.plan = None
+    faults.release_held()
 
     rig.pump_until(lambda: not rig.receiver.rooms)  # in a few round trips, not the grace
     assert rig.now < config.timeouts.write_grace_s

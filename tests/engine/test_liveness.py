@@ -10,8 +10,8 @@ from typing import Any
 from embxfer import EngineConfig, KVPoll, ResumePolicy, SpillMode, Timeouts
 from embxfer.receiver import ReceiverEngine
 from embxfer.sender import SenderEngine
+from embxfer.tools.faults import FaultPlan, Faults
 from embxfer.tools.workload import payload_for
-from embxfer.transport.faults import FaultPlan
 from embxfer.transport.inproc import InprocControlChannel, InprocDataTransport, InprocNetwork
 
 PEER_TIMEOUT_S = 1.0
@@ -127,6 +127,7 @@ def test_after_a_partition_an_idle_receiver_the_sender_gave_up_on_registers_agai
     not ask the sender as a stranger whose requests are turned down."""
     clock = Clock()
     network = InprocNetwork()
+    faults = Faults.on(network)
     sender, receiver = encoder_and_language(network, clock)
     engines = [sender, receiver]
     first = sender.create_room(1)
@@ -134,12 +135,12 @@ def test_after_a_partition_an_idle_receiver_the_sender_gave_up_on_registers_agai
     pump(engines, clock, 0.05)
     assert first.poll() is KVPoll.WaitingForInput  # joined; the payload is not in yet
 
-    network.faults.plan = FaultPlan(drop=1.0)  # the cut: every message is lost
+    faults.plan = FaultPlan(drop=1.0)  # the cut: every message is lost
     joined.abort("the client went away")
     pump(engines, clock, 5 * PEER_TIMEOUT_S)
     assert first.poll() is KVPoll.Failed
     assert first.reason == "receiver language lost"
-    network.faults.plan = None  # healed
+    faults.plan = None  # healed
 
     got = receiver.create_room(2, sender.address)
     sent = sender.create_room(2)

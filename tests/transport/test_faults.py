@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from embxfer.fsm.messages import AbortAck, Heartbeat, Message
+from embxfer.tools.faults import INJECTED_WRITE_FAILURE, FaultPlan, Faults
 from embxfer.transport.base import Segment
-from embxfer.transport.faults import INJECTED_WRITE_FAILURE, FaultPlan
 from embxfer.transport.inproc import InprocControlChannel, InprocDataTransport, InprocNetwork
 
 
@@ -21,13 +21,14 @@ def rooms(channel: InprocControlChannel) -> list[int]:
 def run(plan: FaultPlan | None, sends: int = 200) -> tuple[list[int], list[int]]:
     """Rooms received after ``sends`` messages under ``plan``, before and after release."""
     network = InprocNetwork()
-    network.faults.plan = plan
+    faults = Faults.on(network)
+    faults.plan = plan
     sender = InprocControlChannel(network, "E0")
     receiver = InprocControlChannel(network, "L0")
     for room in range(sends):
         sender.send("L0", AbortAck(room))
     before = rooms(receiver)
-    network.faults.release_held()
+    faults.release_held()
     return before, before + rooms(receiver)
 
 
@@ -73,17 +74,18 @@ def test_reorder_swaps_neighbours_and_loses_nothing() -> None:
 
 def test_a_reordered_message_follows_the_next_send_to_its_peer() -> None:
     network = InprocNetwork()
-    network.faults.plan = FaultPlan(reorder=1.0)
+    faults = Faults.on(network)
+    faults.plan = FaultPlan(reorder=1.0)
     sender = InprocControlChannel(network, "E0")
     receiver = InprocControlChannel(network, "L0")
     other = InprocControlChannel(network, "L1")
     sender.send("L0", AbortAck(1))
     sender.send("L1", AbortAck(2))  # another peer: does not release room 1
     assert rooms(receiver) == []
-    network.faults.plan = None
+    faults.plan = None
     sender.send("L0", AbortAck(3))
     assert rooms(receiver) == [3, 1]
-    network.faults.release_held()
+    faults.release_held()
     assert rooms(other) == [2]
 
 
@@ -97,9 +99,10 @@ def test_delay_holds_for_n_sends_or_until_released() -> None:
 @pytest.mark.parametrize("kind", [AbortAck, None])
 def test_drop_next_of_a_kind(kind: type[Message] | None) -> None:
     network = InprocNetwork()
+    faults = Faults.on(network)
     sender = InprocControlChannel(network, "E0")
     receiver = InprocControlChannel(network, "L0")
-    network.faults.drop_next(2, kind)
+    faults.drop_next(2, kind)
     for room in range(4):
         sender.send("L0", Heartbeat())
         sender.send("L0", AbortAck(room))
@@ -115,7 +118,8 @@ def test_drop_next_of_a_kind(kind: type[Message] | None) -> None:
 def test_write_failure_plan_is_seeded_and_touches_nothing() -> None:
     def outcomes(seed: int) -> list[bool]:
         network = InprocNetwork()
-        network.faults.plan = FaultPlan(seed=seed, write_failure=0.5)
+        faults = Faults.on(network)
+        faults.plan = FaultPlan(seed=seed, write_failure=0.5)
         sender, receiver = InprocDataTransport(network, "E"), InprocDataTransport(network, "L")
         source, target = torch.ones(64, dtype=torch.uint8), torch.zeros(64, dtype=torch.uint8)
         sender.register_tensor(source)

@@ -7,6 +7,7 @@ import threading
 import pytest
 import torch
 
+from embxfer.tools.faults import Faults
 from embxfer.transport.base import DataTransport, Segment, WriteResult
 from embxfer.transport.inproc import InprocDataTransport, InprocNetwork
 
@@ -133,7 +134,7 @@ def test_session_id_is_exclusive() -> None:
 
 def test_injected_write_failures_touch_nothing() -> None:
     pair = Pair()
-    pair.network.faults.fail_next_writes(2, "peer vanished")
+    Faults.on(pair.network).fail_next_writes(2, "peer vanished")
     assert pair.write(pair.segment(0, 0, 64)) == WriteResult(False, "peer vanished")
     assert pair.write(pair.segment(0, 0, 64)) == WriteResult(False, "peer vanished")
     assert torch.equal(pair.target, pair.before)

@@ -1,4 +1,4 @@
-"""Hypothesis state machines over the simulation world (``embxfer.simulation``).
+"""Hypothesis state machines over the simulation world (``embxfer.tools.sim``).
 
 Each example builds a world of real bytes (``ByteData``: metadata buffers, segment
 plans, the in-process data transport), opens rooms of random length and default
@@ -31,7 +31,7 @@ from embxfer.fsm.messages import Abort, AbortAck, PieceRequest, PieceWritten
 from embxfer.fsm.policy import ResumePolicy, SpillMode
 from embxfer.fsm.receiver import ReceiverRoom
 from embxfer.fsm.sender import SenderRoom
-from embxfer.simulation import (
+from embxfer.tools.sim import (
     FAULTS,
     SENDER,
     Advance,

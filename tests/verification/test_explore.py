@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from embxfer.explore import ExploreSettings, explore
 from embxfer.tools.cli import main
+from embxfer.tools.explore import ExploreSettings, explore
 
 
 def test_every_interleaving_without_faults_succeeds() -> None:

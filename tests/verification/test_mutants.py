@@ -1,4 +1,4 @@
-"""Deliberately broken machines (``embxfer.simulation.MUTANTS``) are caught, quickly.
+"""Deliberately broken machines (``embxfer.tools.sim.MUTANTS``) are caught, quickly.
 
 The seeds' two resume bugs (dedup keyed on block indices; a resume that enqueues no
 transfer, on either side) must be found by the explorer within a few hundred states and
@@ -15,8 +15,8 @@ import pytest
 from hypothesis import Phase, settings
 from hypothesis.stateful import run_state_machine_as_test
 
-from embxfer.explore import ExploreSettings, explore
-from embxfer.simulation import Violation, mutant
+from embxfer.tools.explore import ExploreSettings, explore
+from embxfer.tools.sim import Violation, mutant
 
 from .machines import PressureMachine, ResumeMachine
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import pytest
 
 from embxfer.fsm.receiver import ReceiverRoom
-from embxfer.simulation import (
+from embxfer.tools.sim import (
     SENDER,
     Advance,
     ByteData,

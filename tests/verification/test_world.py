@@ -7,7 +7,7 @@ import pytest
 from embxfer.buffers.metadata import POISON_BYTE
 from embxfer.fsm.events import Event, Tick
 from embxfer.fsm.sender import SenderRoom
-from embxfer.simulation import (
+from embxfer.tools.sim import (
     SENDER,
     Advance,
     ByteData,
@@ -51,7 +51,7 @@ def test_a_write_into_a_block_given_up_is_caught_while_pending() -> None:
     world.apply(HandPayload(0))
     world.apply(Deliver(world.in_flight[0]))
     (write,) = world.writes
-    with world._acting_for(0):  # as if room 0 freed the blocks its pending write targets
+    with world.ownership.acting_for(0):  # as if room 0 freed the blocks its pending write targets
         world.allocators["L0"].free(write.piece.dst_blocks)
     with pytest.raises(Violation):
         world.check()

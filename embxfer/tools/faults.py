@@ -1,5 +1,7 @@
 """Fault injection for the in-process network: lost, duplicated, reordered and delayed
-control messages and failed writes, so the runtime can be tested against them.
+control messages and failed writes, so the runtime can be tested against them. ``Faults``
+is the network's interposer (``embxfer.transport.inproc.Interposer``); the library's
+network delivers directly without one.
 
 Random faults follow a seeded ``FaultPlan`` and are deterministic for a given order of
 sends and writes. One-shot hooks (``drop_next``, ``fail_next_writes``) let a test aim a
@@ -14,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from embxfer.fsm.messages import Message
+from embxfer.transport.inproc import Delivery, InprocNetwork
 
 INJECTED_WRITE_FAILURE = "injected write failure"
 
@@ -45,16 +48,6 @@ class FaultPlan:
             raise ValueError(f"delay_sends must be >= 1: {self}")
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """One encoded control message on its way from ``sender`` to ``peer``."""
-
-    sender: str
-    peer: str
-    frame: bytes
-    kind: type[Message]
-
-
 @dataclass(slots=True)
 class _Held:
     delivery: Delivery
@@ -70,6 +63,13 @@ class _DropRule:
 class Faults:
     """Applies faults between a sender and ``deliver``. Thread-safe: deciding and delivering
     happen under one lock, so deliveries keep the order the decisions gave them."""
+
+    @classmethod
+    def on(cls, network: InprocNetwork) -> Faults:
+        """New faults interposed on ``network``: its sends and writes pass through them."""
+        faults = cls(network.deliver)
+        network.interposer = faults
+        return faults
 
     def __init__(self, deliver: Callable[[Delivery], None]) -> None:
         self._deliver = deliver

@@ -1,7 +1,7 @@
 """``embxfer explore``: every interleaving of a small configuration, breadth-first.
 
 One sender room and ``--receivers`` receiver rooms move a payload in up to
-``--max-resumes`` resumes, on the symbolic ``World`` of ``embxfer.simulation`` (the real
+``--max-resumes`` resumes, on the symbolic ``World`` of ``embxfer.tools.sim`` (the real
 room machines and allocators, labels instead of bytes). From each starting point the
 search applies every legal move and every fault move of the chosen kinds (``--faults``,
 each bounded by a budget), deduplicates the global states it reaches (rooms, allocator
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from embxfer.fsm.policy import ResumePolicy, SpillMode
-from embxfer.simulation import (
+from embxfer.tools.sim import (
     FAULTS,
     MUTANTS,
     Budget,
