@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from embxfer.buffers.assembly import StoredPiece, assemble, stage_piece
+from embxfer.buffers.assembly import assemble_room, stage_piece
 from embxfer.buffers.layout import BufferLayout
 from embxfer.buffers.metadata import MetadataBuffers
 from embxfer.buffers.payload import EmbeddingPayload, random_payload
@@ -106,20 +106,15 @@ class ByteData:
         return not blocks or self.buffers[engine].is_poisoned(blocks)
 
     def verify(self, engine: str, room: ReceiverRoom) -> str:
-        buffers = self.buffers[engine]
-        staged = self.staged.get((engine, room.room_id), {})
-        pieces = [
-            StoredPiece(p.sent_tokens, p.tokens, blocks=p.blocks)
-            if p.blocks
-            else StoredPiece(p.sent_tokens, p.tokens, staged=staged[p.sent_tokens])
-            for p in room.pieces
-        ]
-        first = min(room.pieces, key=lambda p: p.sent_tokens)
-        total, delta = self.aux.get((engine, room.room_id)) or buffers.read_aux(first.blocks[0])
-        if total != room.total_tokens:
-            return f"aux says {total} tokens, the sender said {room.total_tokens}"
+        """Assemble the result as the receiver engine does, and compare every byte."""
         try:
-            result = assemble(buffers, pieces, total, delta)
+            result = assemble_room(
+                self.buffers[engine],
+                room.pieces,
+                self.staged.get((engine, room.room_id), {}),
+                self.aux.get((engine, room.room_id)),
+                room.total_tokens,
+            )
         except ValueError as exc:
             return str(exc)
         return "" if result.equals(self.expected[room.room_id]) else "bytes differ from the payload"
