@@ -77,6 +77,14 @@ class SenderHandle(RoomHandle):
     _engine: SenderEngine
     _tracked: SenderTracked
 
+    def announce(self, total_tokens: int) -> None:
+        """Say how many tokens the embedding will have, as soon as that is known (a
+        vision encoder knows it from the image grid before its forward pass), before or
+        with ``send``: each receiver is told and allocates for it, so no resume is
+        needed when the length reaches it before the embedding does. A payload of
+        another length then fails the room."""
+        self._engine.announce(self._tracked, total_tokens)
+
     def send(self, payload: EmbeddingPayload) -> None:
         """Hand over the embedding; it is copied into the engine's buffers once the room
         has blocks for it."""

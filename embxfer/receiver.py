@@ -3,8 +3,9 @@ room's result on its pump thread."""
 
 from __future__ import annotations
 
+import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 from embxfer.buffers.allocator import BlockAllocator
@@ -23,6 +24,8 @@ from embxfer.runtime.engine import Engine
 from embxfer.runtime.rooms import Tracked
 from embxfer.transport.base import ControlChannel, DataTransport
 
+NONCE_BITS = 63  # the wire's integers are non-negative int64s
+
 
 @dataclass(eq=False)
 class ReceiverTracked(Tracked[ReceiverRoom]):
@@ -38,6 +41,9 @@ class ReceiverTracked(Tracked[ReceiverRoom]):
             status.released = True
             status.result = None  # the views it held point at blocks now free
         super().publish()
+
+    def incarnations(self) -> frozenset[Hashable]:
+        return frozenset({self.room.nonce})
 
 
 class ReceiverEngine(Engine[ReceiverTracked]):
@@ -85,7 +91,10 @@ class ReceiverEngine(Engine[ReceiverTracked]):
 
         ``scheduler_allocates``: the scheduler allocates the first piece's blocks from
         ``self.memory`` itself and hands them over with ``ReceiverHandle.provide_blocks``
-        (SGLang's ``send_metadata``); resumes still allocate beneath it."""
+        (SGLang's ``send_metadata``); resumes still allocate beneath it.
+
+        The room is a new incarnation of ``room_id``, named by a random nonce that its
+        messages carry: nothing meant for an earlier room under the same id reaches it."""
         room = ReceiverRoom(
             room_id,
             sender,
@@ -95,6 +104,7 @@ class ReceiverEngine(Engine[ReceiverTracked]):
             self.clock(),
             self.config.policy,
             required_receivers,
+            nonce=secrets.randbits(NONCE_BITS),
         )
         tracked = ReceiverTracked(room, ReceiverStatus())
         self.submit(lambda: self._adopt(tracked))

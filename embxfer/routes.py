@@ -1,7 +1,8 @@
 """What inbound control messages mean to each role, beyond the room they are for.
 
-Room messages become room events through ``fsm.routing.room_event`` (the one mapping).
-What is left is engine business, per role. A sender keeps the receivers that
+Room messages become room events through ``fsm.routing.room_event`` (the one mapping),
+and ``fsm.routing.incarnation`` picks, of the rooms under the message's id, the one it
+is for. What is left is engine business, per role. A sender keeps the receivers that
 registered (their buffer geometry, for one-sided writes), takes room messages from
 them alone, and parks those for rooms its scheduler has not created yet. A receiver
 registers with each sender its rooms name, once, and holds rooms in Bootstrapping
@@ -16,16 +17,33 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from embxfer.fsm.events import AbortReceived, Event, PeerReady
-from embxfer.fsm.messages import AbortAck, BufferRegion, Message, Register, RegisterAck
-from embxfer.fsm.routing import room_event
+from embxfer.fsm.messages import (
+    AbortAck,
+    BufferRegion,
+    Message,
+    Register,
+    RegisterAck,
+)
+from embxfer.fsm.room import Room
+from embxfer.fsm.routing import incarnation, room_event
 
 if TYPE_CHECKING:
     from embxfer.receiver import ReceiverEngine, ReceiverTracked
-    from embxfer.sender import SenderEngine
+    from embxfer.sender import SenderEngine, SenderTracked
 
 LOG = logging.getLogger("embxfer.routes")
 
 PARKED_LIMIT = 65536  # room events held for rooms the scheduler has not created yet
+
+
+@dataclass(frozen=True, slots=True)
+class Parked:
+    """A room event held for a room the scheduler has not created yet."""
+
+    at: float
+    peer: str
+    nonce: int  # the receiver incarnation it is from
+    event: Event
 
 
 @dataclass(frozen=True)
@@ -43,10 +61,14 @@ class SenderRoutes:
     def __init__(self, engine: SenderEngine) -> None:
         self.engine = engine
         self.receivers: dict[str, RemoteBuffers] = {}
-        self._parked: dict[int, list[tuple[float, Event]]] = {}
+        self._parked: dict[int, list[Parked]] = {}
         self._parked_count = 0
 
     def on_message(self, peer: str, message: Message) -> None:
+        """A room message goes to the room under its id that bound its incarnation, else
+        to the room the scheduler holds under it (which binds it or finds it stale),
+        unless a room that is gone had that incarnation: then it is late. Messages for
+        an id with no room yet wait for one (parked)."""
         engine = self.engine
         if isinstance(message, Register):
             self._register(peer, message)
@@ -55,41 +77,74 @@ class SenderRoutes:
         if routed is None:
             engine.reject("unexpected_kind", peer, type(message).__name__)
             return
-        room_id, event = routed
-        tracked = engine.rooms.get(room_id)
-        forgotten = tracked is None and engine.rooms.is_closed(room_id)
-        if forgotten and isinstance(event, AbortReceived):
-            # A receiver gave up on a room this engine finished and forgot (its last
-            # notice was lost, in a partition say, after which this engine may have given
-            # the receiver up too). A room is forgotten only once none of its writes is in
-            # flight: say so, as the room would have, and the receiver frees the blocks it
-            # holds against a late write. That fails nothing, whoever asks.
-            engine.control.send(peer, AbortAck(room_id))
+        room_id, nonce, event = routed
+        held = engine.rooms.under(room_id)
+        retired = engine.rooms.retired(room_id, (peer, nonce))
+        tracked = incarnation(held, _room, peer, nonce, retired)
+        over = tracked is None and (retired or bool(held) or engine.rooms.is_closed(room_id))
+        aborting = isinstance(event, AbortReceived)
+        if over and aborting:
+            # A receiver gave up on a room this engine finished (its last notice was lost,
+            # in a partition say, after which this engine may have given the receiver up
+            # too), or on one no room here ever knew. Nothing of that incarnation is in
+            # flight (a room is forgotten only once none of its writes is): say so, as
+            # the room would have, and the receiver frees the blocks it holds against a
+            # late write. That fails nothing, whoever asks.
+            engine.control.send(peer, AbortAck(room_id, nonce))
         # Only a registered receiver can be in a room, so only one may ask or abort: a
         # stray peer guessing room ids must not fail other receivers' rooms.
         if peer not in self.receivers:
             engine.reject("unregistered_peer", peer)
         elif tracked is not None:
             engine.deliver(tracked, event)
-        elif not forgotten:
-            self._park(peer, room_id, event)
-        elif not isinstance(event, AbortReceived):
-            engine.reject("closed_room", peer, room=room_id)
+        elif retired:
+            if not aborting:
+                engine.reject("closed_room", peer, room=room_id)
+        elif over and aborting:
+            # The id's rooms are over and none knew this incarnation: the old request's,
+            # or the next one's (the id is reused) aborting before its room exists. It
+            # fails nothing; whatever of it waits here is dropped.
+            self._drop_parked(room_id, peer, nonce)
+        else:
+            # No room knows the id, or its rooms are over and none knew this incarnation:
+            # it may be the next room's (the scheduler reuses the id, and receivers may be
+            # faster than the encoder's scheduler).
+            self._park(Parked(engine.clock(), peer, nonce, event), room_id)
 
-    def unpark(self, room_id: int) -> list[Event]:
-        """The events held for a room its scheduler just created, in arrival order."""
+    def unpark(self, tracked: SenderTracked) -> list[Event]:
+        """The events held for a room its scheduler just created, in arrival order: of
+        each receiver, its newest incarnation's (a receiver engine ends one room under
+        an id before it creates the next, and speaks on one ordered channel, so an
+        earlier incarnation's messages are late). The others are dropped."""
+        room_id = tracked.room_id
         parked = self._parked.pop(room_id, [])
         self._parked_count -= len(parked)
-        return [event for _, event in parked]
+        newest = {entry.peer: entry.nonce for entry in parked}
+        for entry in parked:
+            if newest[entry.peer] != entry.nonce:
+                self.engine.reject("closed_room", entry.peer, room=room_id)
+        return [entry.event for entry in parked if newest[entry.peer] == entry.nonce]
 
-    def _park(self, peer: str, room_id: int, event: Event) -> None:
+    def _park(self, entry: Parked, room_id: int) -> None:
         """Hold a room's event for a room the scheduler has not created yet (it may be
         slower than the receiver); dropped after the bootstrap timeout."""
         if self._parked_count >= PARKED_LIMIT:
-            self.engine.reject("park_full", peer, room=room_id)
+            self.engine.reject("park_full", entry.peer, room=room_id)
             return
-        self._parked.setdefault(room_id, []).append((self.engine.clock(), event))
+        self._parked.setdefault(room_id, []).append(entry)
         self._parked_count += 1
+
+    def _drop_parked(self, room_id: int, peer: str, nonce: int) -> None:
+        """Drop what waits for a room from incarnation ``(peer, nonce)``: it is over."""
+        parked = self._parked.get(room_id, [])
+        kept = [e for e in parked if (e.peer, e.nonce) != (peer, nonce)]
+        for _ in range(len(parked) - len(kept)):
+            self.engine.reject("closed_room", peer, room=room_id)
+        self._parked_count -= len(parked) - len(kept)
+        if kept:
+            self._parked[room_id] = kept
+        else:
+            self._parked.pop(room_id, None)
 
     def _register(self, peer: str, message: Register) -> None:
         problem = self._geometry_problem(message)
@@ -139,7 +194,7 @@ class SenderRoutes:
         """Drop parked events older than the bootstrap timeout."""
         expiry = now - self.engine.config.timeouts.bootstrap_s
         for room_id in list(self._parked):
-            kept = [entry for entry in self._parked[room_id] if entry[0] > expiry]
+            kept = [entry for entry in self._parked[room_id] if entry.at > expiry]
             self._parked_count -= len(self._parked[room_id]) - len(kept)
             if kept:
                 self._parked[room_id] = kept
@@ -186,11 +241,12 @@ class ReceiverRoutes:
         if routed is None:
             engine.reject("unexpected_kind", peer, type(message).__name__)
             return
-        room_id, event = routed
-        tracked = engine.rooms.get(room_id)
+        room_id, nonce, event = routed
+        held = engine.rooms.under(room_id)
+        tracked = incarnation(held, _room, peer, nonce)
         if tracked is None:
-            reason = "closed_room" if engine.rooms.is_closed(room_id) else "unknown_room"
-            engine.reject(reason, peer, room=room_id)
+            over = held or engine.rooms.is_closed(room_id)
+            engine.reject("closed_room" if over else "unknown_room", peer, room=room_id)
             return
         engine.deliver(tracked, event)
 
@@ -206,9 +262,9 @@ class ReceiverRoutes:
                 self.engine.deliver(tracked, PeerReady())
         else:
             del self.senders[peer]
-            refused = AbortReceived(peer, f"registration refused: {message.reason}")
+            refused = f"registration refused: {message.reason}"
             for tracked in waiting:
-                self.engine.deliver(tracked, refused)
+                self.engine.deliver(tracked, AbortReceived(peer, refused, tracked.room.nonce))
 
     def needed_peers(self) -> Iterable[str]:
         """Senders of open rooms, and every sender this engine is registered with.
@@ -230,3 +286,7 @@ class ReceiverRoutes:
         for sender, link in self.senders.items():
             if not link.ready and now >= link.next_register:
                 self._send_register(sender, link)
+
+
+def _room(tracked: SenderTracked | ReceiverTracked) -> Room:
+    return tracked.room

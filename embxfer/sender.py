@@ -4,7 +4,7 @@ that ask, piece by piece."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 from embxfer.buffers.allocator import BlockAllocator
@@ -14,7 +14,7 @@ from embxfer.buffers.payload import EmbeddingPayload
 from embxfer.buffers.segments import plan_segments
 from embxfer.config import EngineConfig
 from embxfer.fsm.actions import Action, SendMessage, StorePayload, WritePiece
-from embxfer.fsm.events import PayloadReady, WriteFinished
+from embxfer.fsm.events import LengthAnnounced, PayloadReady, WriteFinished
 from embxfer.fsm.messages import BufferRegion
 from embxfer.fsm.sender import SenderRoom
 from embxfer.handles import SenderHandle, SenderStatus
@@ -41,6 +41,10 @@ class SenderTracked(Tracked[SenderRoom]):
         reached = sum(1 for tokens in written if tokens)
         status.bytes_written = sum(written) * self.token_bytes + reached * self.aux_bytes
         super().publish()
+
+    def incarnations(self) -> frozenset[Hashable]:
+        """The receiver incarnations the room bound: ``(peer, nonce)``."""
+        return frozenset((peer, p.nonce) for peer, p in self.room.receivers.items())
 
 
 class SenderEngine(Engine[SenderTracked]):
@@ -82,8 +86,14 @@ class SenderEngine(Engine[SenderTracked]):
 
     def _adopt(self, tracked: SenderTracked) -> None:
         if self.adopt(tracked):
-            for event in self.routes.unpark(tracked.room_id):
+            for event in self.routes.unpark(tracked):
                 self.deliver(tracked, event)
+
+    def announce(self, tracked: SenderTracked, total_tokens: int) -> None:
+        """The scheduler knows the embedding's length before it is computed (thread-safe)."""
+        if total_tokens < 1:
+            raise ValueError(f"an embedding has at least one token, not {total_tokens}")
+        self.submit(lambda: self.deliver(tracked, LengthAnnounced(total_tokens)))
 
     def hand_over(
         self,

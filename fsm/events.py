@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from embxfer.fsm.messages import PieceRequest, PieceWritten
+from embxfer.fsm.messages import Announce, PieceRequest, PieceWritten
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +18,14 @@ class RequestReceived:
 
     receiver: str
     request: PieceRequest
+
+
+@dataclass(frozen=True, slots=True)
+class LengthAnnounced:
+    """Sender: the scheduler knows the embedding will have ``total_tokens`` tokens (a
+    vision encoder knows it from the image grid before its forward pass)."""
+
+    total_tokens: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,18 +58,28 @@ class PieceArrived:
 
 
 @dataclass(frozen=True, slots=True)
+class AnnounceArrived:
+    """Receiver: ``peer`` announced the embedding's length."""
+
+    peer: str
+    message: Announce
+
+
+@dataclass(frozen=True, slots=True)
 class AbortReceived:
-    """A peer aborted the room (``peer`` names it)."""
+    """A peer aborted the room (``peer`` names it), for receiver incarnation ``nonce``."""
 
     peer: str
     reason: str
+    nonce: int
 
 
 @dataclass(frozen=True, slots=True)
 class AbortAckReceived:
-    """Receiver: ``peer`` confirmed no write for this room is in flight."""
+    """Receiver: ``peer`` confirmed no write for incarnation ``nonce`` is in flight."""
 
     peer: str
+    nonce: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,9 +124,11 @@ class Tick:
 Event = (
     PeerReady
     | RequestReceived
+    | LengthAnnounced
     | PayloadReady
     | WriteFinished
     | PieceArrived
+    | AnnounceArrived
     | AbortReceived
     | AbortAckReceived
     | AbortRequested

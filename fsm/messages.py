@@ -3,13 +3,19 @@
 Pure data (the schema): ``wire`` frames, versions and
 validates them. Each message names its room; the sending peer is known from the
 channel, never taken from the message body.
+
+Every room message also names the receiver *incarnation* it belongs to (``nonce``): a
+receiver room draws a random nonce when its scheduler creates it, and the sender echoes
+the nonce of the receiver it answers. Room ids are the schedulers' and get reused; the
+nonce tells a message of the room that uses an id now from one of a room that used it
+before, whose messages may still be in flight.
 """
 
 from __future__ import annotations
 
 import msgspec
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: incarnation nonces, request sequence numbers, Announce
 
 
 class BufferRegion(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -40,10 +46,15 @@ class PieceRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag=
     """Receiver -> sender: write tokens from ``sent_tokens`` on into ``blocks``.
 
     ``sent_tokens == 0`` is the initial request (the seeds' "init"); larger values are
-    resumes. ``sent_tokens`` only grows, so it identifies duplicates and stale copies.
+    resumes. ``seq`` numbers the requests of one receiver incarnation (1, 2, ...): a
+    request with a higher ``seq`` at the same ``sent_tokens`` *replaces* the one before
+    (the receiver learned the length and allocated for it), so ``seq``, not
+    ``sent_tokens``, identifies duplicates and stale copies.
     """
 
     room: int
+    nonce: int
+    seq: int
     sent_tokens: int
     blocks: tuple[int, ...]
     allocated_tokens: int
@@ -51,11 +62,24 @@ class PieceRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag=
 
 
 class PieceWritten(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="piece_written"):
-    """Sender -> receiver: tokens ``[sent_tokens, sent_tokens + tokens)`` have landed."""
+    """Sender -> receiver: tokens ``[sent_tokens, sent_tokens + tokens)`` have landed,
+    answering the request numbered ``seq``."""
 
     room: int
+    nonce: int
+    seq: int
     sent_tokens: int
     tokens: int
+    total_tokens: int
+
+
+class Announce(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="announce"):
+    """Sender -> receiver: the embedding will have ``total_tokens`` tokens. Sent once the
+    sender knows both the length (its scheduler's ``announce`` or ``send``) and the
+    receiver (its first request), unless the receiver's first piece is being written."""
+
+    room: int
+    nonce: int
     total_tokens: int
 
 
@@ -63,6 +87,7 @@ class Abort(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="abort"
     """Either direction: the room is over. A sender sends it only with no write in flight."""
 
     room: int
+    nonce: int
     reason: str
 
 
@@ -70,11 +95,14 @@ class AbortAck(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="abo
     """Sender -> receiver: no write for this room is in flight or will be started."""
 
     room: int
+    nonce: int
 
 
 class Heartbeat(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="heartbeat"):
     """Either direction: the peer is alive."""
 
 
-Message = Register | RegisterAck | PieceRequest | PieceWritten | Abort | AbortAck | Heartbeat
-RoomMessage = PieceRequest | PieceWritten | Abort | AbortAck
+Message = (
+    Register | RegisterAck | PieceRequest | PieceWritten | Announce | Abort | AbortAck | Heartbeat
+)
+RoomMessage = PieceRequest | PieceWritten | Announce | Abort | AbortAck

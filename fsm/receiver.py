@@ -2,15 +2,23 @@
 
 The receiver allocates (a hint, or the adaptive default), asks for a piece at
 ``sent_tokens`` and, when a piece lands short of ``T``, allocates the rest and asks
-again: the resume. ``T`` is learned from the first piece and kept here. Pieces stay
-in their blocks unless memory is short (then they are spilled to staging memory).
-Blocks a write may still target are freed only once the sender has confirmed no
-write is in flight, or after a grace period longer than any write can take.
+again: the resume. ``T`` is learned from the sender's announce or the first piece and
+kept here. A room told ``T`` before its first piece is served sizes its first request
+for it: it frees the blocks beyond ``T``, or takes the missing ones (if free, without
+passing a room that waits) and replaces its request with a larger one; the resume takes
+whatever the announce did not cover. Pieces stay in their blocks unless memory is short
+(then they are spilled to staging memory). Blocks a write may still target are freed
+only once the sender has confirmed no write is in flight, or after a grace period
+longer than any write can take.
+
+The room is one *incarnation* of its room id, named by a random ``nonce`` its engine
+draws: every message it sends carries it, and a message for another incarnation (a room
+that used the id before) is stale.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from embxfer.fsm.actions import SendMessage, SpillPiece, StopWaiting, WaitForMemory
@@ -18,6 +26,7 @@ from embxfer.fsm.events import (
     AbortAckReceived,
     AbortReceived,
     AbortRequested,
+    AnnounceArrived,
     CallbackFailed,
     Event,
     MemoryGranted,
@@ -55,6 +64,12 @@ RECEIVER_TABLE = verdict_table(
         ("peer_ready", B, F, "violation", ""),
         ("peer_ready", B, W, "", "_request_next"),
         ("peer_ready", [W, T, *TERMINAL], None, "", "_ignore"),
+        # The sender announces the length: size the first request for it (or, before the
+        # first request, remember it). Once a piece came, the length is known already.
+        ("announce", ACTIVE, None, "stale", "_ignore"),
+        ("announce", ACTIVE, F, "violation", ""),
+        ("announce", [B, W], None, "act", "_learn_length"),
+        ("announce", TERMINAL, None, "", "_ignore"),
         # The sender reports a piece written (keyed by its sent_tokens offset).
         ("piece", ACTIVE, None, "stale", "_ignore"),
         ("piece", [W, T], F, "violation", ""),
@@ -104,12 +119,25 @@ class Piece:
 
 @dataclass(frozen=True, slots=True)
 class Outstanding:
-    """The request the sender may be writing for right now, sent at ``asked_at``."""
+    """The piece the sender may be writing right now: the requests sent for it
+    (``asked``: ``(seq, allocated_tokens)``, oldest first; a later one replaced the one
+    before it, and a piece may answer either), the blocks held for them (the last
+    request's, less those beyond ``T``; an earlier request's are a prefix), and when the
+    last was sent."""
 
     sent_tokens: int
     blocks: tuple[int, ...]
-    allocated_tokens: int
+    asked: tuple[tuple[int, int], ...]
     asked_at: float
+
+    @property
+    def allocated_tokens(self) -> int:
+        """What the last request asked for."""
+        return self.asked[-1][1]
+
+    def allocation(self, seq: int) -> int | None:
+        """Tokens request ``seq`` allocated, if it was sent for this piece."""
+        return next((tokens for sent, tokens in self.asked if sent == seq), None)
 
 
 class ReceiverRoom(Room):
@@ -118,6 +146,7 @@ class ReceiverRoom(Room):
     __slots__ = (
         "initial_tokens",
         "memory",
+        "nonce",
         "outstanding",
         "pieces",
         "policy",
@@ -126,15 +155,16 @@ class ReceiverRoom(Room):
         "quarantine_until",
         "queued",
         "received",
-        "released",
         "required_receivers",
         "sender",
+        "seq",
         "total_tokens",
         "waiting_for_memory",
     )
 
     TRIGGERS: ClassVar[dict[type, str]] = {
         PeerReady: "peer_ready",
+        AnnounceArrived: "announce",
         PieceArrived: "piece",
         AbortReceived: "peer_abort",
         AbortAckReceived: "abort_ack",
@@ -156,9 +186,11 @@ class ReceiverRoom(Room):
         now: float,
         policy: ResumePolicy | None = None,
         required_receivers: int = 1,
+        nonce: int = 0,
     ) -> None:
         """``initial_tokens``: what the first request allocates; None when the scheduler
-        hands over the first piece's blocks itself (``MemoryGranted``)."""
+        hands over the first piece's blocks itself (``MemoryGranted``). ``nonce``: this
+        incarnation of ``room_id`` (its engine draws it at random)."""
         super().__init__(room_id, timeouts, now)
         if initial_tokens is not None and initial_tokens <= 0:
             raise ValueError(f"initial_tokens must be positive, got {initial_tokens}")
@@ -167,7 +199,9 @@ class ReceiverRoom(Room):
         self.initial_tokens = initial_tokens
         self.policy = policy or ResumePolicy()
         self.required_receivers = required_receivers
-        self.total_tokens = 0  # T, learned from the first piece
+        self.nonce = nonce
+        self.seq = 0  # of the last request sent
+        self.total_tokens = 0  # T, learned from the announce or the first piece
         self.received = 0
         self.pieces: list[Piece] = []
         self.outstanding: Outstanding | None = None
@@ -176,12 +210,15 @@ class ReceiverRoom(Room):
         self.queued = False  # waiting in the engine's memory queue (not for the scheduler)
         self.quarantine: tuple[int, ...] = ()
         self.quarantine_until = 0.0
-        self.released = False
 
     @property
     def finished(self) -> bool:
         """Released, terminal, and holding no block: the runtime may forget the room."""
         return self.released and self.terminal and not self.held_blocks()
+
+    def names(self, peer: str, nonce: int) -> bool:
+        """This incarnation (the room judges the peer)."""
+        return nonce == self.nonce
 
     def held_blocks(self) -> list[int]:
         """Every block this room owns right now."""
@@ -204,9 +241,15 @@ class ReceiverRoom(Room):
     def _classify_event(self, event: Event) -> None:
         if isinstance(event, PieceArrived):
             self._classify_piece(event)
+        elif isinstance(event, AnnounceArrived):
+            self._classify_announce(event)
         elif isinstance(event, (AbortReceived, AbortAckReceived, PeerLost)):
             if event.peer != self.sender:
                 self._decide(Verdict.STALE, f"{event.peer} is not this room's sender")
+            elif not isinstance(event, PeerLost) and (
+                stale := self._other_incarnation(event.nonce, self.nonce)
+            ):
+                self._decide(Verdict.STALE, stale)
             elif isinstance(event, AbortReceived):
                 self._decide(Verdict.ACT, f"aborted by sender: {event.reason}")
             elif isinstance(event, PeerLost):
@@ -214,7 +257,7 @@ class ReceiverRoom(Room):
             else:
                 self._decide(Verdict.ACT, "the sender confirmed no write is in flight")
         elif isinstance(event, PeerReady):
-            tokens = self.initial_tokens
+            tokens = self._first_tokens()
             self._decide(*self._servable(tokens) if tokens is not None else (Verdict.ACT,))
         elif isinstance(event, MemoryGranted):
             self._classify_grant()
@@ -231,8 +274,11 @@ class ReceiverRoom(Room):
         msg = event.message
         out = self.outstanding
         end = msg.sent_tokens + msg.tokens
+        allocated = None if out is None else out.allocation(msg.seq)
         if event.peer != self.sender:
             self._decide(Verdict.STALE, f"{event.peer} is not this room's sender")
+        elif stale := self._other_incarnation(msg.nonce, self.nonce):
+            self._decide(Verdict.STALE, stale)
         elif out is None or msg.sent_tokens < out.sent_tokens:
             self._decide(Verdict.STALE, f"piece at sent_tokens={msg.sent_tokens} not awaited")
         elif msg.sent_tokens > out.sent_tokens:
@@ -240,17 +286,19 @@ class ReceiverRoom(Room):
                 Verdict.VIOLATION,
                 f"piece at sent_tokens={msg.sent_tokens} but {out.sent_tokens} requested",
             )
-        elif not 0 < msg.tokens <= out.allocated_tokens or end > msg.total_tokens:
+        elif allocated is None:
+            self._decide(Verdict.VIOLATION, f"piece answers request {msg.seq}, not one sent for it")
+        elif not 0 < msg.tokens <= allocated or end > msg.total_tokens:
             self._decide(
                 Verdict.VIOLATION,
                 f"piece of {msg.tokens} tokens at {msg.sent_tokens} of {msg.total_tokens} "
-                f"does not fit {out.allocated_tokens} allocated",
+                f"does not fit {allocated} allocated",
             )
         elif self.total_tokens and msg.total_tokens != self.total_tokens:
             self._decide(
                 Verdict.VIOLATION, f"total changed from {self.total_tokens} to {msg.total_tokens}"
             )
-        elif msg.tokens < out.allocated_tokens and end != msg.total_tokens:
+        elif msg.tokens < allocated and end != msg.total_tokens:
             self._decide(Verdict.VIOLATION, "short piece that is not the last")
         elif end == msg.total_tokens:
             self._decide(Verdict.ALL_DONE)
@@ -266,10 +314,26 @@ class ReceiverRoom(Room):
             verdict, reason = self._servable(self._resume_tokens(msg.total_tokens - end))
             self._decide(Verdict.MORE_OWED if verdict is Verdict.ACT else verdict, reason)
 
+    def _classify_announce(self, event: AnnounceArrived) -> None:
+        """The sender's length: new (act), known (stale), or not the one known."""
+        total = event.message.total_tokens
+        if event.peer != self.sender:
+            self._decide(Verdict.STALE, f"{event.peer} is not this room's sender")
+        elif stale := self._other_incarnation(event.message.nonce, self.nonce):
+            self._decide(Verdict.STALE, stale)
+        elif self.total_tokens and total != self.total_tokens:
+            self._decide(
+                Verdict.VIOLATION, f"announced {total} tokens, but {self.total_tokens} known"
+            )
+        elif self.total_tokens:
+            self._decide(Verdict.STALE, f"{total} tokens known already")
+        else:
+            self._decide(Verdict.ACT)
+
     def _servable(self, tokens: int) -> tuple[Verdict, str]:
         """ACT if a piece of ``tokens`` tokens can ever be granted here, else why not."""
-        floor = self.policy.floor_tokens(tokens, self.memory.total_blocks * self.memory.block_size)
-        if floor > self.memory.total_blocks * self.memory.block_size:
+        floor = self.policy.floor_tokens(tokens, self._pool_tokens())
+        if floor > self._pool_tokens():
             return Verdict.VIOLATION, (
                 f"a piece of {floor} tokens can never fit {self.memory.total_blocks} blocks "
                 f"of {self.memory.block_size} (partial pieces are off)"
@@ -299,10 +363,19 @@ class ReceiverRoom(Room):
         cap = self.policy.max_resume_tokens
         return min(rest, cap) if cap else rest
 
+    def _first_tokens(self) -> int | None:
+        """What the first request allocates: the length once announced, else the initial
+        size; None when the scheduler hands over the blocks (sized for ``T`` later)."""
+        return None if self.initial_tokens is None else self.total_tokens or self.initial_tokens
+
+    def _pool_tokens(self) -> int:
+        return self.memory.total_blocks * self.memory.block_size
+
     def _request_next(self, _event: Event) -> None:
         """Allocate for the next piece and ask for it, or wait for memory in turn (the
         scheduler's blocks, for a first piece it allocates itself)."""
-        if self.initial_tokens is None and not self.received:
+        first = self._first_tokens()
+        if first is None and not self.received:
             if self.provided:
                 provided, self.provided = self.provided, ()
                 self._ask_for(provided)
@@ -311,9 +384,9 @@ class ReceiverRoom(Room):
             return
         wanted = self._resume_tokens(self.total_tokens - self.received)
         if not self.received:
-            assert self.initial_tokens is not None
-            wanted = self.initial_tokens
-        floor = self.policy.floor_tokens(wanted, self.memory.total_blocks * self.memory.block_size)
+            assert first is not None
+            wanted = first
+        floor = self.policy.floor_tokens(wanted, self._pool_tokens())
         blocks = self._take(wanted, floor)
         if blocks is None:
             self.waiting_for_memory = self.queued = True
@@ -336,13 +409,54 @@ class ReceiverRoom(Room):
         return blocks
 
     def _ask_for(self, blocks: tuple[int, ...]) -> None:
-        allocated = len(blocks) * self.memory.block_size
-        self.outstanding = Outstanding(self.received, blocks, allocated, self.now)
+        """Request the next piece into ``blocks`` (replacing the request for it, if one
+        was sent); blocks beyond the length, once known, are freed first."""
+        bs = self.memory.block_size
+        if self.total_tokens:
+            blocks = self._trimmed(blocks, blocks_needed(self.total_tokens - self.received, bs))
+        allocated = len(blocks) * bs
+        self.seq += 1
+        out = self.outstanding
+        earlier = out.asked if out is not None and out.sent_tokens == self.received else ()
+        asked = (*earlier, (self.seq, allocated))
+        self.outstanding = Outstanding(self.received, blocks, asked, self.now)
         self._progressed()
         request = PieceRequest(
-            self.room_id, self.received, blocks, allocated, self.required_receivers
+            self.room_id,
+            self.nonce,
+            self.seq,
+            self.received,
+            blocks,
+            allocated,
+            self.required_receivers,
         )
         self._actions.append(SendMessage(self.sender, request))
+
+    def _trimmed(self, blocks: tuple[int, ...], needed: int) -> tuple[int, ...]:
+        """``blocks`` less those beyond the first ``needed``, which go back at once."""
+        if len(blocks) > needed:
+            self.memory.free(blocks[needed:])
+        return blocks[:needed]
+
+    def _learn_length(self, event: AnnounceArrived) -> None:
+        """Keep ``T``; if the first request is out and unanswered, size it for ``T``:
+        free what lies beyond, or take what is missing (only if it is free now and no
+        room waits: the announce never makes a room wait) and replace the request. What
+        the replacement cannot cover, or a piece that answers the old request, is left
+        to the resume."""
+        self.total_tokens = event.message.total_tokens
+        out = self.outstanding
+        if out is None or self.received:
+            return  # not asked yet: the first request will ask for T
+        bs = self.memory.block_size
+        needed = blocks_needed(self.total_tokens, bs)
+        if needed <= len(out.blocks):
+            self.outstanding = replace(out, blocks=self._trimmed(out.blocks, needed))
+            return
+        missing = (needed - len(out.blocks)) * bs
+        more = self.memory.take(missing, self.policy.floor_tokens(missing, self._pool_tokens()))
+        if more is not None:
+            self._ask_for(out.blocks + tuple(more))
 
     def _keep_provided(self, event: MemoryGranted) -> None:
         self.provided = event.blocks
@@ -422,7 +536,8 @@ class ReceiverRoom(Room):
         if sender_quiet:
             self._free_quarantine(event)
         else:
-            self._actions.append(SendMessage(self.sender, Abort(self.room_id, self.reason)))
+            abort = Abort(self.room_id, self.nonce, self.reason)
+            self._actions.append(SendMessage(self.sender, abort))
 
 
 RECEIVER_MACHINE = build_machine("receiver", RECEIVER_TABLE, {FAILED: "_enter_failed"})

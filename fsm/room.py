@@ -164,6 +164,7 @@ class Room:
         "ignored",
         "now",
         "reason",
+        "released",
         "resumes",
         "room_id",
         "state",
@@ -181,6 +182,7 @@ class Room:
         self.now = now
         self.deadline = now + timeouts.bootstrap_s
         self.reason = ""
+        self.released = False  # the scheduler let go of the room
         self.resumes = 0
         self.ignored = 0  # events judged stale, duplicate or moot (counted, never acted on)
         self._actions: list[Action] = []
@@ -228,6 +230,11 @@ class Room:
         """Released, terminal and holding no memory: the runtime may forget the room."""
         raise NotImplementedError
 
+    def names(self, peer: str, nonce: int) -> bool:
+        """Whether a message from ``peer`` about receiver incarnation ``nonce`` is this
+        room's (rooms that reuse an id are told apart by it)."""
+        raise NotImplementedError
+
     # -- verdicts (the tables' conditions, checked by VerdictCondition) ---------------
     def _classify(self, event: Event) -> None:
         """Decide what ``event`` means for this room now (every table's prepare step)."""
@@ -239,6 +246,13 @@ class Room:
     def _classify_event(self, event: Event) -> None:
         """The role's classifier."""
         raise NotImplementedError
+
+    def _other_incarnation(self, nonce: int, expected: int) -> str:
+        """Why a message of receiver incarnation ``nonce`` is stale to this room, which
+        expects ``expected`` ("" if it is not): the nonce check of both roles."""
+        if nonce == expected:
+            return ""
+        return f"for incarnation {nonce:#x} of room {self.room_id}, not {expected:#x}"
 
     def _decide(self, verdict: Verdict, reason: str = "") -> None:
         self._verdict = verdict

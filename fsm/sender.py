@@ -2,8 +2,15 @@
 
 Each receiver asks for pieces with ``PieceRequest(sent_tokens, blocks)``; the sender
 writes ``min(T - sent_tokens, allocated_tokens)`` tokens into those blocks, then
-reports ``PieceWritten``. ``sent_tokens`` only grows, so a request at or below the
-last one accepted from that receiver is a duplicate or stale copy and is ignored.
+reports ``PieceWritten``. A receiver's requests are numbered (``seq``), so a request at
+or below the last one accepted from that receiver is a duplicate or stale copy and is
+ignored; one at the same offset with a higher number replaces the request before it,
+unless that one is being served already.
+
+A receiver's first request binds its incarnation (``nonce``): a message of any other
+incarnation of that receiver (a room that used the same id before) is stale. Once the
+room knows both the length (the scheduler's ``announce`` or payload) and a receiver, it
+announces the length to that receiver, unless it is writing that receiver's piece.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from embxfer.fsm.events import (
     AbortRequested,
     CallbackFailed,
     Event,
+    LengthAnnounced,
     MemoryGranted,
     PayloadReady,
     PeerLost,
@@ -26,7 +34,7 @@ from embxfer.fsm.events import (
     WriteFinished,
 )
 from embxfer.fsm.memory import BlockPool, blocks_needed
-from embxfer.fsm.messages import Abort, AbortAck, PieceWritten
+from embxfer.fsm.messages import Abort, AbortAck, Announce, PieceWritten
 from embxfer.fsm.room import (
     ACTIVE,
     BOOTSTRAPPING,
@@ -48,13 +56,20 @@ B, W, T, OK, F = BOOTSTRAPPING, WAITING, TRANSFERRING, SUCCESS, FAILED
 # tried top to bottom; the first whose condition holds fires. dest None: no state change.
 SENDER_TABLE = verdict_table(
     [
-        # A receiver asks for a piece (sent_tokens 0: joins the room; above: resumes).
+        # A receiver asks for a piece (sent_tokens 0: joins the room; above: resumes; the
+        # same offset again: replaces its request, the length being announced).
         ("request", [B, W, T], None, "stale", "_ignore"),
         ("request", [B, W, T], F, "violation", ""),
         ("request", B, W, "last_receiver", "_accept_request"),
         ("request", [B, W, T], None, "act", "_accept_request"),
         ("request", OK, None, "", "_ignore"),
         ("request", F, None, "", "_answer_late_request"),
+        # The scheduler announces the length before the embedding is computed: every
+        # receiver that joined (and each one that joins later) is told.
+        ("announce", [B, W, T], None, "stale", "_ignore"),
+        ("announce", [B, W, T], F, "violation", ""),
+        ("announce", [B, W], None, "act", "_learn_length"),
+        ("announce", TERMINAL, None, "", "_ignore"),
         # The scheduler hands over the embedding; it is stored once source blocks are
         # granted (at once, or in turn in the memory queue), or comes in blocks the
         # scheduler filled. Blocks handed over with a payload the room refuses go back.
@@ -99,15 +114,23 @@ SENDER_TABLE = verdict_table(
 
 @dataclass(slots=True)
 class ReceiverProgress:
-    """What the sender knows of one receiver of the room."""
+    """What the sender knows of one receiver of the room: the incarnation its first
+    request bound, and its last accepted request."""
 
+    nonce: int
+    seq: int  # of the last accepted request
     requested_at: int  # sent_tokens of the last accepted request
     blocks: tuple[int, ...]
     allocated_tokens: int
     accepted_at: float  # when that request was accepted
     written: int = 0  # tokens written and confirmed by the transport
     in_flight: bool = False
+    announced: bool = False  # told the length (or its first piece is on its way)
     owed_notice: str = ""  # "abort" or "ack", sent once no write to it is in flight
+
+    def served(self) -> bool:
+        """The last accepted request is being or has been written: too late to replace."""
+        return self.in_flight or self.written > self.requested_at
 
 
 class SenderRoom(Room):
@@ -115,9 +138,9 @@ class SenderRoom(Room):
 
     __slots__ = (
         "_pending_payload",
+        "handed",
         "memory",
         "receivers",
-        "released",
         "required_receivers",
         "src_blocks",
         "total_tokens",
@@ -126,6 +149,7 @@ class SenderRoom(Room):
 
     TRIGGERS: ClassVar[dict[type, str]] = {
         RequestReceived: "request",
+        LengthAnnounced: "announce",
         PayloadReady: "payload",
         WriteFinished: "write_done",
         AbortRequested: "abort",
@@ -142,16 +166,21 @@ class SenderRoom(Room):
         self.memory = memory
         self.receivers: dict[str, ReceiverProgress] = {}
         self.required_receivers = 0  # learned from the first request
-        self.total_tokens = 0  # known once the payload is in
+        self.total_tokens = 0  # T: known once announced or handed over
+        self.handed = False  # the scheduler handed over the payload
         self.src_blocks: tuple[int, ...] = ()
         self._pending_payload: PayloadReady | None = None  # queued for source blocks
         self.writes_in_flight = 0
-        self.released = False
 
     @property
     def finished(self) -> bool:
         """Released, terminal, and holding nothing: the runtime may forget the room."""
         return self.released and self.terminal and not self.src_blocks and not self.writes_in_flight
+
+    def names(self, peer: str, nonce: int) -> bool:
+        """A receiver incarnation this room bound."""
+        progress = self.receivers.get(peer)
+        return progress is not None and progress.nonce == nonce
 
     def owed_receivers(self) -> list[str]:
         """Receivers still owed a piece (or a write's outcome): they must stay alive."""
@@ -176,6 +205,8 @@ class SenderRoom(Room):
     def _classify_event(self, event: Event) -> None:
         if isinstance(event, RequestReceived):
             self._classify_request(event)
+        elif isinstance(event, LengthAnnounced):
+            self._classify_length(event.total_tokens, "announced")
         elif isinstance(event, PayloadReady):
             self._classify_payload(event)
         elif isinstance(event, WriteFinished):
@@ -183,7 +214,11 @@ class SenderRoom(Room):
         elif isinstance(event, AbortRequested):
             self._decide(Verdict.ACT, f"aborted by scheduler: {event.reason}")
         elif isinstance(event, AbortReceived):
-            if event.peer in self.receivers:
+            known = self.receivers.get(event.peer)
+            stale = "" if known is None else self._other_incarnation(event.nonce, known.nonce)
+            if stale:
+                self._decide(Verdict.STALE, stale)
+            elif known is not None:
                 self._decide(Verdict.ACT, f"aborted by receiver {event.peer}: {event.reason}")
             else:
                 self._decide(
@@ -213,8 +248,11 @@ class SenderRoom(Room):
         req = event.request
         known = self.receivers.get(event.receiver)
         bs = self.memory.block_size
-        if known is not None and req.sent_tokens <= known.requested_at:
-            self._decide(Verdict.STALE, f"request at sent_tokens={req.sent_tokens} already seen")
+        stale = "" if known is None else self._other_incarnation(req.nonce, known.nonce)
+        if stale:
+            self._decide(Verdict.STALE, stale)
+        elif known is not None and req.seq <= known.seq:
+            self._decide(Verdict.STALE, f"request {req.seq} already seen")
         elif self.required_receivers and req.required_receivers != self.required_receivers:
             self._decide(
                 Verdict.VIOLATION,
@@ -230,7 +268,16 @@ class SenderRoom(Room):
             self._decide(Verdict.VIOLATION, f"resume from unknown receiver {event.receiver}")
         elif known is None and len(self.receivers) >= req.required_receivers:
             self._decide(Verdict.VIOLATION, f"more than {req.required_receivers} receivers")
-        elif known is not None and (known.in_flight or req.sent_tokens != known.written):
+        elif known is not None and req.sent_tokens == known.requested_at and known.served():
+            self._decide(
+                Verdict.STALE,
+                f"request {req.seq} replaces request {known.seq}, which is served already",
+            )
+        elif (
+            known is not None
+            and req.sent_tokens != known.requested_at
+            and (known.in_flight or req.sent_tokens != known.written)
+        ):
             self._decide(
                 Verdict.VIOLATION,
                 f"resume at sent_tokens={req.sent_tokens} but {known.written} written",
@@ -243,10 +290,8 @@ class SenderRoom(Room):
             self._decide(Verdict.ACT)
 
     def _classify_payload(self, event: PayloadReady) -> None:
-        if self.total_tokens or self._pending_payload is not None:
+        if self.handed:
             self._decide(Verdict.STALE, "payload already handed over")
-        elif event.total_tokens <= 0:
-            self._decide(Verdict.VIOLATION, f"payload of {event.total_tokens} tokens")
         elif event.blocks and len(event.blocks) != blocks_needed(
             event.total_tokens, self.memory.block_size
         ):
@@ -255,10 +300,25 @@ class SenderRoom(Room):
                 f"payload of {event.total_tokens} tokens handed over in "
                 f"{len(event.blocks)} blocks of {self.memory.block_size}",
             )
-        elif blocks_needed(event.total_tokens, self.memory.block_size) > self.memory.total_blocks:
+        else:
+            self._classify_length(event.total_tokens, "payload of", handing_over=True)
+
+    def _classify_length(self, total: int, what: str, handing_over: bool = False) -> None:
+        """The scheduler gives the length ``total`` (announced, or with the payload): one
+        the room already knows is stale when only announced again; a different one, or
+        one the pool can never hold, fails the room."""
+        if total <= 0:
+            self._decide(Verdict.VIOLATION, f"{what} {total} tokens")
+        elif self.total_tokens and total != self.total_tokens:
+            self._decide(
+                Verdict.VIOLATION, f"{what} {total} tokens, but {self.total_tokens} announced"
+            )
+        elif self.total_tokens and not handing_over:
+            self._decide(Verdict.STALE, f"{total} tokens announced already")
+        elif blocks_needed(total, self.memory.block_size) > self.memory.total_blocks:
             self._decide(
                 Verdict.VIOLATION,
-                f"payload of {event.total_tokens} tokens can never fit "
+                f"{what} {total} tokens can never fit "
                 f"{self.memory.total_blocks} blocks of {self.memory.block_size}",
             )
         else:
@@ -286,23 +346,32 @@ class SenderRoom(Room):
 
     # -- callbacks -------------------------------------------------------------------
     def _accept_request(self, event: RequestReceived) -> None:
+        """A receiver joins (binding its incarnation), replaces its request, or resumes."""
         req = event.request
         progress = self.receivers.get(event.receiver)
         if progress is None:
             self.required_receivers = req.required_receivers
             progress = self.receivers[event.receiver] = ReceiverProgress(
-                req.sent_tokens, req.blocks, req.allocated_tokens, self.now
+                req.nonce, req.seq, req.sent_tokens, req.blocks, req.allocated_tokens, self.now
             )
         else:
+            if req.sent_tokens != progress.requested_at:
+                self.resumes += 1
+            progress.seq = req.seq
             progress.requested_at = req.sent_tokens
             progress.blocks = req.blocks
             progress.allocated_tokens = req.allocated_tokens
             progress.accepted_at = self.now
-            self.resumes += 1
         self._progressed()
-        self._start_writes()
+        self._serve()
+
+    def _learn_length(self, event: LengthAnnounced) -> None:
+        self.total_tokens = event.total_tokens
+        self._serve()
 
     def _take_payload(self, event: PayloadReady) -> None:
+        self.handed = True
+        self.total_tokens = event.total_tokens
         self._pending_payload = event
         self._progressed()
         if event.blocks:  # stored by the scheduler already
@@ -312,6 +381,7 @@ class SenderRoom(Room):
         blocks = self.memory.take(total, total)
         if blocks is None:
             self._actions.append(WaitForMemory(total, total))
+            self._serve()  # nothing to write yet: the receivers may size for it meanwhile
         else:
             self._store_payload(MemoryGranted(tuple(blocks)))
 
@@ -319,11 +389,22 @@ class SenderRoom(Room):
         pending = self._pending_payload
         assert pending is not None
         self._pending_payload = None
-        self.total_tokens = pending.total_tokens
         self.src_blocks = event.blocks
         if not pending.blocks:
             self._actions.append(StorePayload(self.src_blocks))
+        self._serve()
+
+    def _serve(self) -> None:
+        """Write what can be written, then announce the length to receivers that are
+        not getting a piece now (a piece tells its receiver the length)."""
         self._start_writes()
+        if not self.total_tokens:
+            return
+        for peer, progress in self.receivers.items():
+            if not (progress.announced or progress.in_flight or progress.written):
+                progress.announced = True
+                announce = Announce(self.room_id, progress.nonce, self.total_tokens)
+                self._actions.append(SendMessage(peer, announce))
 
     def _refuse_payload(self, event: PayloadReady) -> None:
         self._free_payload_blocks(event)
@@ -384,12 +465,10 @@ class SenderRoom(Room):
         self._settle_write(event)
         progress.written = event.sent_tokens + tokens
         self._progressed()
-        self._actions.append(
-            SendMessage(
-                event.receiver,
-                PieceWritten(self.room_id, event.sent_tokens, tokens, self.total_tokens),
-            )
+        written = PieceWritten(
+            self.room_id, progress.nonce, progress.seq, event.sent_tokens, tokens, self.total_tokens
         )
+        self._actions.append(SendMessage(event.receiver, written))
 
     def _settle_write(self, event: WriteFinished) -> None:
         """A write is over: send what the receiver is owed, free memory once idle."""
@@ -405,26 +484,35 @@ class SenderRoom(Room):
             self.memory.free(self.src_blocks)
             self.src_blocks = ()
 
-    def _notify(self, peer: str, notice: str) -> None:
-        """Send abort or ack to ``peer`` now, or once its write in flight is over."""
+    def _notify(self, peer: str, notice: str, nonce: int | None = None) -> None:
+        """Send abort or ack to ``peer``'s incarnation ``nonce`` (None: the one bound)
+        now, or, for the bound one, once its write in flight is over."""
         progress = self.receivers.get(peer)
-        if progress is not None and progress.in_flight:
-            progress.owed_notice = notice
-            return
-        if progress is not None:
+        bound = progress is not None and nonce in (None, progress.nonce)
+        if progress is not None and bound:
+            nonce = progress.nonce
+            if progress.in_flight:
+                progress.owed_notice = notice
+                return
             progress.owed_notice = ""
-        message = AbortAck(self.room_id) if notice == "ack" else Abort(self.room_id, self.reason)
+        assert nonce is not None, "an unbound incarnation is named by its message"
+        message = (
+            AbortAck(self.room_id, nonce)
+            if notice == "ack"
+            else Abort(self.room_id, nonce, self.reason)
+        )
         self._actions.append(SendMessage(peer, message))
 
     def _acknowledge_abort(self, event: AbortReceived) -> None:
-        self._notify(event.peer, "ack")
+        self._notify(event.peer, "ack", event.nonce)
 
     def _answer_late_request(self, event: RequestReceived) -> None:
-        """A receiver that joins a failed room learns at once that it is over."""
-        if event.receiver in self.receivers:
+        """A receiver incarnation that joins a failed room learns at once that it is over."""
+        known = self.receivers.get(event.receiver)
+        if known is not None and known.nonce == event.request.nonce:
             self._ignore(event)  # it was told already, or will be once its write is over
         else:
-            self._notify(event.receiver, "abort")
+            self._notify(event.receiver, "abort", event.request.nonce)
 
     def _mark_released(self, _event: Event) -> None:
         self.released = True
@@ -437,8 +525,8 @@ class SenderRoom(Room):
         aborter = event.peer if isinstance(event, AbortReceived) else None
         for peer in self.receivers:
             self._notify(peer, "ack" if peer == aborter else "abort")
-        if aborter is not None and aborter not in self.receivers:
-            self._notify(aborter, "ack")
+        if isinstance(event, AbortReceived) and event.peer not in self.receivers:
+            self._notify(event.peer, "ack", event.nonce)
         self._free_if_idle()
 
     def _enter_success(self, _event: Event) -> None:

@@ -15,6 +15,7 @@ import msgspec
 
 from embxfer.fsm.messages import (
     PROTOCOL_VERSION,
+    Announce,
     Message,
     PieceRequest,
     PieceWritten,
@@ -91,7 +92,9 @@ def decode(frame: bytes | bytearray | memoryview) -> Message:
     except _DECODE_ERRORS as error:
         raise WireError("malformed", str(error)) from None
     if envelope.version != PROTOCOL_VERSION:
-        raise WireError("bad_version", f"version {envelope.version}")
+        raise WireError(
+            "bad_version", f"version {envelope.version}; this engine speaks {PROTOCOL_VERSION}"
+        )
     try:
         message: Message = _MESSAGE_DECODER.decode(envelope.message)
     except _DECODE_ERRORS as error:
@@ -115,16 +118,22 @@ def validate(message: Message) -> None:
             _in_range("" not in kinds, "Register has a region with an empty kind")
             _in_range(min(r.block_bytes for r in regions) >= 1, "Register has block_bytes < 1")
             _consistent(len(set(kinds)) == len(kinds), f"Register repeats a region kind: {kinds}")
-        case PieceRequest(blocks=blocks, allocated_tokens=allocated, required_receivers=receivers):
+        case PieceRequest(
+            seq=seq, blocks=blocks, allocated_tokens=allocated, required_receivers=receivers
+        ):
+            _in_range(seq >= 1, "PieceRequest.seq < 1")
             _in_range(
                 1 <= len(blocks) <= MAX_BLOCKS_PER_REQUEST, f"PieceRequest has {len(blocks)} blocks"
             )
             _in_range(allocated >= 1, "PieceRequest.allocated_tokens < 1")
             _in_range(receivers >= 1, "PieceRequest.required_receivers < 1")
             _consistent(len(set(blocks)) == len(blocks), "PieceRequest repeats a block index")
-        case PieceWritten(sent_tokens=sent, tokens=tokens, total_tokens=total):
+        case PieceWritten(seq=seq, sent_tokens=sent, tokens=tokens, total_tokens=total):
+            _in_range(seq >= 1, "PieceWritten.seq < 1")
             _in_range(tokens >= 1, "PieceWritten.tokens < 1")
             _consistent(sent + tokens <= total, f"PieceWritten ends at {sent + tokens} > {total}")
+        case Announce(total_tokens=total):
+            _in_range(total >= 1, "Announce.total_tokens < 1")
 
 
 def _check_limits(struct: msgspec.Struct) -> None:

@@ -155,9 +155,9 @@ class Engine(Generic[TrackedT]):
         for action in room.handle(event, self.clock()):
             if isinstance(action, WaitForMemory):
                 self.stats.memory_waits += 1
-                self.memory.wait(room.room_id, action.tokens, action.floor_tokens)
+                self.memory.wait(tracked.key, action.tokens, action.floor_tokens)
             elif isinstance(action, StopWaiting):
-                self.memory.cancel(room.room_id)
+                self.memory.cancel(tracked.key)
             else:
                 self.carry_out(tracked, action)
         if room.terminal and not was_terminal:
@@ -166,17 +166,19 @@ class Engine(Generic[TrackedT]):
         if self.rooms.holds(tracked):
             if room.finished:
                 self.rooms.forget(tracked)
-                self.timers.cancel(room.room_id)
+                self.timers.cancel(tracked.key)
             else:
-                self.timers.schedule(room.room_id, room.wakeup)
+                self.timers.schedule(tracked.key, room.wakeup)
 
     def adopt(self, tracked: TrackedT) -> bool:
-        """Start driving a new room; False (and the room fails) if its id is taken."""
+        """Start driving a new room; False (and the room fails) if its id is taken (its
+        scheduler still holds a room of that id). A room the scheduler released may
+        still settle under the id: the new room lives beside it."""
         if not self.rooms.add(tracked, self.clock()):
             reason = f"room id {tracked.room_id} is already in use"
             self.deliver(tracked, AbortRequested(reason))
             return False
-        self.timers.schedule(tracked.room_id, tracked.room.wakeup)
+        self.timers.schedule(tracked.key, tracked.room.wakeup)
         return True
 
     def _ended(self, tracked: TrackedT) -> None:
@@ -222,11 +224,11 @@ class Engine(Generic[TrackedT]):
         """Grant blocks to the rooms at the head of the memory queue, in turn, for as
         long as the head's floor fits (a grant's room may free or queue more)."""
         memory = self.memory
-        while (room_id := memory.ready()) is not None:
-            blocks = memory.grant(room_id)
-            tracked = self.rooms.get(room_id)
+        while (key := memory.ready()) is not None:
+            blocks = memory.grant(key)
+            tracked = self.rooms.by_key(key)
             if tracked is None:  # cannot happen: a room leaves the queue before it is gone
-                LOG.error("%s granted blocks to unknown room %r", self.role, room_id)
+                LOG.error("%s granted blocks to unknown room key %r", self.role, key)
                 memory.free(blocks)
                 continue
             self.deliver(tracked, MemoryGranted(tuple(blocks)))
@@ -235,14 +237,14 @@ class Engine(Generic[TrackedT]):
         """Tick the rooms whose wakeup is due; a timer set before the room pushed its
         wakeup out (progress moves the deadline) is set again instead."""
         now = self.clock()
-        for room_id in self.timers.due(now):
-            tracked = self.rooms.get(room_id)
+        for key in self.timers.due(now):
+            tracked = self.rooms.by_key(key)
             if tracked is None:
                 continue
             if tracked.room.wakeup <= now:
                 self.deliver(tracked, Tick())
             else:
-                self.timers.schedule(room_id, tracked.room.wakeup)
+                self.timers.schedule(key, tracked.room.wakeup)
 
     def _until_next_timer(self) -> float:
         return max(0.0, self.timers.next_at() - self.clock())

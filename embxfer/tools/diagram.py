@@ -322,7 +322,7 @@ class _Exchange:
                 "sender" if to_sender else "receiver", _L if to_sender else _E, action.message
             )
             if routed is not None:
-                self._queue.append((self.sender if to_sender else self.receiver, routed[1]))
+                self._queue.append((self.sender if to_sender else self.receiver, routed[2]))
 
 
 def _walk(total_tokens: int, initial_tokens: int, policy: ResumePolicy) -> Iterator[str]:

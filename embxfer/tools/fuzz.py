@@ -25,6 +25,7 @@ from embxfer.buffers.layout import ALL_KINDS, BufferLayout
 from embxfer.fsm.messages import (
     Abort,
     AbortAck,
+    Announce,
     BufferRegion,
     Heartbeat,
     Message,
@@ -47,14 +48,27 @@ SAMPLE_MESSAGES: tuple[Message, ...] = (
     RegisterAck(accepted=True),
     RegisterAck(accepted=False, reason="block size mismatch"),
     PieceRequest(
-        room=7, sent_tokens=0, blocks=(3, 9, 4), allocated_tokens=384, required_receivers=2
+        room=7,
+        nonce=0x5EED,
+        seq=1,
+        sent_tokens=0,
+        blocks=(3, 9, 4),
+        allocated_tokens=384,
+        required_receivers=2,
     ),
     PieceRequest(
-        room=MAX_INT, sent_tokens=1024, blocks=(0,), allocated_tokens=1, required_receivers=1
+        room=MAX_INT,
+        nonce=MAX_INT,
+        seq=MAX_INT,
+        sent_tokens=1024,
+        blocks=(0,),
+        allocated_tokens=1,
+        required_receivers=1,
     ),
-    PieceWritten(room=7, sent_tokens=1024, tokens=976, total_tokens=2000),
-    Abort(room=7, reason="client went away"),
-    AbortAck(room=0),
+    PieceWritten(room=7, nonce=0x5EED, seq=2, sent_tokens=1024, tokens=976, total_tokens=2000),
+    Announce(room=7, nonce=0x5EED, total_tokens=2000),
+    Abort(room=7, nonce=0x5EED, reason="client went away"),
+    AbortAck(room=0, nonce=0),
     Heartbeat(),
 )
 
@@ -78,7 +92,7 @@ class HostileFrames:
             (0.40, lambda: mutate(rng, rng.choice(self._templates))),
             (0.18, lambda: encode(self.valid_message())),
             (0.04, lambda: encode(self.bad_register())),
-            (0.04, lambda: msgspec.msgpack.encode({"v": rng.choice([0, 2, 99]), "m": {}})),
+            (0.04, lambda: msgspec.msgpack.encode({"v": rng.choice([0, 1, 99]), "m": {}})),
             (0.04, lambda: msgspec.msgpack.encode(rng.choice(envelopes))),
         ]
         self._makers = [maker for _, maker in makers]
@@ -92,12 +106,14 @@ class HostileFrames:
         rng = self._rng
         room = rng.choice([rng.choice(self._good_rooms), rng.randrange(10**6, 10**7), MAX_INT])
         blocks = tuple(rng.sample(range(MAX_INT - 10**6, MAX_INT), rng.randrange(1, 64)))
+        nonce = rng.randrange(0, MAX_INT)
         choices: list[Message] = [
-            PieceRequest(room, 0, blocks, len(blocks) * 128, rng.randrange(1, 4)),
-            PieceRequest(room, rng.randrange(1, MAX_INT), (rng.randrange(0, 8),), 128, 1),
-            PieceWritten(room, 0, 100, 100),
-            Abort(room, "fuzz"),
-            AbortAck(room),
+            PieceRequest(room, nonce, 1, 0, blocks, len(blocks) * 128, rng.randrange(1, 4)),
+            PieceRequest(room, nonce, 2, rng.randrange(1, MAX_INT), (rng.randrange(8),), 128, 1),
+            PieceWritten(room, nonce, 1, 0, 100, 100),
+            Announce(room, nonce, rng.randrange(1, MAX_INT)),
+            Abort(room, nonce, "fuzz"),
+            AbortAck(room, nonce),
             RegisterAck(rng.random() < 0.5, "fuzz"),
             Heartbeat(),
         ]

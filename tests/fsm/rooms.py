@@ -15,6 +15,7 @@ from embxfer.fsm.events import (
     WriteFinished,
 )
 from embxfer.fsm.messages import PieceRequest, PieceWritten
+from embxfer.fsm.policy import ResumePolicy
 from embxfer.fsm.receiver import ReceiverRoom
 from embxfer.fsm.room import Room, Timeouts
 from embxfer.fsm.sender import SenderRoom
@@ -25,6 +26,8 @@ RECEIVER = "language-0"
 SENDER = "encoder"
 TIMEOUTS = Timeouts(bootstrap_s=10.0, progress_s=10.0, write_grace_s=20.0)
 TOTAL = 10  # tokens: with 8 allocated, one resume of 2
+NONCE = 0x5EED  # the receiver room's incarnation
+OLD_NONCE = 0x01D  # an earlier receiver room under the same room id
 
 
 def memory(allocator: FreeListAllocator | None = None) -> FairPool[int]:
@@ -32,8 +35,30 @@ def memory(allocator: FreeListAllocator | None = None) -> FairPool[int]:
     return FairPool(allocator or FreeListAllocator(64, BLOCK))
 
 
-def request(sent_tokens: int, blocks: tuple[int, ...], receivers: int = 1) -> PieceRequest:
-    return PieceRequest(ROOM, sent_tokens, blocks, len(blocks) * BLOCK, receivers)
+def request(
+    sent_tokens: int,
+    blocks: tuple[int, ...],
+    receivers: int = 1,
+    seq: int | None = None,
+    nonce: int = NONCE,
+) -> PieceRequest:
+    """A receiver's request; its number grows with ``sent_tokens`` unless given."""
+    number = sent_tokens + 1 if seq is None else seq
+    return PieceRequest(ROOM, nonce, number, sent_tokens, blocks, len(blocks) * BLOCK, receivers)
+
+
+def piece(
+    sent: int,
+    tokens: int,
+    total: int = TOTAL,
+    peer: str = SENDER,
+    seq: int | None = None,
+    nonce: int = NONCE,
+) -> PieceArrived:
+    """A piece written, answering (unless ``seq`` says) the first request of a
+    ``receiver_in`` room at offset 0, its resume at any other."""
+    number = (1 if sent == 0 else 2) if seq is None else seq
+    return PieceArrived(peer, PieceWritten(ROOM, nonce, number, sent, tokens, total))
 
 
 def sender_in(state: str, allocator: FreeListAllocator | None = None) -> SenderRoom:
@@ -57,9 +82,21 @@ def sender_in(state: str, allocator: FreeListAllocator | None = None) -> SenderR
     return room
 
 
+def receiver(
+    initial: int | None,
+    allocator: FreeListAllocator | None = None,
+    policy: ResumePolicy | None = None,
+) -> ReceiverRoom:
+    """A receiver room (incarnation ``NONCE``) whose first request asks ``initial``
+    tokens (None: the scheduler's blocks)."""
+    return ReceiverRoom(
+        ROOM, SENDER, memory(allocator), initial, TIMEOUTS, 0.0, policy, nonce=NONCE
+    )
+
+
 def receiver_in(state: str, allocator: FreeListAllocator | None = None) -> ReceiverRoom:
     """A receiver room in ``state``, asking 8 tokens first of a 10-token embedding."""
-    room = ReceiverRoom(ROOM, SENDER, memory(allocator), 8, TIMEOUTS, 0.0)
+    room = receiver(8, allocator)
     if state == "Bootstrapping":
         return room
     room.handle(PeerReady(), 0.0)
@@ -68,10 +105,10 @@ def receiver_in(state: str, allocator: FreeListAllocator | None = None) -> Recei
     if state == "Failed":
         room.handle(AbortRequested("test"), 0.0)
         return room
-    room.handle(PieceArrived(SENDER, PieceWritten(ROOM, 0, 8, TOTAL)), 0.0)
+    room.handle(piece(0, 8), 0.0)
     if state == "Transferring":
         return room
-    room.handle(PieceArrived(SENDER, PieceWritten(ROOM, 8, 2, TOTAL)), 0.0)
+    room.handle(piece(8, 2), 0.0)
     assert room.state == "Success"
     return room
 

@@ -13,11 +13,10 @@ from embxfer.fsm.events import (
     Released,
     WriteFinished,
 )
-from embxfer.fsm.messages import PieceWritten
 from embxfer.fsm.receiver import ReceiverRoom
 from embxfer.fsm.sender import SenderRoom
 
-from .rooms import RECEIVER, ROOM, SENDER, TOTAL, messages, receiver_in, sender_in
+from .rooms import NONCE, RECEIVER, SENDER, TOTAL, messages, piece, receiver_in, sender_in
 
 
 def test_a_sender_callback_that_raises_fails_the_room_and_discards_its_actions(
@@ -55,10 +54,10 @@ def test_a_receiver_callback_that_raises_quarantines_what_a_write_may_target(
         raise ValueError("bug")
 
     monkeypatch.setattr(ReceiverRoom, "_take_piece_and_resume", broken)
-    actions = room.handle(PieceArrived(SENDER, PieceWritten(ROOM, 0, 8, TOTAL)), 1.0)
+    actions = room.handle(piece(0, 8), 1.0)
     assert room.state == "Failed" and "ValueError('bug')" in room.reason
     assert messages(actions) == ["Abort"], "only the failure's own action"
     assert room.quarantine, "the request's blocks may still be written: held"
-    room.handle(AbortAckReceived(SENDER), 2.0)
+    room.handle(AbortAckReceived(SENDER, NONCE), 2.0)
     room.handle(Released(), 2.0)
     assert room.finished and allocator.used_blocks == 0

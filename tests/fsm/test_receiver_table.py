@@ -10,16 +10,16 @@ from embxfer.fsm.events import (
     AbortAckReceived,
     AbortReceived,
     AbortRequested,
+    AnnounceArrived,
     CallbackFailed,
     Event,
     MemoryGranted,
     PeerLost,
     PeerReady,
-    PieceArrived,
     Released,
     Tick,
 )
-from embxfer.fsm.messages import PieceWritten
+from embxfer.fsm.messages import Announce
 from embxfer.fsm.policy import ResumePolicy, SpillMode
 from embxfer.fsm.poll import KVPoll
 from embxfer.fsm.receiver import ReceiverRoom
@@ -29,21 +29,24 @@ from .rooms import (
     BLOCK,
     FAIL,
     IGNORE,
+    NONCE,
+    OLD_NONCE,
     ROOM,
     SENDER,
     TIMEOUTS,
     TOTAL,
     check_outcome,
-    memory,
     messages,
+    piece,
+    receiver,
     receiver_in,
 )
 
 OTHER = "encoder-2"
 
 
-def piece(sent: int, tokens: int, total: int = TOTAL, peer: str = SENDER) -> PieceArrived:
-    return PieceArrived(peer, PieceWritten(ROOM, sent, tokens, total))
+def announce(total: int, peer: str = SENDER, nonce: int = NONCE) -> AnnounceArrived:
+    return AnnounceArrived(peer, Announce(ROOM, nonce, total))
 
 
 CASES: dict[str, tuple[Event, float]] = {
@@ -52,9 +55,9 @@ CASES: dict[str, tuple[Event, float]] = {
     "last_piece": (piece(8, 2), 1.0),
     "oversized_piece": (piece(0, 9, 20), 1.0),
     "stranger_piece": (piece(0, 8, peer=OTHER), 1.0),
-    "sender_abort": (AbortReceived(SENDER, "encoder failed"), 1.0),
-    "stranger_abort": (AbortReceived(OTHER, "not yours"), 1.0),
-    "abort_ack": (AbortAckReceived(SENDER), 1.0),
+    "sender_abort": (AbortReceived(SENDER, "encoder failed", NONCE), 1.0),
+    "stranger_abort": (AbortReceived(OTHER, "not yours", NONCE), 1.0),
+    "abort_ack": (AbortAckReceived(SENDER, NONCE), 1.0),
     "abort": (AbortRequested("scheduler"), 1.0),
     "sender_lost": (PeerLost(SENDER), 1.0),
     "tick_early": (Tick(), 1.0),
@@ -63,9 +66,18 @@ CASES: dict[str, tuple[Event, float]] = {
     "granted": (MemoryGranted(()), 1.0),  # blocks the room did not wait for: see test_table
     "crash": (CallbackFailed("PayloadReady: KeyError()"), 1.0),
     "stranger_lost": (PeerLost(OTHER), 1.0),
-    "stranger_ack": (AbortAckReceived(OTHER), 1.0),
+    "stranger_ack": (AbortAckReceived(OTHER, NONCE), 1.0),
     "whole_piece": (piece(0, 8, total=8), 1.0),  # one piece: all 8 tokens
     "wrong_total": (piece(8, 2, total=12), 1.0),  # the total changed
+    # The sender announces the length: 10 needs a third block, 4 only one of the two.
+    "announce": (announce(TOTAL), 1.0),
+    "short_announce": (announce(4), 1.0),
+    "stranger_announce": (announce(TOTAL, peer=OTHER), 1.0),
+    # Messages for the room that used this room id before (another incarnation).
+    "old_piece": (piece(0, 8, nonce=OLD_NONCE), 1.0),
+    "old_announce": (announce(TOTAL, nonce=OLD_NONCE), 1.0),
+    "old_abort": (AbortReceived(SENDER, "an earlier room", OLD_NONCE), 1.0),
+    "old_ack": (AbortAckReceived(SENDER, OLD_NONCE), 1.0),
 }
 
 B, W, T, OK, F = (s.name for s in (KVPoll(1), KVPoll(2), KVPoll(3), KVPoll(4), KVPoll(0)))
@@ -115,6 +127,22 @@ EXPECTED: dict[tuple[str, str], tuple[str, str]] = {
     (T, "wrong_total"): (F, FAIL, ("Abort",)),
     **{(s, "whole_piece"): (s, IGNORE) for s in (OK, F)},
     **{(s, "wrong_total"): (s, IGNORE) for s in (OK, F)},
+    (B, "announce"): (B, ACT, ()),  # kept: the first request will ask for 10
+    (W, "announce"): (W, ACT, ("PieceRequest",)),  # a third block: the request replaced
+    (T, "announce"): (T, IGNORE),  # known from the first piece
+    (B, "short_announce"): (B, ACT, ()),
+    (W, "short_announce"): (W, ACT, ()),  # the second block goes back: no message
+    (T, "short_announce"): (F, FAIL, ("Abort",)),  # not the length of the first piece
+    **{(s, "stranger_announce"): (s, IGNORE) for s in ACTIVE},
+    **{(s, case): (s, IGNORE) for s in ACTIVE for case in ("old_piece", "old_announce")},
+    **{(s, case): (s, IGNORE) for s in ACTIVE for case in ("old_abort", "old_ack")},
+    **{
+        (s, case): (s, IGNORE)
+        for s in (OK, F)
+        for case in ("announce", "short_announce", "stranger_announce", "old_piece")
+    },
+    **{(s, case): (s, IGNORE) for s in (OK, F) for case in ("old_announce", "old_abort")},
+    **{(s, "old_ack"): (s, IGNORE) for s in (OK, F)},  # never frees this room's quarantine
 }
 
 
@@ -141,7 +169,9 @@ def test_failure_quarantines_blocks_a_write_may_target_until_the_sender_acks() -
     room = receiver_in(W, allocator)
     assert messages(room.handle(AbortRequested(), 1.0)) == ["Abort"]
     assert room.quarantine and allocator.used_blocks == 2
-    room.handle(AbortAckReceived(SENDER), 2.0)
+    room.handle(AbortAckReceived(SENDER, OLD_NONCE), 2.0)  # another incarnation's
+    assert allocator.used_blocks == 2
+    room.handle(AbortAckReceived(SENDER, NONCE), 2.0)
     assert allocator.used_blocks == 0 and not room.held_blocks()
 
 
@@ -160,14 +190,14 @@ def test_quarantine_ends_after_the_write_grace_without_an_ack() -> None:
 def test_sender_abort_frees_everything_at_once() -> None:
     allocator = FreeListAllocator(64, BLOCK)
     room = receiver_in(T, allocator)
-    assert messages(room.handle(AbortReceived(SENDER, "encoder oom"), 1.0)) == []
+    assert messages(room.handle(AbortReceived(SENDER, "encoder oom", NONCE), 1.0)) == []
     assert allocator.used_blocks == 0 and room.reason == "aborted by sender: encoder oom"
 
 
 def test_resume_waits_for_memory_in_the_queue_until_the_deadline() -> None:
     allocator = FreeListAllocator(3, BLOCK)
     policy = ResumePolicy(spill=SpillMode.NEVER_SPILL, allow_partial=False)
-    room = ReceiverRoom(ROOM, SENDER, memory(allocator), 8, TIMEOUTS, 0.0, policy)
+    room = receiver(8, allocator, policy)
     room.handle(PeerReady(), 0.0)
     hog = allocator.alloc(BLOCK)  # the last free block goes elsewhere
     assert room.handle(piece(0, 8), 1.0) == [WaitForMemory(2, 2)]
@@ -182,7 +212,7 @@ def test_resume_waits_for_memory_in_the_queue_until_the_deadline() -> None:
 def test_a_granted_resume_asks_for_the_rest() -> None:
     allocator = FreeListAllocator(3, BLOCK)
     policy = ResumePolicy(spill=SpillMode.NEVER_SPILL)
-    room = ReceiverRoom(ROOM, SENDER, memory(allocator), 8, TIMEOUTS, 0.0, policy)
+    room = receiver(8, allocator, policy)
     room.handle(PeerReady(), 0.0)
     hog = allocator.alloc(BLOCK)  # the last free block goes elsewhere
     assert hog is not None
@@ -197,14 +227,14 @@ def test_a_granted_resume_asks_for_the_rest() -> None:
 
 def test_a_piece_that_can_never_fit_fails_the_room() -> None:
     policy = ResumePolicy(allow_partial=False)
-    room = ReceiverRoom(ROOM, SENDER, memory(FreeListAllocator(1, BLOCK)), 8, TIMEOUTS, 0.0, policy)
+    room = receiver(8, FreeListAllocator(1, BLOCK), policy)
     check_outcome(room, PeerReady(), 0.0, F, FAIL, ("Abort",))
     assert "can never fit 1 blocks" in room.reason
 
 
 def test_scheduler_blocks_handed_over_early_are_kept_until_the_sender_is_ready() -> None:
     allocator = FreeListAllocator(8, BLOCK)
-    room = ReceiverRoom(ROOM, SENDER, memory(allocator), None, TIMEOUTS, 0.0)
+    room = receiver(None, allocator)
     blocks = allocator.alloc(8)
     assert blocks is not None
     check_outcome(room, MemoryGranted(tuple(blocks)), 0.0, B, ACT)
@@ -214,7 +244,7 @@ def test_scheduler_blocks_handed_over_early_are_kept_until_the_sender_is_ready()
 
 def test_scheduler_blocks_awaited_in_waiting_for_input() -> None:
     allocator = FreeListAllocator(8, BLOCK)
-    room = ReceiverRoom(ROOM, SENDER, memory(allocator), None, TIMEOUTS, 0.0)
+    room = receiver(None, allocator)
     assert room.handle(PeerReady(), 0.0) == []  # not queued: the scheduler allocates
     assert room.state == W and room.waiting_for_memory and not room.queued
     blocks = allocator.alloc(8)
@@ -225,7 +255,7 @@ def test_scheduler_blocks_awaited_in_waiting_for_input() -> None:
 
 def test_spilling_frees_kept_pieces_so_the_resume_fits() -> None:
     allocator = FreeListAllocator(2, BLOCK)
-    room = ReceiverRoom(ROOM, SENDER, memory(allocator), 8, TIMEOUTS, 0.0)  # keep, then spill
+    room = receiver(8, allocator)  # keep, then spill
     room.handle(PeerReady(), 0.0)
     actions = room.handle(piece(0, 8), 1.0)
     assert [type(a).__name__ for a in actions] == ["SpillPiece", "SendMessage"]
@@ -235,7 +265,7 @@ def test_spilling_frees_kept_pieces_so_the_resume_fits() -> None:
 
 def test_over_allocation_is_given_back_when_the_first_piece_lands() -> None:
     allocator = FreeListAllocator(64, BLOCK)
-    room = ReceiverRoom(ROOM, SENDER, memory(allocator), 40, TIMEOUTS, 0.0)
+    room = receiver(40, allocator)
     room.handle(PeerReady(), 0.0)
     assert allocator.used_blocks == 10
     room.handle(piece(0, TOTAL), 1.0)

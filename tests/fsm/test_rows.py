@@ -23,11 +23,9 @@ from embxfer.fsm.events import (
     PayloadReady,
     PeerLost,
     PeerReady,
-    PieceArrived,
     RequestReceived,
     WriteFinished,
 )
-from embxfer.fsm.messages import PieceWritten
 from embxfer.fsm.policy import ResumePolicy
 from embxfer.fsm.receiver import RECEIVER_MACHINE, ReceiverRoom
 from embxfer.fsm.room import VerdictTransition
@@ -40,12 +38,8 @@ from .rooms import (
     FAIL,
     IGNORE,
     RECEIVER,
-    ROOM,
-    SENDER,
-    TIMEOUTS,
     TOTAL,
     check_outcome,
-    memory,
     request,
     sender_in,
 )
@@ -174,18 +168,18 @@ def sender_an_empty_payload_while_waiting_for_input() -> None:
 
 def receiver_three_pieces() -> None:
     policy = ResumePolicy(max_resume_tokens=BLOCK)
-    room = ReceiverRoom(ROOM, SENDER, memory(), 4, TIMEOUTS, 0.0, policy)
+    room = receiver(4, None, policy)
     room.handle(PeerReady(), 0.0)
-    check_outcome(room, _piece(0, 4), 0.0, T, ACT, ("PieceRequest",))
-    check_outcome(room, _piece(4, 4), 0.0, T, ACT, ("PieceRequest",))
-    check_outcome(room, _piece(8, 2), 0.0, OK, ACT, ())
+    check_outcome(room, piece(0, 4, seq=1), 0.0, T, ACT, ("PieceRequest",))
+    check_outcome(room, piece(4, 4, seq=2), 0.0, T, ACT, ("PieceRequest",))
+    check_outcome(room, piece(8, 2, seq=3), 0.0, OK, ACT, ())
 
 
 def receiver_memory_granted_in_each_state() -> None:
     allocator = FreeListAllocator(8, BLOCK)
-    scheduler = ReceiverRoom(ROOM, SENDER, memory(allocator), None, TIMEOUTS, 0.0)
+    scheduler = receiver(None, allocator)
     check_outcome(scheduler, MemoryGranted(tuple(allocator.alloc(8) or ())), 0.0, B, ACT)
-    waiting = ReceiverRoom(ROOM, SENDER, memory(allocator), None, TIMEOUTS, 0.0)
+    waiting = receiver(None, allocator)
     check_outcome(waiting, PeerReady(), 0.0, W, ACT)
     granted = MemoryGranted(tuple(allocator.alloc(8) or ()))
     check_outcome(waiting, granted, 0.0, W, ACT, ("PieceRequest",))
@@ -201,10 +195,6 @@ SCENARIOS: dict[str, Callable[[], None]] = {
     for name, scenario in globals().items()
     if name.startswith(("sender_", "receiver_")) and callable(scenario) and name != "sender_in"
 }
-
-
-def _piece(sent: int, tokens: int) -> PieceArrived:
-    return PieceArrived(SENDER, PieceWritten(ROOM, sent, tokens, TOTAL))
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))

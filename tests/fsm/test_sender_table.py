@@ -11,6 +11,7 @@ from embxfer.fsm.events import (
     AbortRequested,
     CallbackFailed,
     Event,
+    LengthAnnounced,
     MemoryGranted,
     PayloadReady,
     PeerLost,
@@ -28,6 +29,8 @@ from .rooms import (
     BLOCK,
     FAIL,
     IGNORE,
+    NONCE,
+    OLD_NONCE,
     RECEIVER,
     ROOM,
     TOTAL,
@@ -44,14 +47,14 @@ CASES: dict[str, tuple[Event, float]] = {
     "join": (RequestReceived(OTHER, request(0, (5, 6))), 1.0),
     "duplicate_request": (RequestReceived(RECEIVER, request(0, (0, 1))), 1.0),
     "resume": (RequestReceived(RECEIVER, request(8, (2,))), 1.0),
-    "bad_allocation": (RequestReceived(OTHER, PieceRequest(ROOM, 0, (5,), 3, 1)), 1.0),
+    "bad_allocation": (RequestReceived(OTHER, PieceRequest(ROOM, NONCE, 1, 0, (5,), 3, 1)), 1.0),
     "payload": (PayloadReady(TOTAL), 1.0),
     "payload_in_blocks": (PayloadReady(TOTAL, (-1,)), 1.0),  # blocks: see test_table
     "write_ok": (WriteFinished(RECEIVER, 0, True), 1.0),
     "write_failed": (WriteFinished(RECEIVER, 0, False, "rc=-1"), 1.0),
     "abort": (AbortRequested("scheduler"), 1.0),
-    "peer_abort": (AbortReceived(RECEIVER, "gone"), 1.0),
-    "stranger_abort": (AbortReceived(OTHER, "not yours"), 1.0),
+    "peer_abort": (AbortReceived(RECEIVER, "gone", NONCE), 1.0),
+    "stranger_abort": (AbortReceived(OTHER, "not yours", NONCE), 1.0),
     "peer_lost": (PeerLost(RECEIVER), 1.0),
     "stranger_lost": (PeerLost(OTHER), 1.0),
     "tick_early": (Tick(), 1.0),
@@ -61,6 +64,14 @@ CASES: dict[str, tuple[Event, float]] = {
     "crash": (CallbackFailed("PayloadReady: KeyError()"), 1.0),
     "stale_write": (WriteFinished(RECEIVER, 4, True), 1.0),  # no write at that offset
     "empty_payload": (PayloadReady(0), 1.0),
+    # The scheduler announces the length: the payload's, or another.
+    "announce": (LengthAnnounced(TOTAL), 1.0),
+    "wrong_announce": (LengthAnnounced(TOTAL + 2), 1.0),
+    # The receiver replaces its first request with one for the announced length.
+    "replace": (RequestReceived(RECEIVER, request(0, (0, 1, 2), seq=2)), 1.0),
+    # Messages of the receiver room that used this room id before (another incarnation).
+    "old_request": (RequestReceived(RECEIVER, request(0, (0, 1), seq=5, nonce=OLD_NONCE)), 1.0),
+    "old_abort": (AbortReceived(RECEIVER, "an earlier room", OLD_NONCE), 1.0),
 }
 
 B, W, T, OK, F = STATE_NAMES[1], STATE_NAMES[2], STATE_NAMES[3], STATE_NAMES[4], STATE_NAMES[0]
@@ -160,6 +171,28 @@ EXPECTED: dict[tuple[str, str], tuple[str, str]] = {
     **{(s, "stale_write"): (s, IGNORE) for s in (B, W, T, OK, F)},
     (B, "empty_payload"): (F, FAIL, ()),
     **{(s, "empty_payload"): (s, IGNORE) for s in (W, T, OK, F)},  # handed over already
+    (B, "announce"): (B, ACT, ()),  # kept: receivers are told as they join
+    (B, "wrong_announce"): (B, ACT, ()),  # in B, nothing else is known
+    (W, "announce"): (W, IGNORE),  # the payload's length, known already
+    (W, "wrong_announce"): (F, FAIL, ()),  # not the payload's; the Abort waits for the write
+    (T, "announce"): (T, IGNORE),
+    (T, "wrong_announce"): (F, FAIL, ("Abort",)),
+    **{(s, case): (s, IGNORE) for s in (OK, F) for case in ("announce", "wrong_announce")},
+    (B, "replace"): (W, ACT, ()),  # its first request to arrive: it joins
+    (W, "replace"): (W, IGNORE),  # the request it replaces is being written: too late
+    (T, "replace"): (T, IGNORE),  # ... or was written
+    (OK, "replace"): (OK, IGNORE),
+    (F, "replace"): (F, IGNORE),  # told already
+    (B, "old_request"): (W, ACT, ()),  # no incarnation bound yet: it cannot tell (spec 4)
+    (W, "old_request"): (W, IGNORE),  # not the incarnation bound
+    (T, "old_request"): (T, IGNORE),
+    (OK, "old_request"): (OK, IGNORE),
+    (F, "old_request"): (F, ACT, ("Abort",)),  # that incarnation is told the room is over
+    (B, "old_abort"): (F, FAIL, ("AbortAck",)),  # any receiver may abort before it joins
+    (W, "old_abort"): (W, IGNORE),
+    (T, "old_abort"): (T, IGNORE),
+    (OK, "old_abort"): (OK, ACT, ("AbortAck",)),  # acknowledged to that incarnation
+    (F, "old_abort"): (F, ACT, ("AbortAck",)),
 }
 
 
@@ -201,7 +234,7 @@ def test_failing_with_a_write_in_flight_defers_the_abort_until_the_write_is_over
 
 def test_receiver_abort_is_acknowledged_once_its_write_is_over() -> None:
     room = sender_with_write_in_flight(W)
-    assert messages(room.handle(AbortReceived(RECEIVER, "bye"), 1.0)) == []
+    assert messages(room.handle(AbortReceived(RECEIVER, "bye", NONCE), 1.0)) == []
     assert messages(room.handle(WriteFinished(RECEIVER, 0, True), 1.0)) == ["AbortAck"]
 
 
@@ -218,8 +251,10 @@ def test_payload_waits_for_memory_in_the_queue_until_granted() -> None:
     hog = allocator.alloc(BLOCK)
     assert hog is not None
     room = sender_in(W, allocator)
-    # 3 blocks needed, 2 free: the room queues for all 3 and sets no timer but its deadline
-    assert room.handle(PayloadReady(TOTAL), 1.0) == [WaitForMemory(TOTAL, TOTAL)]
+    # 3 blocks needed, 2 free: the room queues for all 3 and sets no timer but its
+    # deadline; the receiver learns the length meanwhile
+    actions = room.handle(PayloadReady(TOTAL), 1.0)
+    assert actions[0] == WaitForMemory(TOTAL, TOTAL) and messages(actions) == ["Announce"]
     assert room.state == W and room.waiting_for_memory and room.wakeup == room.deadline
     assert room.handle(Tick(), 2.0) == [] and room.waiting_for_memory
     allocator.free(hog)
@@ -234,7 +269,7 @@ def test_a_room_failing_in_the_queue_leaves_it_and_says_why() -> None:
     allocator = FreeListAllocator(3, BLOCK)
     allocator.alloc(BLOCK)  # held by others: 2 of the 3 blocks needed are free
     room = sender_in(W, allocator)
-    assert room.handle(PayloadReady(TOTAL), 1.0) == [WaitForMemory(TOTAL, TOTAL)]
+    assert room.handle(PayloadReady(TOTAL), 1.0)[0] == WaitForMemory(TOTAL, TOTAL)
     actions = room.handle(Tick(), 1.0 + room.timeouts.progress_s)
     assert room.state == F
     assert room.reason == "deadline passed in WaitingForInput waiting for memory"

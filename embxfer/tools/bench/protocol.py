@@ -67,7 +67,7 @@ def _arriving(role: Role, peer: str, action: Action) -> Event:
     assert isinstance(action, SendMessage)
     routed = room_event(role, peer, action.message)
     assert routed is not None
-    return routed[1]
+    return routed[2]
 
 
 def _pair(rooms: int) -> Pair:

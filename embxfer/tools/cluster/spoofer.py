@@ -73,7 +73,8 @@ def send_spoofed(keys: EngineKeys | None, command: Spoof) -> int:
                 dealer.setsockopt(zmq.CURVE_SECRETKEY, keypair[1])
             dealer.connect(target)
             for room in command.rooms:
-                dealer.send(encode(Abort(room, f"spoofed: {claimed} aborts")))
+                # The receiver incarnation is unknown to the spoofer: it guesses.
+                dealer.send(encode(Abort(room, 0, f"spoofed: {claimed} aborts")))
                 sent += 1
             dealer.close()  # lingers until its messages left
     finally:

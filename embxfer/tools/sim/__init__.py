@@ -21,6 +21,7 @@ from embxfer.tools.sim.data import DataPlane, LabelData
 from embxfer.tools.sim.moves import (
     FAULTS,
     Advance,
+    AnnounceLength,
     Deliver,
     Drop,
     Forge,
@@ -42,6 +43,7 @@ __all__ = [
     "MUTANTS",
     "SENDER",
     "Advance",
+    "AnnounceLength",
     "Budget",
     "ByteData",
     "DataPlane",

@@ -12,6 +12,7 @@ from embxfer.buffers.metadata import MetadataBuffers
 from embxfer.buffers.payload import EmbeddingPayload, random_payload
 from embxfer.buffers.segments import plan_segments
 from embxfer.fsm.actions import SpillPiece
+from embxfer.fsm.messages import RoomMessage
 from embxfer.fsm.receiver import ReceiverRoom
 from embxfer.tools.faults import Faults
 from embxfer.tools.sim.config import (
@@ -19,7 +20,6 @@ from embxfer.tools.sim.config import (
     SENDER,
     PendingWrite,
     RoomKey,
-    RoomMessage,
     SimConfig,
 )
 from embxfer.transport.base import WriteResult
@@ -105,19 +105,19 @@ class ByteData:
     def canary_intact(self, engine: str, blocks: Sequence[int]) -> bool:
         return not blocks or self.buffers[engine].is_poisoned(blocks)
 
-    def verify(self, engine: str, room: ReceiverRoom) -> str:
+    def verify(self, engine: str, request: int, room: ReceiverRoom) -> str:
         """Assemble the result as the receiver engine does, and compare every byte."""
         try:
             result = assemble_room(
                 self.buffers[engine],
                 room.pieces,
-                self.staged.get((engine, room.room_id), {}),
-                self.aux.get((engine, room.room_id)),
+                self.staged.get((engine, request), {}),
+                self.aux.get((engine, request)),
                 room.total_tokens,
             )
         except ValueError as exc:
             return str(exc)
-        return "" if result.equals(self.expected[room.room_id]) else "bytes differ from the payload"
+        return "" if result.equals(self.expected[request]) else "bytes differ from the payload"
 
     def kill(self, engine: str) -> None:
         self.transports[engine].close()

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from embxfer.tools.sim.config import SENDER, PendingWrite
 from embxfer.tools.sim.moves import (
     Advance,
+    AnnounceLength,
     Deliver,
     Drop,
     Duplicate,
@@ -18,6 +19,7 @@ from embxfer.tools.sim.moves import (
     Kill,
     LosePeer,
     Move,
+    OpenRoom,
     Release,
     SchedulerAbort,
 )
@@ -44,16 +46,32 @@ def next_time(world: World) -> float:
 def owed(world: World) -> bool:
     """Whether a healthy system still has something to do before time must pass."""
     unhanded = SENDER not in world.dead and not world.handed.issuperset(world.members)
-    return bool(world.in_flight or world.writes or unhanded)
+    return bool(world.in_flight or world.writes or unhanded or reopenings(world))
+
+
+def reopenings(world: World) -> list[OpenRoom]:
+    """Requests the schedulers open now: their room id is an earlier request's, whose
+    rooms the schedulers have let go of."""
+    if SENDER in world.dead:
+        return []
+    return [opening for opening in world.later if world.id_free(opening.wire_id)]
 
 
 def legal_moves(world: World) -> list[Move]:
-    """Moves a healthy system makes: hand over payloads, deliver the oldest message of
-    each channel, finish the oldest write to each receiver, declare dead peers lost,
-    release finished rooms, and let time pass once nothing is in flight or owed."""
-    moves: list[Move] = []
+    """Moves a healthy system makes: open requests that reuse a freed room id, announce
+    lengths and hand over payloads, deliver the oldest message of each channel, finish
+    the oldest write to each receiver, declare dead peers lost, release finished rooms,
+    and let time pass once nothing is in flight or owed. A request whose length is
+    announced hands its payload over once the length is out."""
+    moves: list[Move] = [*reopenings(world)]
     if SENDER not in world.dead:
-        moves += [HandPayload(room) for room in world.members if room not in world.handed]
+        for room in world.members:
+            if room in world.handed:
+                continue
+            if room in world.announcing and room not in world.announced:
+                moves.append(AnnounceLength(room))
+            else:
+                moves.append(HandPayload(room))
     moves += [Deliver(e) for e in oldest(world.in_flight, lambda e: (e.src, e.dst))]
     moves += [FinishWrite(w, True) for w in oldest(world.writes, writer)]
     moves += [

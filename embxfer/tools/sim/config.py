@@ -8,7 +8,7 @@ from typing import TypeAlias
 
 from embxfer.fsm.actions import WritePiece
 from embxfer.fsm.memory import blocks_needed
-from embxfer.fsm.messages import Abort, AbortAck, PieceRequest, PieceWritten
+from embxfer.fsm.messages import Abort, AbortAck, Announce, PieceRequest, PieceWritten, RoomMessage
 from embxfer.fsm.policy import ResumePolicy, SpillMode
 from embxfer.fsm.room import Timeouts
 
@@ -22,9 +22,9 @@ SIM_TIMEOUTS = Timeouts(bootstrap_s=30.0, progress_s=30.0, write_grace_s=65.0)
 and equal states compare equal."""
 
 RoomKey: TypeAlias = tuple[str, int]
-"""(engine, room id): one side of a room."""
-RoomMessage: TypeAlias = PieceRequest | PieceWritten | Abort | AbortAck
-ROOM_MESSAGES = (PieceRequest, PieceWritten, Abort, AbortAck)
+"""(engine, request): one side of a request. Requests are numbered by the world; the
+room id the schedulers give a request (``World.ids``) may be an earlier request's."""
+ROOM_MESSAGES = (PieceRequest, PieceWritten, Announce, Abort, AbortAck)
 
 
 class Violation(AssertionError):
@@ -97,18 +97,22 @@ class Budget:
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
-    """A control message on the network."""
+    """A control message on the network, sent by request ``room``'s side at ``src``."""
 
     src: str
     dst: str
     message: RoomMessage
     sent_at: float
+    room: int
 
 
 @dataclass(frozen=True, slots=True)
 class PendingWrite:
-    """A ``WritePiece`` the sender's transport is carrying out."""
+    """A ``WritePiece`` the sender's transport is carrying out for request ``room``, into
+    the blocks of request ``target``'s receiver (the incarnation the request it serves
+    came from: ``room`` unless a reused id mixed them up)."""
 
     room: int
     piece: WritePiece
     issued_at: float
+    target: int

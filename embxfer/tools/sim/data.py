@@ -9,9 +9,10 @@ from typing import Any, Protocol, TypeAlias
 
 from embxfer.fsm.actions import SpillPiece
 from embxfer.fsm.memory import blocks_needed
+from embxfer.fsm.messages import RoomMessage
 from embxfer.fsm.receiver import ReceiverRoom
 from embxfer.tools.faults import INJECTED_WRITE_FAILURE
-from embxfer.tools.sim.config import SENDER, PendingWrite, RoomKey, RoomMessage, SimConfig
+from embxfer.tools.sim.config import SENDER, PendingWrite, RoomKey, SimConfig
 from embxfer.transport.base import WriteResult
 
 
@@ -42,8 +43,9 @@ class DataPlane(Protocol):
         """Whether free blocks still hold the canary: nothing wrote them while free."""
         ...
 
-    def verify(self, engine: str, room: ReceiverRoom) -> str:
-        """Why a Success room's result differs from what was sent ("" if it does not)."""
+    def verify(self, engine: str, request: int, room: ReceiverRoom) -> str:
+        """Why request ``request``'s Success ``room`` holds other than what was sent for
+        it ("" if it does not)."""
         ...
 
     def kill(self, engine: str) -> None: ...
@@ -116,8 +118,8 @@ class LabelData:
         labels, aux = self.labels[engine], self.aux[engine]
         return all(labels[block] is None and aux[block] is None for block in blocks)
 
-    def verify(self, engine: str, room: ReceiverRoom) -> str:
-        staged = self.staged.get((engine, room.room_id), {})
+    def verify(self, engine: str, request: int, room: ReceiverRoom) -> str:
+        staged = self.staged.get((engine, request), {})
         covered = 0
         for piece in sorted(room.pieces, key=lambda p: p.sent_tokens):
             nblocks = blocks_needed(piece.tokens, self.block_size)
@@ -127,15 +129,15 @@ class LabelData:
             else:
                 labels, aux = staged[piece.sent_tokens]
             expected = tuple(
-                (room.room_id, piece.sent_tokens + i * self.block_size) for i in range(nblocks)
+                (request, piece.sent_tokens + i * self.block_size) for i in range(nblocks)
             )
             if piece.sent_tokens != covered or labels != expected:
                 return f"piece at {piece.sent_tokens} holds {labels}, expected {expected}"
-            if covered == 0 and aux != (room.room_id, self.totals[room.room_id]):
+            if covered == 0 and aux != (request, self.totals[request]):
                 return f"first block's aux is {aux}"
             covered += piece.tokens
-        if covered != self.totals[room.room_id]:
-            return f"pieces cover {covered} of {self.totals[room.room_id]} tokens"
+        if covered != self.totals[request]:
+            return f"pieces cover {covered} of {self.totals[request]} tokens"
         return ""
 
     def kill(self, engine: str) -> None:

@@ -74,23 +74,26 @@ def _check_writes(world: World) -> None:
     owners = world.ownership.owners
     for write in world.writes:
         piece = write.piece
-        targets = [(SENDER, piece.src_blocks), (piece.receiver, piece.dst_blocks)]
-        for engine, blocks in targets:
+        targets = [
+            (SENDER, piece.src_blocks, write.room),
+            (piece.receiver, piece.dst_blocks, write.target),
+        ]
+        for engine, blocks, room in targets:
             if engine in world.dead or engine not in owners:
                 continue
             for block in blocks:
                 owner = owners[engine].get(block)
-                if owner != write.room:
+                if owner != room:
                     raise Violation(
-                        f"write of room {write.room} at {piece.sent_tokens} still pending "
-                        f"on {engine} block {block}, now "
+                        f"write of room {write.room} at {piece.sent_tokens} for room {room} "
+                        f"still pending on {engine} block {block}, now "
                         f"{'free' if owner is None else f'owned by {owner}'}"
                     )
 
 
 def _check_outcomes(world: World) -> None:
     """Rooms no fault touched never fail, and never stall with nothing in flight."""
-    busy = {e.message.room for e in world.in_flight} | {w.room for w in world.writes}
+    busy = {e.room for e in world.in_flight} | {w.room for w in world.writes}
     for room_id, members in world.members.items():
         if room_id in world.tainted:
             continue

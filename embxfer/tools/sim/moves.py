@@ -14,17 +14,35 @@ from typing import TypeAlias
 import msgspec
 
 from embxfer.fsm.events import Event
-from embxfer.tools.sim.config import Envelope, PendingWrite, RoomMessage
+from embxfer.fsm.messages import RoomMessage
+from embxfer.tools.sim.config import Envelope, PendingWrite
 
 
 @dataclass(frozen=True, slots=True)
 class OpenRoom:
-    """The schedulers create a room on the sender and on ``receivers`` (registered)."""
+    """The schedulers create request ``room``'s rooms on the sender and on ``receivers``
+    (registered), under room id ``room_id`` (None: ``room``; an earlier request's id is
+    reused, which is allowed once its schedulers let go of its rooms). ``announce``: the
+    sender's scheduler announces the length before it hands over the payload."""
 
     room: int
     total_tokens: int
     receivers: tuple[str, ...]
     initial_tokens: tuple[int, ...]
+    room_id: int | None = None
+    announce: bool = False
+
+    @property
+    def wire_id(self) -> int:
+        return self.room if self.room_id is None else self.room_id
+
+
+@dataclass(frozen=True, slots=True)
+class AnnounceLength:
+    """The sender's scheduler announces the length (an ``announce`` request's, before its
+    payload is handed over)."""
+
+    room: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +143,7 @@ class Forge:
 
 Move: TypeAlias = (
     OpenRoom
+    | AnnounceLength
     | HandPayload
     | Deliver
     | Duplicate

@@ -15,8 +15,8 @@ from typing import Any, TypeAlias
 from embxfer.buffers.fair_pool import FairPool
 from embxfer.fsm.events import Event, PieceArrived, RequestReceived
 from embxfer.fsm.receiver import ReceiverRoom
-from embxfer.fsm.room import Verdict
-from embxfer.fsm.sender import SenderRoom
+from embxfer.fsm.room import Room, Verdict
+from embxfer.fsm.sender import ReceiverProgress, SenderRoom
 
 
 def _dedup_on_blocks(original: Callable[..., None]) -> Callable[..., None]:
@@ -130,6 +130,27 @@ def _writes_wait_for_every_receiver(original: Callable[..., None]) -> Callable[.
     return start_writes
 
 
+def _ignore_the_nonce(_original: Callable[..., str]) -> Callable[..., str]:
+    """Rooms take a message of another incarnation of their room id (a room that used
+    the id before) for their own."""
+
+    def other_incarnation(_room: Room, _nonce: int, _expected: int) -> str:
+        return ""
+
+    return other_incarnation
+
+
+def _replace_a_served_request(_original: Callable[..., bool]) -> Callable[..., bool]:
+    """The sender applies an announce after the first piece was requested from its
+    transport: it takes the receiver's replacement (its request for the announced
+    length) while the write of the request it replaces is in flight."""
+
+    def served(progress: ReceiverProgress) -> bool:
+        return progress.written > progress.requested_at
+
+    return served
+
+
 Breaker: TypeAlias = Callable[[Callable[..., Any]], Callable[..., Any]]
 MUTANTS: dict[str, tuple[tuple[type, str, Breaker], ...]] = {
     "dedup-on-blocks": ((SenderRoom, "_classify_request", _dedup_on_blocks),),
@@ -144,6 +165,9 @@ MUTANTS: dict[str, tuple[tuple[type, str, Breaker], ...]] = {
     "lifo-queue": ((FairPool, "ready", _lifo_ready), (FairPool, "grant", _grant_any)),
     "hold-while-waiting": ((ReceiverRoom, "_take", _hold_while_waiting),),
     "writes-wait-for-all": ((SenderRoom, "_start_writes", _writes_wait_for_every_receiver),),
+    # Protocol v2: incarnations and the announce.
+    "ignore-nonce": ((Room, "_other_incarnation", _ignore_the_nonce),),
+    "replace-after-write": ((ReceiverProgress, "served", _replace_a_served_request),),
 }
 """name -> the (class, method, breaker) patches that make the broken machines; a breaker
 makes the broken method from the original."""

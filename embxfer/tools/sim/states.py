@@ -20,12 +20,13 @@ import msgspec
 
 from embxfer.buffers.allocator import FreeListSnapshot
 from embxfer.buffers.fair_pool import Ask
-from embxfer.fsm.messages import Abort
+from embxfer.fsm.messages import Abort, RoomMessage
 from embxfer.fsm.receiver import ReceiverRoom
 from embxfer.fsm.room import ACTIVE, Room, Timeouts
 from embxfer.tools.sim.choices import writer
-from embxfer.tools.sim.config import Budget, Envelope, PendingWrite, RoomKey, RoomMessage
+from embxfer.tools.sim.config import Budget, Envelope, PendingWrite, RoomKey
 from embxfer.tools.sim.data import LabelData
+from embxfer.tools.sim.moves import OpenRoom
 from embxfer.tools.sim.ownership import OwnershipSnapshot
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ class Snapshot:
     rooms: dict[RoomKey, Room]
     room_keys: dict[RoomKey, tuple[Any, ...]]
     members: dict[int, tuple[str, ...]]
+    ids: dict[int, int]
     totals: dict[int, int]
     payloads: dict[int, object]
     allocators: dict[str, FreeListSnapshot]
@@ -48,6 +50,9 @@ class Snapshot:
     in_flight: list[Envelope]
     writes: list[PendingWrite]
     handed: set[int]
+    announcing: set[int]
+    announced: set[int]
+    later: tuple[OpenRoom, ...]
     tainted: set[int]
     dead: set[str]
     told: set[tuple[str, str]]
@@ -69,10 +74,11 @@ def state_key(
     rooms = tuple(sorted(room_keys.items()))
     channels: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
     for e in world.in_flight:
-        channels.setdefault((e.src, e.dst), []).append((_message_key(e.message), e.sent_at - now))
+        entry = (_message_key(e.message), e.sent_at - now, e.room)
+        channels.setdefault((e.src, e.dst), []).append(entry)
     writers: dict[str, list[tuple[Any, ...]]] = {}
     for w in world.writes:
-        writers.setdefault(writer(w), []).append((w.room, w.piece, w.issued_at - now))
+        writers.setdefault(writer(w), []).append((w.room, w.piece, w.issued_at - now, w.target))
     arrange: Callable[[list[tuple[Any, ...]]], tuple[Any, ...]] = (
         tuple if ordered else _sorted_tuple
     )
@@ -83,6 +89,8 @@ def state_key(
         tuple(sorted((channel, arrange(items)) for channel, items in channels.items())),
         tuple(sorted((name, arrange(items)) for name, items in writers.items())),
         frozenset(world.handed),
+        frozenset(world.announced),
+        world.later,
         frozenset(world.tainted),
         frozenset(world.dead),
         frozenset(world.told),
@@ -123,7 +131,7 @@ def _room_key(room: Room, now: float) -> tuple[Any, ...]:
 
 def _message_key(message: RoomMessage) -> tuple[Any, ...]:
     if isinstance(message, Abort):
-        return ("abort", message.room)  # the reason is text only
+        return ("abort", message.room, message.nonce)  # the reason is text only
     return (type(message).__name__, *msgspec.structs.astuple(message))
 
 

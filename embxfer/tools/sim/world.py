@@ -20,6 +20,15 @@ a fault touched ("tainted": a drop, a failed write, an abort, a lost peer, a pas
 deadline). A room no fault touched must end in Success and may never sit idle with
 nothing in flight; duplicates and reordering are not faults in that sense, the protocol
 has to absorb them.
+
+Requests are numbered by the world (``OpenRoom.room``), and each has a room id, which may
+be an earlier request's: the id is reused once the schedulers let go of that request's
+rooms. Messages carry the room id and the receiver incarnation (each receiver room's
+nonce), and reach the room they are for as the engines route them
+(``fsm.routing.incarnation``); a room that finished is gone, as an engine forgets it.
+A new request whose sender room may meet a message of an earlier receiver incarnation no
+earlier sender room bound is tainted: it cannot tell that message from its own
+receiver's first one (the spec says so), and may fail; nothing may reach its receivers.
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ from embxfer.fsm.actions import (
 from embxfer.fsm.events import (
     AbortRequested,
     Event,
+    LengthAnnounced,
     MemoryGranted,
     PayloadReady,
     PeerLost,
@@ -53,7 +63,7 @@ from embxfer.fsm.events import (
 from embxfer.fsm.poll import KVPoll
 from embxfer.fsm.receiver import ReceiverRoom
 from embxfer.fsm.room import ACTIVE, FAILED, SUCCESS, Room
-from embxfer.fsm.routing import room_event
+from embxfer.fsm.routing import incarnation, room_event
 from embxfer.fsm.sender import SenderRoom
 from embxfer.tools.sim import choices, invariants
 from embxfer.tools.sim.config import (
@@ -64,13 +74,13 @@ from embxfer.tools.sim.config import (
     Envelope,
     PendingWrite,
     RoomKey,
-    RoomMessage,
     SimConfig,
     Violation,
 )
 from embxfer.tools.sim.data import DataPlane, LabelData
 from embxfer.tools.sim.moves import (
     Advance,
+    AnnounceLength,
     Deliver,
     Drop,
     Duplicate,
@@ -126,12 +136,17 @@ class World:
             engine: FairPool(allocator) for engine, allocator in self.allocators.items()
         }
         self.rooms: dict[RoomKey, Room] = {}
-        self.members: dict[int, tuple[str, ...]] = {}  # room id -> its receivers
+        self.members: dict[int, tuple[str, ...]] = {}  # request -> its receivers
+        self.ids: dict[int, int] = {}  # request -> the room id its schedulers gave it
         self.totals: dict[int, int] = {}
         self.payloads: dict[int, object] = {}  # what the sender's scheduler will hand over
         self.in_flight: list[Envelope] = []  # in sending order
         self.writes: list[PendingWrite] = []  # in starting order
-        self.handed: set[int] = set()  # rooms whose payload the sender has
+        self.handed: set[int] = set()  # requests whose payload the sender has
+        self.announcing: set[int] = set()  # requests whose length the scheduler announces
+        self.announced: set[int] = set()  # ... and has announced
+        # Requests the schedulers open once their room id is free (reusing an id).
+        self.later: tuple[OpenRoom, ...] = ()
         self.tainted: set[int] = set()
         self.dead: set[str] = set()
         self.told: set[tuple[str, str]] = set()  # (engine, peer) declared lost there
@@ -146,6 +161,9 @@ class World:
         match move:
             case OpenRoom():
                 self._open(move)
+            case AnnounceLength(room=room):
+                self.announced.add(room)
+                self._run((SENDER, room), LengthAnnounced(self.totals[room]))
             case HandPayload(room=room):
                 self.handed.add(room)
                 self._run((SENDER, room), PayloadReady(self.totals[room]))
@@ -157,7 +175,7 @@ class World:
                 self.in_flight.append(envelope)
             case Drop(envelope=envelope):
                 self.in_flight.remove(envelope)
-                self.tainted.add(envelope.message.room)
+                self.tainted.add(envelope.room)
                 self._spend(drops=1)
             case FinishWrite(write=write, ok=ok):
                 self._finish_write(write, ok)
@@ -194,7 +212,7 @@ class World:
                 self._run((engine, room), event)
             case Forge(envelope=envelope, fault=fault):
                 if fault:
-                    self.tainted.add(envelope.message.room)
+                    self.tainted.add(envelope.room)
                 self.in_flight.append(envelope)
         if self.auto_release:
             for key in [key for key, room in self.live_rooms() if releasable(room)]:
@@ -208,22 +226,30 @@ class World:
         )
 
     def _open(self, move: OpenRoom) -> None:
-        room, members = move.room, move.receivers
+        room, members, wire = move.room, move.receivers, move.wire_id
         if room in self.members or not members or len(members) != len(move.initial_tokens):
             raise ValueError(f"cannot open {move}")
+        if not self.id_free(wire):
+            raise ValueError(f"cannot open {move}: a scheduler still holds a room of id {wire}")
+        self.later = tuple(opening for opening in self.later if opening != move)
+        if self._unbound_in_flight(wire):
+            self.tainted.add(room)  # its sender room may take them for its receiver's
         self.members[room] = members
+        self.ids[room] = wire
         self.totals[room] = move.total_tokens
         self.payloads[room] = self.data.payload(room, move.total_tokens)
+        if move.announce:
+            self.announcing.add(room)
         never_fits = self.config.never_fits
         if any(never_fits(move.total_tokens, initial) for initial in move.initial_tokens):
             self.tainted.add(room)  # refused, as the spec says: it may (must) fail
         timeouts = self.config.timeouts
-        self.rooms[(SENDER, room)] = SenderRoom(room, self.pools[SENDER], timeouts, self.now)
+        self.rooms[(SENDER, room)] = SenderRoom(wire, self.pools[SENDER], timeouts, self.now)
         self._owned.add((SENDER, room))
         for receiver, initial in zip(members, move.initial_tokens, strict=True):
             self._owned.add((receiver, room))
             self.rooms[(receiver, room)] = ReceiverRoom(
-                room,
+                wire,
                 SENDER,
                 self.pools[receiver],
                 initial,
@@ -231,8 +257,29 @@ class World:
                 self.now,
                 self.config.policy,
                 len(members),
+                nonce=nonce_of(room),
             )
             self._run((receiver, room), PeerReady())
+
+    def id_free(self, wire: int) -> bool:
+        """Whether the schedulers may open a request under room id ``wire``: every
+        room of an earlier request under it has been released."""
+        return all(self.rooms[key].released for key in self.rooms if self.ids[key[1]] == wire)
+
+    def _unbound_in_flight(self, wire: int) -> bool:
+        """Whether a message from a receiver to the sender under room id ``wire`` is in
+        flight whose incarnation no sender room under that id bound."""
+        senders = [
+            room
+            for (engine, request), room in self.rooms.items()
+            if engine == SENDER and self.ids[request] == wire
+        ]
+        return any(
+            e.dst == SENDER
+            and e.message.room == wire
+            and not any(s.names(e.src, e.message.nonce) for s in senders)
+            for e in self.in_flight
+        )
 
     def _deliver(self, envelope: Envelope) -> None:
         if envelope.dst in self.dead:
@@ -240,10 +287,29 @@ class World:
         message = self.data.transmit(envelope.message)
         if message is None:
             return  # the receiving engine's wire rejects it
-        event = _event_at(envelope.dst, envelope.src, message, self.engines)
-        key = (envelope.dst, message.room)
-        if event is not None and key in self.rooms:
-            self._run(key, event)
+        dst, src = envelope.dst, envelope.src
+        if dst == SENDER and src not in self.engines:
+            return  # a sender takes room messages from registered receivers only
+        routed = room_event("sender" if dst == SENDER else "receiver", src, message)
+        if routed is None:
+            return
+        wire, nonce, event = routed
+        request = self.route(dst, src, wire, nonce)
+        if request is not None:
+            self._run((dst, request), event)
+
+    def route(self, engine: str, peer: str, wire: int, nonce: int) -> int | None:
+        """The request whose room at ``engine`` a message from ``peer`` under room id
+        ``wire`` about receiver incarnation ``nonce`` reaches, as the engines route it:
+        of the rooms under that id not yet finished (a finished room is forgotten),
+        the one ``fsm.routing.incarnation`` picks. A sender engine remembers the
+        incarnations its forgotten rooms bound (tombstones): their messages are late."""
+        under = [r for r in self.members if self.ids[r] == wire and (engine, r) in self.rooms]
+        held = [r for r in under if not self.rooms[(engine, r)].finished]
+        retired = engine == SENDER and any(
+            self.rooms[(engine, r)].names(peer, nonce) for r in under if r not in held
+        )
+        return incarnation(held, lambda r: self.rooms[(engine, r)], peer, nonce, retired)
 
     def _finish_write(self, write: PendingWrite, ok: bool) -> None:
         self.writes.remove(write)
@@ -304,7 +370,7 @@ class World:
             self._carry_out(key, action)
         self.ownership.poison_freed()
         if isinstance(room, ReceiverRoom) and room.state == SUCCESS and before != SUCCESS:
-            problem = self.data.verify(key[0], room)
+            problem = self.data.verify(key[0], key[1], room)
             if problem:
                 raise Violation(f"{side(key)} succeeded with a wrong result: {problem}")
 
@@ -314,9 +380,12 @@ class World:
             message = action.message
             if not isinstance(message, ROOM_MESSAGES):
                 raise Violation(f"{side(key)} sent {message!r}, not a room message")
-            self.in_flight.append(Envelope(engine, action.peer, message, self.now))
+            self.in_flight.append(Envelope(engine, action.peer, message, self.now, room))
         elif isinstance(action, WritePiece):
-            self.writes.append(PendingWrite(room, action, self.now))
+            sender = self.rooms[key]
+            assert isinstance(sender, SenderRoom)
+            target = request_of(sender.receivers[action.receiver].nonce)
+            self.writes.append(PendingWrite(room, action, self.now, target))
         elif isinstance(action, StorePayload):
             self.data.store(room, action.blocks, self.payloads[room])
         elif isinstance(action, WaitForMemory):
@@ -404,6 +473,7 @@ class World:
             dict(self.rooms),
             dict(self._room_keys),
             dict(self.members),
+            dict(self.ids),
             dict(self.totals),
             dict(self.payloads),
             {e: a.inner.snapshot() for e, a in self.allocators.items()},
@@ -412,6 +482,9 @@ class World:
             list(self.in_flight),
             list(self.writes),
             set(self.handed),
+            set(self.announcing),
+            set(self.announced),
+            self.later,
             set(self.tainted),
             set(self.dead),
             set(self.told),
@@ -427,6 +500,7 @@ class World:
         self._owned.clear()
         self._room_keys = dict(snapshot.room_keys)
         self.members = dict(snapshot.members)
+        self.ids = dict(snapshot.ids)
         self.totals = dict(snapshot.totals)
         self.payloads = dict(snapshot.payloads)
         for engine, state in snapshot.allocators.items():
@@ -437,6 +511,9 @@ class World:
         self.in_flight = list(snapshot.in_flight)
         self.writes = list(snapshot.writes)
         self.handed = set(snapshot.handed)
+        self.announcing = set(snapshot.announcing)
+        self.announced = set(snapshot.announced)
+        self.later = snapshot.later
         self.tainted = set(snapshot.tainted)
         self.dead = set(snapshot.dead)
         self.told = set(snapshot.told)
@@ -465,13 +542,12 @@ class World:
         return f"t={self.now:g} {sides} in-flight={len(self.in_flight)} writes={len(self.writes)}"
 
 
-def _event_at(
-    engine: str, peer: str, message: RoomMessage, registered: tuple[str, ...]
-) -> Event | None:
-    """The event an engine's runtime makes of a message from ``peer`` (None: it rejects
-    the message, as ``SenderEngine.on_message`` / ``ReceiverEngine.on_message`` do: a
-    sender takes room messages from registered receivers only)."""
-    if engine == SENDER and peer not in registered:
-        return None
-    routed = room_event("sender" if engine == SENDER else "receiver", peer, message)
-    return None if routed is None else routed[1]
+def nonce_of(request: int) -> int:
+    """The nonce of request ``request``'s receiver rooms (random in an engine; here
+    distinct and reproducible)."""
+    return request + 1
+
+
+def request_of(nonce: int) -> int:
+    """The request whose receiver rooms have ``nonce`` (-1: none; a forged one)."""
+    return nonce - 1 if nonce > 0 else -1
