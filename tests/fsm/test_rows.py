@@ -19,6 +19,8 @@ from transitions.core import EventData
 
 from embxfer.buffers.allocator import FreeListAllocator
 from embxfer.fsm.events import (
+    AnnounceArrived,
+    LengthAnnounced,
     MemoryGranted,
     PayloadReady,
     PeerLost,
@@ -26,6 +28,7 @@ from embxfer.fsm.events import (
     RequestReceived,
     WriteFinished,
 )
+from embxfer.fsm.messages import Announce
 from embxfer.fsm.policy import ResumePolicy
 from embxfer.fsm.receiver import RECEIVER_MACHINE, ReceiverRoom
 from embxfer.fsm.room import VerdictTransition
@@ -37,9 +40,14 @@ from .rooms import (
     BLOCK,
     FAIL,
     IGNORE,
+    NONCE,
     RECEIVER,
+    ROOM,
+    SENDER,
     TOTAL,
     check_outcome,
+    piece,
+    receiver,
     request,
     sender_in,
 )
@@ -154,7 +162,9 @@ def sender_payload_granted_memory_in_each_state() -> None:
         allocator = FreeListAllocator(3, BLOCK)
         hog = allocator.alloc(BLOCK)
         room = sender_in(state, allocator)
-        check_outcome(room, PayloadReady(TOTAL), 0.0, state, ACT, ("WaitForMemory",))
+        # A receiver that joined is told the length while the payload waits for memory.
+        waits = ("WaitForMemory",) if state == B else ("WaitForMemory", "Announce")
+        check_outcome(room, PayloadReady(TOTAL), 0.0, state, ACT, waits)
         assert hog is not None
         allocator.free(hog)
         granted = MemoryGranted(tuple(allocator.alloc(TOTAL) or ()))
@@ -164,6 +174,29 @@ def sender_payload_granted_memory_in_each_state() -> None:
 
 def sender_an_empty_payload_while_waiting_for_input() -> None:
     check_outcome(sender_in(W), PayloadReady(0), 0.0, F, FAIL, ("Abort",))
+
+
+def sender_announced_before_the_payload() -> None:
+    """Announced before anyone joined: again is stale, another length fails the room; a
+    receiver that joins before the payload is told the length at once."""
+    room = sender_in(B)
+    check_outcome(room, LengthAnnounced(TOTAL), 0.0, B, ACT)
+    check_outcome(room, LengthAnnounced(TOTAL), 0.0, B, IGNORE)
+    check_outcome(room, LengthAnnounced(TOTAL + 1), 0.0, F, FAIL)
+    waiting = sender_in(W)
+    check_outcome(waiting, LengthAnnounced(TOTAL), 0.0, W, ACT, ("Announce",))
+
+
+def receiver_announced_twice() -> None:
+    """A length other than the one announced fails the room, before or after it asked."""
+    for state in (B, W):
+        room = receiver(8)
+        if state == W:
+            room.handle(PeerReady(), 0.0)
+        told = AnnounceArrived(SENDER, Announce(ROOM, NONCE, TOTAL))
+        check_outcome(room, told, 0.0, state, ACT, ("PieceRequest",) if state == W else ())
+        other = AnnounceArrived(SENDER, Announce(ROOM, NONCE, TOTAL + 1))
+        check_outcome(room, other, 0.0, F, FAIL, ("Abort",))
 
 
 def receiver_three_pieces() -> None:
@@ -210,7 +243,7 @@ def test_every_row_is_reached() -> None:
         for scenario in SCENARIOS.values():
             scenario()
     unreached = (rows(SENDER_MACHINE) | rows(RECEIVER_MACHINE)) - fired
-    assert not unreached, "rows no test reaches:\n" + "\n".join(map(str, sorted(unreached)))
+    assert not unreached, "rows no test reaches:\n" + "\n".join(sorted(map(str, unreached)))
 
 
 @pytest.mark.parametrize("room", [SenderRoom, ReceiverRoom])
