@@ -168,7 +168,7 @@ def test_hostile_frames_are_all_counted_and_good_rooms_stay_exact(
     expected = Counter(r for f in frames if (r := predicted_rejection(f)) is not None)
     expected["malformed"] += WRONG_ENVELOPES
     if keys is not None:  # a valid key aborting the good rooms in the receiver's name
-        spoofed = [[encode(Abort(room, "spoofed"))] for room in range(1, 101)]
+        spoofed = [[encode(Abort(room, 0, "spoofed"))] for room in range(1, 101)]
         volleys.append((second, Volley(receiver.address.encode(), spoofed)))
         expected["identity_mismatch"] += len(spoofed)
     wire = {r: n for r, n in expected.items() if r in WIRE_REASONS}

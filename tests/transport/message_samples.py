@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 
 from embxfer.fsm.messages import (
     Abort,
+    Announce,
     AbortAck,
     BufferRegion,
     Heartbeat,
@@ -37,7 +38,7 @@ def _piece_written(draw: st.DrawFn) -> PieceWritten:
     total = draw(st.integers(1, MAX_INT))
     tokens = draw(st.integers(1, total))
     sent = draw(st.integers(0, total - tokens))
-    return PieceWritten(draw(_ints), sent, tokens, total)
+    return PieceWritten(draw(_ints), draw(_ints), draw(st.integers(1, MAX_INT)), sent, tokens, total)
 
 
 _regions = st.lists(
@@ -59,13 +60,16 @@ VALID_MESSAGES: st.SearchStrategy[Message] = st.one_of(
     st.builds(
         PieceRequest,
         room=_ints,
+        nonce=_ints,
+        seq=st.integers(1, MAX_INT),
         sent_tokens=_ints,
         blocks=st.lists(_ints, min_size=1, max_size=64, unique=True).map(tuple),
         allocated_tokens=st.integers(1, MAX_INT),
         required_receivers=st.integers(1, MAX_INT),
     ),
     _piece_written(),
-    st.builds(Abort, room=_ints, reason=_text),
-    st.builds(AbortAck, room=_ints),
+    st.builds(Announce, room=_ints, nonce=_ints, total_tokens=st.integers(1, MAX_INT)),
+    st.builds(Abort, room=_ints, nonce=_ints, reason=_text),
+    st.builds(AbortAck, room=_ints, nonce=_ints),
     st.just(Heartbeat()),
 )

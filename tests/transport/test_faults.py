@@ -26,7 +26,7 @@ def run(plan: FaultPlan | None, sends: int = 200) -> tuple[list[int], list[int]]
     sender = InprocControlChannel(network, "E0")
     receiver = InprocControlChannel(network, "L0")
     for room in range(sends):
-        sender.send("L0", AbortAck(room))
+        sender.send("L0", AbortAck(room, 0))
     before = rooms(receiver)
     faults.release_held()
     return before, before + rooms(receiver)
@@ -79,11 +79,11 @@ def test_a_reordered_message_follows_the_next_send_to_its_peer() -> None:
     sender = InprocControlChannel(network, "E0")
     receiver = InprocControlChannel(network, "L0")
     other = InprocControlChannel(network, "L1")
-    sender.send("L0", AbortAck(1))
-    sender.send("L1", AbortAck(2))  # another peer: does not release room 1
+    sender.send("L0", AbortAck(1, 0))
+    sender.send("L1", AbortAck(2, 0))  # another peer: does not release room 1
     assert rooms(receiver) == []
     faults.plan = None
-    sender.send("L0", AbortAck(3))
+    sender.send("L0", AbortAck(3, 0))
     assert rooms(receiver) == [3, 1]
     faults.release_held()
     assert rooms(other) == [2]
@@ -105,13 +105,13 @@ def test_drop_next_of_a_kind(kind: type[Message] | None) -> None:
     faults.drop_next(2, kind)
     for room in range(4):
         sender.send("L0", Heartbeat())
-        sender.send("L0", AbortAck(room))
+        sender.send("L0", AbortAck(room, 0))
     received = [inbound.message for inbound in receiver.receive(0)]
     if kind is AbortAck:
         assert received.count(Heartbeat()) == 4
-        assert [m for m in received if m != Heartbeat()] == [AbortAck(2), AbortAck(3)]
+        assert [m for m in received if m != Heartbeat()] == [AbortAck(2, 0), AbortAck(3, 0)]
     else:
-        assert received[:2] == [Heartbeat(), AbortAck(1)]
+        assert received[:2] == [Heartbeat(), AbortAck(1, 0)]
         assert len(received) == 6
 
 

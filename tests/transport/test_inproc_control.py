@@ -27,8 +27,8 @@ def test_delivers_in_order_with_the_sender(network: InprocNetwork) -> None:
     sender = InprocControlChannel(network, "E0")
     receiver = InprocControlChannel(network, "L0")
     for room in range(100):
-        sender.send("L0", AbortAck(room))
-    assert receiver.receive(0) == [Inbound("E0", AbortAck(room)) for room in range(100)]
+        sender.send("L0", AbortAck(room, 0))
+    assert receiver.receive(0) == [Inbound("E0", AbortAck(room, 0)) for room in range(100)]
     assert receiver.receive(0) == []
 
 
@@ -99,7 +99,7 @@ def test_concurrent_senders_keep_per_peer_order(network: InprocNetwork) -> None:
 
     def send_rooms(sender: InprocControlChannel) -> None:
         for room in range(500):
-            sender.send("L0", AbortAck(room))
+            sender.send("L0", AbortAck(room, 0))
 
     threads = [threading.Thread(target=send_rooms, args=(sender,)) for sender in senders]
     for thread in threads:

@@ -64,15 +64,21 @@ def test_round_trip(message: Message) -> None:
 
 
 def test_frame_is_a_versioned_envelope() -> None:
-    assert msgspec.msgpack.decode(encode(AbortAck(room=5))) == {
+    assert msgspec.msgpack.decode(encode(AbortAck(room=5, nonce=0))) == {
         "v": PROTOCOL_VERSION,
-        "m": {"type": "abort_ack", "room": 5},
+        "m": {"type": "abort_ack", "room": 5, "nonce": 0},
     }
 
 
 LONG = "x" * (MAX_STRING_CHARS + 1)
 REQUEST = PieceRequest(
-    room=1, sent_tokens=0, blocks=(1, 2), allocated_tokens=256, required_receivers=1
+    room=1,
+    nonce=7,
+    seq=1,
+    sent_tokens=0,
+    blocks=(1, 2),
+    allocated_tokens=256,
+    required_receivers=1,
 )
 REGISTER = Register("host:1", block_size=128, num_blocks=8, regions=REGIONS)
 
@@ -126,14 +132,14 @@ INVALID: list[tuple[str, Message, RejectReason]] = [
     ("duplicate blocks", msgspec.structs.replace(REQUEST, blocks=(4, 2, 4)), "inconsistent"),
     ("nothing allocated", msgspec.structs.replace(REQUEST, allocated_tokens=0), "out_of_range"),
     ("no receivers", msgspec.structs.replace(REQUEST, required_receivers=0), "out_of_range"),
-    ("empty piece", PieceWritten(room=1, sent_tokens=0, tokens=0, total_tokens=5), "out_of_range"),
+    ("empty piece", PieceWritten(room=1, nonce=0, seq=1, sent_tokens=0, tokens=0, total_tokens=5), "out_of_range"),
     (
         "piece past total",
-        PieceWritten(room=1, sent_tokens=3, tokens=3, total_tokens=5),
+        PieceWritten(room=1, nonce=0, seq=1, sent_tokens=3, tokens=3, total_tokens=5),
         "inconsistent",
     ),
-    ("long abort reason", Abort(room=1, reason=LONG), "out_of_range"),
-    ("negative ack room", AbortAck(room=-5), "out_of_range"),
+    ("long abort reason", Abort(room=1, nonce=0, reason=LONG), "out_of_range"),
+    ("negative ack room", AbortAck(room=-5, nonce=0), "out_of_range"),
 ]
 
 
@@ -149,7 +155,7 @@ def test_limits_are_inclusive() -> None:
         REQUEST, room=MAX_INT, blocks=(0, MAX_INT), required_receivers=MAX_INT
     )
     assert decode(encode(edge)) == edge
-    piece = PieceWritten(room=0, sent_tokens=2, tokens=3, total_tokens=5)
+    piece = PieceWritten(room=0, nonce=0, seq=1, sent_tokens=2, tokens=3, total_tokens=5)
     assert decode(encode(piece)) == piece
     named = RegisterAck(accepted=False, reason="x" * MAX_STRING_CHARS)
     assert decode(encode(named)) == named
@@ -166,10 +172,19 @@ def test_frame_size_limit() -> None:
     assert reject_reason(b"\x00" * (MAX_FRAME_BYTES + 1)) == "too_large"
 
 
-@pytest.mark.parametrize("version", [0, PROTOCOL_VERSION + 1, MAX_INT])
+@pytest.mark.parametrize("version", [0, 1, PROTOCOL_VERSION + 1, MAX_INT])
 def test_other_versions_are_rejected_before_their_message_is_parsed(version: int) -> None:
     assert reject_reason(raw({"v": version, "m": {"type": "heartbeat"}})) == "bad_version"
     assert reject_reason(raw({"v": version, "m": {"type": "from_the_future"}})) == "bad_version"
+
+
+def test_a_version_1_frame_is_rejected_with_both_versions_named() -> None:
+    """A peer still on version 1 (no incarnation nonces) is told apart clearly."""
+    v1_request = {"type": "piece_request", "room": 1, "sent_tokens": 0, "blocks": [1]}
+    with pytest.raises(WireError) as caught:
+        decode(raw({"v": 1, "m": {**v1_request, "allocated_tokens": 128}}))
+    assert caught.value.reason == "bad_version"
+    assert f"version 1; this engine speaks {PROTOCOL_VERSION}" in str(caught.value)
 
 
 FRAME = encode(REQUEST)

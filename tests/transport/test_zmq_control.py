@@ -129,12 +129,18 @@ def test_reply_reaches_the_sender_through_its_inbound_peer(
     a.send(
         b.address,
         PieceRequest(
-            room=1, sent_tokens=0, blocks=(0,), allocated_tokens=128, required_receivers=1
+            room=1,
+            nonce=7,
+            seq=1,
+            sent_tokens=0,
+            blocks=(0,),
+            allocated_tokens=128,
+            required_receivers=1,
         ),
     )
     [request] = collect(b, 1)
-    b.send(request.peer, Abort(room=1, reason="no"))
-    assert [item.message for item in collect(a, 1)] == [Abort(room=1, reason="no")]
+    b.send(request.peer, Abort(room=1, nonce=0, reason="no"))
+    assert [item.message for item in collect(a, 1)] == [Abort(room=1, nonce=0, reason="no")]
 
 
 def test_invalid_frames_are_counted_and_never_returned(
@@ -189,12 +195,12 @@ def test_least_recently_used_peer_is_reconnected_after_eviction() -> None:
         ZmqControlChannel() as b,
         ZmqControlChannel() as c,
     ):
-        a.send(b.address, AbortAck(room=1))
+        a.send(b.address, AbortAck(room=1, nonce=0))
         assert len(collect(b, 1)) == 1
-        a.send(c.address, AbortAck(room=2))  # closes the DEALER to b
+        a.send(c.address, AbortAck(room=2, nonce=0))  # closes the DEALER to b
         assert len(collect(c, 1)) == 1
-        a.send(b.address, AbortAck(room=3))
-        assert [item.message for item in collect(b, 1)] == [AbortAck(room=3)]
+        a.send(b.address, AbortAck(room=3, nonce=0))
+        assert [item.message for item in collect(b, 1)] == [AbortAck(room=3, nonce=0)]
 
 
 def test_wake_unblocks_a_waiting_receive(pair: tuple[ZmqControlChannel, ...]) -> None:
@@ -315,12 +321,12 @@ def test_a_peer_outside_the_allow_list_is_neither_admitted_nor_sent_to(
         intruder = curve_dealer(
             raw_context, b, keys["b"].keypair()[0], a.address.encode(), outsider.keypair()
         )
-        intruder.send(encode(Abort(room=1, reason="intruder")))
-        a.send(b.address, AbortAck(room=2))  # the real a, meanwhile
+        intruder.send(encode(Abort(room=1, nonce=0, reason="intruder")))
+        a.send(b.address, AbortAck(room=2, nonce=0))  # the real a, meanwhile
 
         got = judged(b, "unauthenticated")
 
-        assert got == [Inbound(a.address, AbortAck(room=2))]
+        assert got == [Inbound(a.address, AbortAck(room=2, nonce=0))]
         assert set(b.rejected) == {"unauthenticated"}
         a.send("tcp://127.0.0.1:9", Heartbeat())  # no certificate names it
         assert a.dropped == {"unknown_peer": 1}
@@ -347,17 +353,17 @@ def test_a_valid_key_claiming_another_engines_address_is_refused(
         spoofer = curve_dealer(
             raw_context, b, keys["b"].keypair()[0], a.address.encode(), keys["spoofer"].keypair()
         )
-        spoofer.send(encode(Abort(room=0, reason="spoofed")))
+        spoofer.send(encode(Abort(room=0, nonce=0, reason="spoofed")))
         assert judged(b, "identity_mismatch") == []
         # The spoofer is connected, claiming a's address: a's own connection still
         # carries everything a sends (a claim must not take a connection over).
         for room in range(1, 5):
-            spoofer.send(encode(Abort(room=room, reason="spoofed")))
-            a.send(b.address, AbortAck(room=room))
+            spoofer.send(encode(Abort(room=room, nonce=0, reason="spoofed")))
+            a.send(b.address, AbortAck(room=room, nonce=0))
 
         got = judged(b, "identity_mismatch", at_least=5)
 
-        assert got == [Inbound(a.address, AbortAck(room=room)) for room in range(1, 5)]
+        assert got == [Inbound(a.address, AbortAck(room=room, nonce=0)) for room in range(1, 5)]
         assert b.rejected == {"identity_mismatch": 5}
 
 
@@ -374,15 +380,15 @@ def test_a_key_removed_from_the_allow_list_is_refused_after_a_reload(
         (keys["a"].allow_list / "a.key").unlink()
         b.reload_allow_list()
 
-        a.send(b.address, AbortAck(room=1))  # on the connection a already has
+        a.send(b.address, AbortAck(room=1, nonce=0))  # on the connection a already has
         fresh = curve_dealer(raw_context, b, keys["b"].keypair()[0], b"x", keys["a"].keypair())
-        fresh.send(encode(AbortAck(room=2)))  # a new connection with a's key
-        c.send(b.address, AbortAck(room=3))  # another engine is not affected
+        fresh.send(encode(AbortAck(room=2, nonce=0)))  # a new connection with a's key
+        c.send(b.address, AbortAck(room=3, nonce=0))  # another engine is not affected
 
         got = judged(b, "unauthenticated")
         got += judged(b, "revoked_key")
 
-        assert got == [Inbound(c.address, AbortAck(room=3))]
+        assert got == [Inbound(c.address, AbortAck(room=3, nonce=0))]
         assert b.rejected.keys() == {"revoked_key", "unauthenticated"}
         assert b.rejected["revoked_key"] == 1
         b.send(a.address, Heartbeat())  # nor does b speak to a any more
