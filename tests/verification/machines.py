@@ -27,7 +27,14 @@ from embxfer.fsm.events import (
     Tick,
     WriteFinished,
 )
-from embxfer.fsm.messages import Abort, AbortAck, PieceRequest, PieceWritten
+from embxfer.fsm.messages import (
+    Abort,
+    AbortAck,
+    Announce,
+    PieceRequest,
+    PieceWritten,
+    RoomMessage,
+)
 from embxfer.fsm.policy import ResumePolicy, SpillMode
 from embxfer.fsm.receiver import ReceiverRoom
 from embxfer.fsm.sender import SenderRoom
@@ -48,6 +55,7 @@ from embxfer.tools.sim import (
     Unhog,
     World,
     describe,
+    nonce_of,
 )
 
 STRANGER = "M"  # a peer no engine registered
@@ -145,7 +153,15 @@ class WorldMachine(RuleBasedStateMachine):
         total = data.draw(st.integers(1, longest))
         initial = st.integers(1, config.receiver_blocks * block_size)
         allocations = tuple(data.draw(initial) for _ in receivers)
-        self._apply(OpenRoom(self.opened, total, tuple(sorted(receivers)), allocations))
+        # Room ids are reused as soon as the schedulers let go of them, while messages
+        # of the rooms that had them may still be in flight.
+        freed = sorted({wire for wire in self.world.ids.values() if self.world.id_free(wire)})
+        wire = data.draw(st.none() | st.sampled_from(freed)) if freed else None
+        announce = data.draw(st.booleans())
+        opening = OpenRoom(
+            self.opened, total, tuple(sorted(receivers)), allocations, wire, announce
+        )
+        self._apply(opening)
         self.opened += 1
 
     # -- what a healthy system does ---------------------------------------------------
@@ -170,7 +186,14 @@ class WorldMachine(RuleBasedStateMachine):
         self._apply(HandPayload(data.draw(st.sampled_from(self._waiting_payloads()))))
 
     def _waiting_payloads(self) -> list[int]:
-        return [room for room in self.world.members if room not in self.world.handed]
+        """Payloads not handed over; an announcing scheduler announces first."""
+        world = self.world
+        return [
+            room
+            for room in world.members
+            if room not in world.handed
+            and (room not in world.announcing or room in world.announced)
+        ]
 
     # -- faults ------------------------------------------------------------------------
     def _fault_kinds(self) -> list[str]:
@@ -245,13 +268,18 @@ class WorldMachine(RuleBasedStateMachine):
         self, room: SenderRoom, room_id: int, members: tuple[str, ...]
     ) -> list[Move]:
         world, now, bs = self.world, self.world.now, self.world.config.block_size
-        n = len(members)
+        wire, n = world.ids[room_id], len(members)
+        nonce = nonce_of(room_id)
+
+        def forged(peer: str, message: RoomMessage, fault: bool) -> Forge:
+            return Forge(Envelope(peer, SENDER, message, now, room_id), fault)
+
         moves: list[Move] = [
-            Forge(Envelope(STRANGER, SENDER, Abort(room_id, "forged"), now), fault=False),
-            Forge(Envelope(STRANGER, SENDER, PieceRequest(room_id, 0, (0,), bs, n), now), False),
+            forged(STRANGER, Abort(wire, nonce, "forged"), False),
+            forged(STRANGER, PieceRequest(wire, nonce, 1, 0, (0,), bs, n), False),
         ]
         moves += [  # a registered receiver that is not in this room
-            Forge(Envelope(other, SENDER, Abort(room_id, "forged"), now), fault=True)
+            forged(other, Abort(wire, nonce, "forged"), True)
             for other in world.config.receiver_names
             if other not in members
         ]
@@ -261,37 +289,46 @@ class WorldMachine(RuleBasedStateMachine):
         for peer, progress in room.receivers.items():
             stale_write = WriteFinished(peer, progress.requested_at + 1, True)
             moves.append(Inject(SENDER, room_id, stale_write, fault=False))
+            bound, seq = progress.nonce, progress.seq + 1
             for request in (
-                PieceRequest(room_id, past_end, (0,), bs, n),
-                PieceRequest(room_id, progress.written, (0,), bs + 1, n),  # bad allocation
-                PieceRequest(room_id, progress.written, (0,), bs, n + 1),  # wrong room size
+                PieceRequest(wire, bound, seq, past_end, (0,), bs, n),
+                PieceRequest(wire, bound, seq, progress.written, (0,), bs + 1, n),  # allocation
+                PieceRequest(wire, bound, seq, progress.written, (0,), bs, n + 1),  # room size
             ):
-                moves.append(Forge(Envelope(peer, SENDER, request, now), fault=True))
+                moves.append(forged(peer, request, True))
         return moves
 
     def _strays_at_receiver(
         self, engine: str, room: ReceiverRoom, room_id: int, total: int
     ) -> list[Move]:
-        now = self.world.now
+        now, wire, nonce = self.world.now, self.world.ids[room_id], room.nonce
+
+        def forged(peer: str, message: RoomMessage, fault: bool) -> Forge:
+            return Forge(Envelope(peer, engine, message, now, room_id), fault)
+
         moves: list[Move] = [
-            Forge(Envelope(STRANGER, engine, PieceWritten(room_id, 0, 1, total), now), False),
-            Forge(Envelope(STRANGER, engine, Abort(room_id, "forged"), now), fault=False),
-            Forge(Envelope(STRANGER, engine, AbortAck(room_id), now), fault=False),
+            forged(STRANGER, PieceWritten(wire, nonce, room.seq or 1, 0, 1, total), False),
+            forged(STRANGER, Announce(wire, nonce, total), False),
+            forged(STRANGER, Abort(wire, nonce, "forged"), False),
+            forged(STRANGER, AbortAck(wire, nonce), False),
         ]
         if room.state != "Bootstrapping":
             moves.append(Inject(engine, room_id, PeerReady(), fault=False))
         if not room.terminal:
-            moves.append(Inject(engine, room_id, AbortAckReceived(SENDER), fault=False))
+            moves.append(Inject(engine, room_id, AbortAckReceived(SENDER, nonce), fault=False))
         elif room.released:
             moves.append(Inject(engine, room_id, Released(), fault=False))
         out = room.outstanding
         if out is not None:
             too_long = out.allocated_tokens + 1  # more than the blocks hold
+            seq = out.asked[-1][0]
             for piece in (
-                PieceWritten(room_id, total, 1, total + 1),  # past the end
-                PieceWritten(room_id, out.sent_tokens, too_long, out.sent_tokens + too_long),
+                PieceWritten(wire, nonce, seq, total, 1, total + 1),  # past the end
+                PieceWritten(
+                    wire, nonce, seq, out.sent_tokens, too_long, out.sent_tokens + too_long
+                ),
             ):
-                moves.append(Forge(Envelope(SENDER, engine, piece, now), fault=True))
+                moves.append(forged(SENDER, piece, True))
         return moves
 
     def teardown(self) -> None:

@@ -36,7 +36,7 @@ from embxfer.tools.sim.moves import (
 )
 from embxfer.tools.sim.mutants import MUTANTS, mutant
 from embxfer.tools.sim.states import Snapshot
-from embxfer.tools.sim.world import World
+from embxfer.tools.sim.world import World, nonce_of
 
 __all__ = [
     "FAULTS",
@@ -63,6 +63,7 @@ __all__ = [
     "Unhog",
     "Violation",
     "World",
+    "nonce_of",
     "describe",
     "mutant",
 ]

@@ -51,6 +51,7 @@ def _no_resume_write(original: Callable[..., None]) -> Callable[..., None]:
         if progress is None:
             original(room, event)
             return
+        progress.seq = event.request.seq
         progress.requested_at = event.request.sent_tokens
         progress.blocks = event.request.blocks
         progress.allocated_tokens = event.request.allocated_tokens
