@@ -15,7 +15,11 @@ to reuse blocks an earlier piece freed (the same indices come back), and payload
 ``--rooms N`` opens N such rooms at once on the same engines: receivers then hold less
 than the rooms need, rooms wait for memory in turn, and a state where rooms wait and
 nothing can free memory is reported as a deadlock (the sender holds every payload, as
-the spec's progress rule asks).
+the spec's progress rule asks). ``--announce``: the encoder's scheduler announces each
+room's length before it hands the payload over (the announce meets the first requests
+in every order). ``--reuse-ids``: each room's id is reused by a second request as soon as
+the schedulers let go of the first one's rooms, while the first one's messages may still
+be in flight (duplicates, reordering, aborts).
 """
 
 from __future__ import annotations
@@ -49,7 +53,8 @@ from embxfer.tools.sim import (
 
 RECEIVER_BLOCKS = 2
 
-Scenario = tuple[SimConfig, tuple[OpenRoom, ...]]
+Scenario = tuple[SimConfig, tuple[OpenRoom, ...], tuple[OpenRoom, ...]]
+"""The engines, the rooms opened at the start, and those opened once their id is free."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,8 @@ class ExploreSettings:
     max_states: int = 10_000_000  # per scenario
     keep_going: bool = False  # count every violation instead of stopping at the first
     mutant: str | None = None
+    announce: bool = False  # the scheduler announces each length before the payload
+    reuse_ids: bool = False  # a second request reuses each room id once it is free
     jobs: int = 1  # processes searching scenarios side by side
 
     def __post_init__(self) -> None:
@@ -103,10 +110,16 @@ class ExploreSettings:
                 policy=ResumePolicy(SpillMode.KEEP_THEN_SPILL, max_resume_tokens=bs),
             )
             names = config.receiver_names
+            allocations = (bs,) * len(names)
             openings = tuple(
-                OpenRoom(room, total, names, (bs,) * len(names)) for room in range(self.rooms)
+                OpenRoom(room, total, names, allocations, None, self.announce)
+                for room in range(self.rooms)
             )
-            scenarios.append((config, openings))
+            reopenings = tuple(
+                OpenRoom(self.rooms + room, total, names, allocations, room, self.announce)
+                for room in range(self.rooms if self.reuse_ids else 0)
+            )
+            scenarios.append((config, openings, reopenings))
         return scenarios
 
 
@@ -187,6 +200,7 @@ def _search(scenario: Scenario, settings: ExploreSettings, progress: bool) -> Re
 def _breadth_first(
     config: SimConfig,
     openings: tuple[OpenRoom, ...],
+    reopenings: tuple[OpenRoom, ...],
     settings: ExploreSettings,
     report: Report,
     progress: bool,
@@ -194,10 +208,9 @@ def _breadth_first(
     world = World(config, LabelData(config), settings.budget(), auto_release=True)
     ordered = "reorder" not in settings.faults
     try:
-        for opening in openings:
-            world.apply(opening)
+        _open(world, openings, reopenings)
     except Violation as violation:
-        _record(report, config, openings, [], violation)
+        _record(report, config, openings, reopenings, [], violation)
         return
     root = world.key(ordered)
     parents: dict[Any, tuple[Any, Move, int] | None] = {root: None}
@@ -213,7 +226,7 @@ def _breadth_first(
             try:
                 world.final_check()
             except Violation as violation:
-                _record(report, config, openings, _path(parents, key), violation)
+                _record(report, config, openings, reopenings, _path(parents, key), violation)
                 if not settings.keep_going:
                     return
         fresh = True
@@ -225,7 +238,9 @@ def _breadth_first(
             try:
                 world.apply(move)
             except Violation as violation:
-                _record(report, config, openings, [*_path(parents, key), move], violation)
+                _record(
+                    report, config, openings, reopenings, [*_path(parents, key), move], violation
+                )
                 if not settings.keep_going:
                     return
                 continue
@@ -256,10 +271,18 @@ def _path(parents: dict[Any, tuple[Any, Move, int] | None], key: Any) -> list[Mo
     return moves[::-1]
 
 
+def _open(world: World, openings: tuple[OpenRoom, ...], reopenings: tuple[OpenRoom, ...]) -> None:
+    for opening in openings:
+        world.apply(opening)
+    for opening in reopenings:
+        world.defer(opening)
+
+
 def _record(
     report: Report,
     config: SimConfig,
     openings: tuple[OpenRoom, ...],
+    reopenings: tuple[OpenRoom, ...],
     moves: list[Move],
     violation: Violation,
 ) -> None:
@@ -271,8 +294,7 @@ def _record(
     opened = ", ".join(describe(opening) for opening in openings)
     lines = [f"counterexample ({len(moves)} moves after {opened}):"]
     try:
-        for opening in openings:
-            world.apply(opening)
+        _open(world, openings, reopenings)
         lines.append(f"  start: {world.summary()}")
         for step, move in enumerate(moves, 1):
             lines.append(f"  {step:3d}. {describe(move)}")
@@ -315,6 +337,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mutant", choices=sorted(MUTANTS), help="explore a deliberately broken machine"
     )
+    parser.add_argument(
+        "--announce", action="store_true", help="the encoder announces lengths early"
+    )
+    parser.add_argument(
+        "--reuse-ids", action="store_true", help="a second request reuses each room id"
+    )
     parser.add_argument("--progress", action="store_true", help="report progress on stderr")
     parser.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
 
@@ -335,6 +363,8 @@ def run(args: argparse.Namespace) -> int:
         max_states=args.max_states,
         keep_going=args.keep_going,
         mutant=args.mutant,
+        announce=args.announce,
+        reuse_ids=args.reuse_ids,
         jobs=args.jobs,
     )
     report = explore(settings, progress=args.progress)

@@ -38,7 +38,9 @@ def _piece_written(draw: st.DrawFn) -> PieceWritten:
     total = draw(st.integers(1, MAX_INT))
     tokens = draw(st.integers(1, total))
     sent = draw(st.integers(0, total - tokens))
-    return PieceWritten(draw(_ints), draw(_ints), draw(st.integers(1, MAX_INT)), sent, tokens, total)
+    return PieceWritten(
+        draw(_ints), draw(_ints), draw(st.integers(1, MAX_INT)), sent, tokens, total
+    )
 
 
 _regions = st.lists(

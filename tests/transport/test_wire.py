@@ -132,7 +132,11 @@ INVALID: list[tuple[str, Message, RejectReason]] = [
     ("duplicate blocks", msgspec.structs.replace(REQUEST, blocks=(4, 2, 4)), "inconsistent"),
     ("nothing allocated", msgspec.structs.replace(REQUEST, allocated_tokens=0), "out_of_range"),
     ("no receivers", msgspec.structs.replace(REQUEST, required_receivers=0), "out_of_range"),
-    ("empty piece", PieceWritten(room=1, nonce=0, seq=1, sent_tokens=0, tokens=0, total_tokens=5), "out_of_range"),
+    (
+        "empty piece",
+        PieceWritten(room=1, nonce=0, seq=1, sent_tokens=0, tokens=0, total_tokens=5),
+        "out_of_range",
+    ),
     (
         "piece past total",
         PieceWritten(room=1, nonce=0, seq=1, sent_tokens=3, tokens=3, total_tokens=5),

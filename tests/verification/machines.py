@@ -96,6 +96,8 @@ class WorldMachine(RuleBasedStateMachine):
     MAX_ROOMS: ClassVar[int] = 8  # rooms per example
     MAX_ACTIVE: ClassVar[int] = 3  # rooms under way at once
     ELSEWHERE: ClassVar[bool] = True  # time passes, memory goes to others (hogs)
+    REUSE: ClassVar[bool] = False  # always reuse a freed room id (else: drawn)
+    BURST: ClassVar[int] = 25  # most legal moves in a row
 
     def __init__(self) -> None:
         super().__init__()
@@ -156,7 +158,8 @@ class WorldMachine(RuleBasedStateMachine):
         # Room ids are reused as soon as the schedulers let go of them, while messages
         # of the rooms that had them may still be in flight.
         freed = sorted({wire for wire in self.world.ids.values() if self.world.id_free(wire)})
-        wire = data.draw(st.none() | st.sampled_from(freed)) if freed else None
+        reuse = st.sampled_from(freed) if self.REUSE else st.none() | st.sampled_from(freed)
+        wire = data.draw(reuse) if freed else None
         announce = data.draw(st.booleans())
         opening = OpenRoom(
             self.opened, total, tuple(sorted(receivers)), allocations, wire, announce
@@ -174,7 +177,7 @@ class WorldMachine(RuleBasedStateMachine):
     def legal_moves(self, data: st.DataObject, burst: int) -> None:
         """Up to ``burst`` moves of a healthy system in a row, each drawn from what the
         reference model allows now: rooms get through many resumes in few steps."""
-        for _ in range(burst):
+        for _ in range(min(burst, self.BURST)):
             moves = self._network_moves()
             if not moves:
                 break
@@ -349,6 +352,22 @@ class ResumeMachine(WorldMachine):
     FAULT_KINDS = ("reorder", "dup")
     HOSTILE = False
     TIGHT = True
+
+
+class ReuseMachine(WorldMachine):
+    """Protocol v2 under a lossless network that duplicates and reorders: one request at
+    a time, each reusing a room id the schedulers let go of while copies of the earlier
+    room's messages may still be in flight, and lengths announced (or not) before,
+    during and after the first requests. Nothing of an earlier room may reach a later
+    one, and an announce never makes a room fail or stall."""
+
+    FAULT_KINDS = ("reorder", "dup")
+    HOSTILE = False
+    TIGHT = True
+    MAX_ROOMS = 16
+    MAX_ACTIVE = 1
+    REUSE = True
+    BURST = 3  # rooms open and payloads come between messages, not after them all
 
 
 class PressureMachine(WorldMachine):

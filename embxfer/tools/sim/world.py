@@ -261,6 +261,11 @@ class World:
             )
             self._run((receiver, room), PeerReady())
 
+    def defer(self, opening: OpenRoom) -> None:
+        """The schedulers will open ``opening`` (which reuses an earlier request's room
+        id) once that id is free: a legal move from then on."""
+        self.later = (*self.later, opening)
+
     def id_free(self, wire: int) -> bool:
         """Whether the schedulers may open a request under room id ``wire``: every
         room of an earlier request under it has been released."""
