@@ -6,8 +6,8 @@ from hypothesis import strategies as st
 
 from embxfer.fsm.messages import (
     Abort,
-    Announce,
     AbortAck,
+    Announce,
     BufferRegion,
     Heartbeat,
     Message,

@@ -63,7 +63,7 @@ __all__ = [
     "Unhog",
     "Violation",
     "World",
-    "nonce_of",
     "describe",
     "mutant",
+    "nonce_of",
 ]
