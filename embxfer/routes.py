@@ -67,8 +67,9 @@ class SenderRoutes:
     def on_message(self, peer: str, message: Message) -> None:
         """A room message goes to the room under its id that bound its incarnation, else
         to the room the scheduler holds under it (which binds it or finds it stale),
-        unless a room that is gone had that incarnation: then it is late. Messages for
-        an id with no room yet wait for one (parked)."""
+        unless a room that is gone had that incarnation (then it is late) or the held
+        room knows its receiver by another incarnation (then it is a later room's).
+        Messages for a room not created yet wait for it (parked)."""
         engine = self.engine
         if isinstance(message, Register):
             self._register(peer, message)
@@ -101,14 +102,14 @@ class SenderRoutes:
             if not aborting:
                 engine.reject("closed_room", peer, room=room_id)
         elif over and aborting:
-            # The id's rooms are over and none knew this incarnation: the old request's,
-            # or the next one's (the id is reused) aborting before its room exists. It
-            # fails nothing; whatever of it waits here is dropped.
+            # No room here knows this incarnation: an old request's, or the next one's
+            # (the id is reused) aborting before its room exists. It fails nothing;
+            # whatever of it waits here is dropped.
             self._drop_parked(room_id, peer, nonce)
         else:
-            # No room knows the id, or its rooms are over and none knew this incarnation:
-            # it may be the next room's (the scheduler reuses the id, and receivers may be
-            # faster than the encoder's scheduler).
+            # No room knows the id, or none held knows this incarnation: it may be the
+            # next room's (the scheduler reuses the id, and receivers may be faster than
+            # the encoder's scheduler).
             self._park(Parked(engine.clock(), peer, nonce, event), room_id)
 
     def unpark(self, tracked: SenderTracked) -> list[Event]:

@@ -43,8 +43,8 @@ class SenderTracked(Tracked[SenderRoom]):
         super().publish()
 
     def incarnations(self) -> frozenset[Hashable]:
-        """The receiver incarnations the room bound: ``(peer, nonce)``."""
-        return frozenset((peer, p.nonce) for peer, p in self.room.receivers.items())
+        """The receiver incarnations the room bound or answered: ``(peer, nonce)``."""
+        return frozenset(self.room.heard.items())
 
 
 class SenderEngine(Engine[SenderTracked]):
@@ -109,7 +109,7 @@ class SenderEngine(Engine[SenderTracked]):
             num_tokens = payload.num_tokens
 
         def on_pump() -> None:
-            if payload is not None and tracked.payload is None and not tracked.room.total_tokens:
+            if payload is not None and tracked.payload is None and not tracked.room.handed:
                 tracked.payload = payload
             self.deliver(tracked, PayloadReady(num_tokens, blocks))
 

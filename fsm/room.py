@@ -235,6 +235,11 @@ class Room:
         room's (rooms that reuse an id are told apart by it)."""
         raise NotImplementedError
 
+    def knows_other(self, peer: str, nonce: int) -> bool:
+        """Whether the room knows ``peer`` by another incarnation than ``nonce``, so that
+        a message of ``nonce`` cannot be its (the router keeps it for a later room)."""
+        return False
+
     # -- verdicts (the tables' conditions, checked by VerdictCondition) ---------------
     def _classify(self, event: Event) -> None:
         """Decide what ``event`` means for this room now (every table's prepare step)."""

@@ -62,10 +62,14 @@ def incarnation(
     about receiver incarnation ``nonce`` is for: the room that is (receiver) or bound
     (sender) that incarnation; else the newest room, unless its scheduler let go of it
     or the incarnation is ``retired`` (a room of the id that is gone had it): the newest
-    judges the message (stale, or a first request binds the incarnation); else None."""
+    judges the message (stale, or a first request binds the incarnation) unless it knows
+    ``peer`` by another incarnation (then the message is a later room's); else None."""
     for item in reversed(held):
         if room_of(item).names(peer, nonce):
             return item
-    if held and not retired and not room_of(held[-1]).released:
-        return held[-1]
-    return None
+    if not held or retired:
+        return None
+    newest = room_of(held[-1])
+    if newest.released or newest.knows_other(peer, nonce):
+        return None
+    return held[-1]

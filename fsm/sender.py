@@ -139,6 +139,7 @@ class SenderRoom(Room):
     __slots__ = (
         "_pending_payload",
         "handed",
+        "heard",
         "memory",
         "receivers",
         "required_receivers",
@@ -165,6 +166,9 @@ class SenderRoom(Room):
         super().__init__(room_id, timeouts, now)
         self.memory = memory
         self.receivers: dict[str, ReceiverProgress] = {}
+        # peer -> the incarnation of it this room bound, or answered once it had failed:
+        # a receiver is in a room with one incarnation, so another one is a later room's
+        self.heard: dict[str, int] = {}
         self.required_receivers = 0  # learned from the first request
         self.total_tokens = 0  # T: known once announced or handed over
         self.handed = False  # the scheduler handed over the payload
@@ -178,9 +182,14 @@ class SenderRoom(Room):
         return self.released and self.terminal and not self.src_blocks and not self.writes_in_flight
 
     def names(self, peer: str, nonce: int) -> bool:
-        """A receiver incarnation this room bound."""
-        progress = self.receivers.get(peer)
-        return progress is not None and progress.nonce == nonce
+        """A receiver incarnation this room bound (or answered, once failed)."""
+        return self.heard.get(peer) == nonce
+
+    def knows_other(self, peer: str, nonce: int) -> bool:
+        """This room heard from another incarnation of ``peer``: ``nonce`` is a later
+        room's (a receiver engine ends one room under an id before it makes the next,
+        and its messages arrive in order)."""
+        return self.heard.get(peer, nonce) != nonce
 
     def owed_receivers(self) -> list[str]:
         """Receivers still owed a piece (or a write's outcome): they must stay alive."""
@@ -350,6 +359,7 @@ class SenderRoom(Room):
         req = event.request
         progress = self.receivers.get(event.receiver)
         if progress is None:
+            self.heard[event.receiver] = req.nonce
             self.required_receivers = req.required_receivers
             progress = self.receivers[event.receiver] = ReceiverProgress(
                 req.nonce, req.seq, req.sent_tokens, req.blocks, req.allocated_tokens, self.now
@@ -504,6 +514,7 @@ class SenderRoom(Room):
         self._actions.append(SendMessage(peer, message))
 
     def _acknowledge_abort(self, event: AbortReceived) -> None:
+        self.heard.setdefault(event.peer, event.nonce)
         self._notify(event.peer, "ack", event.nonce)
 
     def _answer_late_request(self, event: RequestReceived) -> None:
@@ -512,6 +523,7 @@ class SenderRoom(Room):
         if known is not None and known.nonce == event.request.nonce:
             self._ignore(event)  # it was told already, or will be once its write is over
         else:
+            self.heard.setdefault(event.receiver, event.request.nonce)
             self._notify(event.receiver, "abort", event.request.nonce)
 
     def _mark_released(self, _event: Event) -> None:
@@ -526,6 +538,7 @@ class SenderRoom(Room):
         for peer in self.receivers:
             self._notify(peer, "ack" if peer == aborter else "abort")
         if isinstance(event, AbortReceived) and event.peer not in self.receivers:
+            self.heard.setdefault(event.peer, event.nonce)
             self._notify(event.peer, "ack", event.nonce)
         self._free_if_idle()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import sys
 import time
 from collections import Counter
@@ -56,9 +57,24 @@ class DemoSettings:
     timeout_s: float = 10.0
     peer_timeout_s: float = 3.0
     write_grace_s: float = 3.0
+    announce: bool = False  # the encoder announces each length when it creates the room
+    reuse_ids: bool = False  # room ids from a small set, and scheduler aborts mixed in
 
     def lengths(self) -> list[int]:
         return token_lengths(self.tokens, self.requests, self.seed)
+
+    def scheduler_aborts(self) -> dict[int, str]:
+        """With ``reuse_ids``: the requests (numbered from 1) a scheduler aborts as soon
+        as it has opened them, and whose (a side's name; the language side is rank 0)."""
+        if not self.reuse_ids:
+            return {}
+        rng = random.Random(self.seed)
+        sides = (ENCODER, language_side(0))
+        return {
+            request: rng.choice(sides)
+            for request in range(1, self.requests + 1)
+            if rng.random() < ABORT_SHARE
+        }
 
     @property
     def demand_tokens(self) -> int:
@@ -99,6 +115,23 @@ class DemoSettings:
 
 
 ENCODER = "encoder"
+SPARE_IDS = 2  # --reuse-ids: room ids come from concurrency + this many
+ABORT_SHARE = 0.1  # --reuse-ids: requests a scheduler aborts
+
+
+class RoomIds:
+    """The room id of each request: its number, or (``reuse_ids``) one drawn from a set
+    barely larger than the requests open at once, so ids are reused all the time."""
+
+    def __init__(self, settings: DemoSettings) -> None:
+        self._reuse = settings.reuse_ids
+        self._ids = range(1, settings.concurrency + SPARE_IDS + 1)
+        self._rng = random.Random(settings.seed + 1)
+
+    def pick(self, request: int, in_use: set[int]) -> int:
+        if not self._reuse:
+            return request
+        return self._rng.choice([room_id for room_id in self._ids if room_id not in in_use])
 
 
 def language_side(rank: int) -> str:
@@ -109,7 +142,7 @@ def language_side(rank: int) -> str:
 class RoomOutcome:
     """How one engine's room ended: what its scheduler reports, in-process or from a worker."""
 
-    room_id: int
+    request: int  # the request's number (its room id may be another request's too)
     state: str  # a KVPoll name: Success or Failed
     reason: str = ""  # why it failed, or "payload mismatch"
     resumes: int = 0  # receivers: resumes the room took
@@ -121,28 +154,27 @@ class RoomOutcome:
         return self.state == KVPoll.Success.name and self.verified
 
 
-def sender_outcome(handle: SenderHandle) -> RoomOutcome:
-    """A terminal sender room, as reported."""
-    return RoomOutcome(handle.room_id, handle.poll().name, handle.reason)
+def sender_outcome(handle: SenderHandle, request: int) -> RoomOutcome:
+    """A terminal sender room of request ``request``, as reported."""
+    return RoomOutcome(request, handle.poll().name, handle.reason)
 
 
 def receiver_outcome(
-    handle: ReceiverHandle, layout: BufferLayout, seed: int, tokens: int
+    handle: ReceiverHandle, layout: BufferLayout, seed: int, tokens: int, request: int
 ) -> RoomOutcome:
     """A terminal receiver room, its result checked against the ``tokens``-token payload
-    the encoder made from ``seed`` (every process can rebuild it: ``payload_for``)."""
+    the encoder made for ``request`` from ``seed`` (every process can rebuild it:
+    ``payload_for``)."""
     state = handle.poll()
     if state is not KVPoll.Success:
-        return RoomOutcome(handle.room_id, state.name, handle.reason, handle.resumes)
+        return RoomOutcome(request, state.name, handle.reason, handle.resumes)
     try:
         result = handle.result()
     except (TransferFailed, ValueError) as error:  # a room that says Success but cannot show it
-        return RoomOutcome(
-            handle.room_id, state.name, f"bad result: {error}", handle.resumes, 0, False
-        )
-    if not result.equals(payload_for(handle.room_id, tokens, layout, seed)):
-        return RoomOutcome(handle.room_id, state.name, "payload mismatch", handle.resumes, 0, False)
-    return RoomOutcome(handle.room_id, state.name, "", handle.resumes, result.nbytes)
+        return RoomOutcome(request, state.name, f"bad result: {error}", handle.resumes, 0, False)
+    if not result.equals(payload_for(request, tokens, layout, seed)):
+        return RoomOutcome(request, state.name, "payload mismatch", handle.resumes, 0, False)
+    return RoomOutcome(request, state.name, "", handle.resumes, result.nbytes)
 
 
 # Faults the engines must absorb: every request still succeeds (spoof-abort: messages
@@ -206,6 +238,7 @@ class Summary:
     requests: int
     succeeded: int = 0
     failed: int = 0
+    aborted: int = 0  # requests a scheduler aborted on purpose (--reuse-ids) that failed
     not_started: int = 0  # requests a fault stopped before they began
     resumes: int = 0
     bytes: int = 0
@@ -239,6 +272,8 @@ class Summary:
             f"  seconds         {self.seconds:.2f}",
             f"  latency p50/p99 {self.latency_p50_ms:.1f} / {self.latency_p99_ms:.1f} ms",
         ]
+        if self.aborted:
+            lines.insert(4, f"  aborted         {self.aborted} (by their schedulers)")
         if self.not_started:
             lines.insert(4, f"  not started     {self.not_started}")
         if self.spoofed:
@@ -324,10 +359,13 @@ class Tally:
         self._reasons = {name: Counter[str]() for name in settings.side_names()}
         summary.sides = {name: Side() for name in settings.side_names()}
 
-    def request_done(self, outcomes: Mapping[str, RoomOutcome | None], seconds: float) -> bool:
+    def request_done(
+        self, outcomes: Mapping[str, RoomOutcome | None], seconds: float, aborted: bool = False
+    ) -> bool:
         """One request is over, ``seconds`` after it was opened: each side's outcome
         (None: it will never report). True if it succeeded everywhere with the right
-        bytes."""
+        bytes. A request its scheduler ``aborted`` that did not is counted apart: its
+        failures are expected (a Success must still be byte-exact)."""
         self._latencies.append(seconds)
         ok = True
         for side, outcome in outcomes.items():
@@ -345,6 +383,8 @@ class Tally:
                 ok = False
         if ok:
             self.summary.succeeded += 1
+        elif aborted and all(o is not None and o.verified for o in outcomes.values()):
+            self.summary.aborted += 1
         else:
             self.summary.failed += 1
         return ok
@@ -403,35 +443,44 @@ def run_inproc(settings: DemoSettings, progress: bool = True) -> Summary:
     tally = Tally(settings, summary)
     lengths = settings.lengths()
     layout = sender.layout
+    ids = RoomIds(settings)
+    aborts = settings.scheduler_aborts()
     started = time.perf_counter()
-    in_flight: dict[int, tuple[SenderHandle, list[ReceiverHandle], float]] = {}
-    next_room = 0
+    # request -> its room id, handles, and when it was opened
+    in_flight: dict[int, tuple[int, SenderHandle, list[ReceiverHandle], float]] = {}
+    next_request = 1
     bar = progress_bar(settings.requests, progress)
     try:
-        while next_room < settings.requests or in_flight:
-            while next_room < settings.requests and len(in_flight) < settings.concurrency:
-                room_id = next_room + 1
-                tokens = lengths[next_room]
-                next_room += 1
+        while next_request <= settings.requests or in_flight:
+            while next_request <= settings.requests and len(in_flight) < settings.concurrency:
+                request, tokens = next_request, lengths[next_request - 1]
+                next_request += 1
+                room_id = ids.pick(request, {entry[0] for entry in in_flight.values()})
                 sent = sender.create_room(room_id)
                 got = [
                     r.create_room(room_id, sender.address, required_receivers=settings.receivers)
                     for r in receivers
                 ]
-                sent.send(payload_for(room_id, tokens, sender.layout, settings.seed))
-                in_flight[room_id] = (sent, got, time.perf_counter())
-            for room_id, (sent, got, opened_at) in list(in_flight.items()):
+                if settings.announce:
+                    sent.announce(tokens)
+                sent.send(payload_for(request, tokens, sender.layout, settings.seed))
+                in_flight[request] = (room_id, sent, got, time.perf_counter())
+                if request in aborts:
+                    (sent if aborts[request] == ENCODER else got[0]).abort("the demo aborts")
+            for request, (_, sent, got, opened_at) in list(in_flight.items()):
                 if sent.poll() in TERMINAL and all(h.poll() in TERMINAL for h in got):
-                    tokens = lengths[room_id - 1]
-                    outcomes = {ENCODER: sender_outcome(sent)} | {
-                        language_side(rank): receiver_outcome(h, layout, settings.seed, tokens)
+                    tokens = lengths[request - 1]
+                    outcomes = {ENCODER: sender_outcome(sent, request)} | {
+                        language_side(rank): receiver_outcome(
+                            h, layout, settings.seed, tokens, request
+                        )
                         for rank, h in enumerate(got)
                     }
-                    tally.request_done(outcomes, time.perf_counter() - opened_at)
+                    tally.request_done(outcomes, time.perf_counter() - opened_at, request in aborts)
                     sent.release()
                     for handle in got:
                         handle.release()
-                    del in_flight[room_id]
+                    del in_flight[request]
                     bar.update()
             time.sleep(0.0005)
         seconds = time.perf_counter() - started

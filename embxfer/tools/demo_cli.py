@@ -49,6 +49,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument(
+        "--announce",
+        action="store_true",
+        help="the encoder announces each room's length when it creates the room (a vision "
+        "encoder knows it from the image grid): receivers allocate for it, no resume",
+    )
+    parser.add_argument(
+        "--reuse-ids",
+        action="store_true",
+        help="room ids drawn from concurrency + 2, so they are reused all the time, and "
+        "schedulers abort a tenth of the requests as soon as they open them",
+    )
+    parser.add_argument(
         "--timeout-s",
         type=float,
         default=defaults.timeout_s,
@@ -154,6 +166,8 @@ def run(args: argparse.Namespace) -> int:
         timeout_s=args.timeout_s,
         peer_timeout_s=args.peer_timeout_s,
         write_grace_s=_write_grace_s(args),
+        announce=args.announce,
+        reuse_ids=args.reuse_ids,
     )
     settings = dataclasses.replace(
         settings,
