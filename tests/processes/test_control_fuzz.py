@@ -140,7 +140,7 @@ def run_good_room(
     ):
         assert time.monotonic() < deadline, f"room {room_id} did not end"
         time.sleep(0.001)
-    outcome = receiver_outcome(got, receiver.layout, SEED, tokens)
+    outcome = receiver_outcome(got, receiver.layout, SEED, tokens, room_id)
     sent.release()
     got.release()
     return outcome

@@ -23,6 +23,7 @@ from embxfer.remote import NetworkConfig
 from embxfer.tools.demo import (
     ENCODER,
     DemoSettings,
+    RoomIds,
     RoomOutcome,
     Summary,
     Tally,
@@ -170,6 +171,9 @@ class _Run:
         self.bar = bar
         self.spoofer = spoofer
         self.lengths = settings.lengths()
+        self.ids = RoomIds(settings)
+        self.aborts = settings.scheduler_aborts()
+        self.room_ids: dict[int, int] = {}  # open request -> its room id
         self.opened = 0
         self.finished = 0
         # open room -> the outcome of each side so far (None: that side went silent)
@@ -218,30 +222,36 @@ class _Run:
 
     def _open_rooms(self) -> None:
         while self._wanted() and len(self.outcomes) < self.settings.concurrency and self._healthy():
-            room_id = self.opened + 1
-            self.cluster.open(room_id, self.lengths[self.opened % len(self.lengths)])
-            self.outcomes[room_id] = {}
-            self.opened_at[room_id] = time.perf_counter()
+            request = self.opened + 1
+            room_id = self.ids.pick(request, set(self.room_ids.values()))
+            tokens = self.lengths[self.opened % len(self.lengths)]
+            self.cluster.open(request, room_id, tokens, self.aborts.get(request, ""))
+            self.room_ids[request] = room_id
+            self.outcomes[request] = {}
+            self.opened_at[request] = time.perf_counter()
             if self.partition is not None:
-                self.partition.opened(room_id)
+                self.partition.opened(request)
             self.opened += 1
 
     def _count(self) -> None:
         """Record what workers reported; count every room each side is done with."""
         for side, outcome in self.cluster.take_outcomes():
-            self.outcomes[outcome.room_id][side] = outcome
+            self.outcomes[outcome.request][side] = outcome
         silent = self.cluster.silent_sides()
-        for room_id, outcomes in list(self.outcomes.items()):
+        for request, outcomes in list(self.outcomes.items()):
             for side in silent:
                 outcomes.setdefault(side, None)
             if len(outcomes) == len(self.cluster.workers):
-                seconds = time.perf_counter() - self.opened_at.pop(room_id)
+                seconds = time.perf_counter() - self.opened_at.pop(request)
                 ok = self.tally.request_done(
-                    {side: outcomes[side] for side in self.cluster.workers}, seconds
+                    {side: outcomes[side] for side in self.cluster.workers},
+                    seconds,
+                    request in self.aborts,
                 )
                 if self.partition is not None:
-                    self.partition.ended(room_id, ok, seconds)
-                del self.outcomes[room_id]
+                    self.partition.ended(request, ok, seconds)
+                del self.outcomes[request]
+                del self.room_ids[request]
                 self.finished += 1
                 if self.finished == self.warm_after:
                     self._sample_rss("warm")

@@ -148,9 +148,18 @@ class Cluster:
         return ready.address
 
     # -- run ---------------------------------------------------------------------------
-    def open(self, room_id: int, tokens: int) -> None:
-        """Start a room on every answering worker."""
-        command = OpenRoom(room_id, tokens, self.sender_address, self.settings.receivers)
+    def open(self, request: int, room_id: int, tokens: int, aborted_by: str = "") -> None:
+        """Start request ``request``'s room on every answering worker."""
+        settings = self.settings
+        command = OpenRoom(
+            request,
+            room_id,
+            tokens,
+            self.sender_address,
+            settings.receivers,
+            settings.announce,
+            aborted_by,
+        )
         for worker in self.workers.values():
             self._send(worker, command)
 

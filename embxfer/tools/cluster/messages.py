@@ -33,14 +33,19 @@ class WorkerSpec:
 # -- parent -> worker ----------------------------------------------------------------
 @dataclass(frozen=True)
 class OpenRoom:
-    """Start a room of ``tokens`` tokens. The encoder makes the payload and hands it to its
+    """Start request ``request``'s room, of ``tokens`` tokens, under ``room_id``. The encoder
+    makes the payload (announcing its length first if ``announce``) and hands it to its
     engine; a language rank joins the room at ``sender`` (the room's bootstrap address,
-    as a real request would carry it) and checks what arrives against the same payload."""
+    as a real request would carry it) and checks what arrives against the same payload.
+    The side named ``aborted_by`` aborts the room as soon as it has opened it."""
 
+    request: int
     room_id: int
     tokens: int
     sender: str
     receivers: int
+    announce: bool = False
+    aborted_by: str = ""
 
 
 @dataclass(frozen=True)

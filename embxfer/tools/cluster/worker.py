@@ -125,7 +125,7 @@ class _Loop(Generic[EngineT, HandleT]):
         self.spec = spec
         self.engine = engine
         self.conn = conn
-        self.open: dict[int, tuple[HandleT, int]] = {}  # room id -> (handle, tokens)
+        self.open: dict[int, tuple[HandleT, int]] = {}  # request -> (handle, tokens)
 
     def run(self) -> None:
         commands = _Commands(self.conn)
@@ -137,16 +137,19 @@ class _Loop(Generic[EngineT, HandleT]):
                 if isinstance(command, CountRejected):
                     self.conn.send(Rejected(self.rejected()))
                     continue
-                self.open[command.room_id] = (self.start(command), command.tokens)
+                handle = self.start(command)
+                if command.aborted_by == self.spec.side:
+                    handle.abort("the demo aborts")
+                self.open[command.request] = (handle, command.tokens)
             self.collect()
 
     def collect(self) -> None:
         """Report and release every room that ended."""
-        for room_id, (handle, tokens) in list(self.open.items()):
+        for request, (handle, tokens) in list(self.open.items()):
             if handle.poll() in TERMINAL:
-                self.conn.send(self.outcome(handle, tokens))
+                self.conn.send(self.outcome(handle, tokens, request))
                 handle.release()
-                del self.open[room_id]
+                del self.open[request]
 
     def finish(self, wait_s: float) -> None:
         """End the rooms still open (there are none unless the run was cut short), wait
@@ -174,7 +177,7 @@ class _Loop(Generic[EngineT, HandleT]):
     def start(self, command: OpenRoom) -> HandleT:
         raise NotImplementedError
 
-    def outcome(self, handle: HandleT, tokens: int) -> RoomOutcome:
+    def outcome(self, handle: HandleT, tokens: int, request: int) -> RoomOutcome:
         raise NotImplementedError
 
 
@@ -221,12 +224,14 @@ class _Commands:
 class _EncoderLoop(_Loop[SenderEngine, SenderHandle]):
     def start(self, command: OpenRoom) -> SenderHandle:
         handle = self.engine.create_room(command.room_id)
-        payload = payload_for(command.room_id, command.tokens, self.engine.layout, self.spec.seed)
+        if command.announce:
+            handle.announce(command.tokens)
+        payload = payload_for(command.request, command.tokens, self.engine.layout, self.spec.seed)
         handle.send(payload)
         return handle
 
-    def outcome(self, handle: SenderHandle, tokens: int) -> RoomOutcome:
-        return sender_outcome(handle)
+    def outcome(self, handle: SenderHandle, tokens: int, request: int) -> RoomOutcome:
+        return sender_outcome(handle, request)
 
 
 class _LanguageLoop(_Loop[ReceiverEngine, ReceiverHandle]):
@@ -235,5 +240,5 @@ class _LanguageLoop(_Loop[ReceiverEngine, ReceiverHandle]):
             command.room_id, command.sender, required_receivers=command.receivers
         )
 
-    def outcome(self, handle: ReceiverHandle, tokens: int) -> RoomOutcome:
-        return receiver_outcome(handle, self.engine.layout, self.spec.seed, tokens)
+    def outcome(self, handle: ReceiverHandle, tokens: int, request: int) -> RoomOutcome:
+        return receiver_outcome(handle, self.engine.layout, self.spec.seed, tokens, request)
