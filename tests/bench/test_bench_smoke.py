@@ -22,6 +22,7 @@ GOALS = {
     "segments_per_kind_per_run",
     "adaptive_resume_rate",
     "adaptive_memory_ratio",
+    "announce_memory_ratio",
     "alloc_free_growth_1k_to_100k",
     "protocol_bytes_per_room",
     "pressure_rooms_per_s_ratio",

@@ -1,5 +1,7 @@
 """The receiver's first allocation: learned from observed lengths (``AdaptiveSizer``),
-against a fixed 8192 tokens and against exact sizing (the scheduler's size hint).
+against a fixed 8192 tokens, against exact sizing (the scheduler's size hint), and with
+the encoder announcing each length when it creates the room (``announce``: the adaptive
+receiver, told ``T`` early, frees what it over-allocated or replaces its request).
 
 Real engines on the in-process transport run on a virtual clock, so the result is
 deterministic and free of the machine's noise. Rooms arrive as a Poisson process with
@@ -45,7 +47,7 @@ HOLD_RATIOS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # hold phase / wait phase, for th
 HEADLINE_HOLD = 1.0
 HIDDEN = 8
 BLOCK_SIZE = 128
-POLICIES = ("adaptive", "fixed", "exact")
+POLICIES = ("adaptive", "fixed", "exact", "announce")
 QUANTILE = EngineConfig.adaptive_quantile  # the engines' default, which this evaluates
 OTHER_QUANTILES = (0.95, 0.98, 0.995)  # what the default is weighed against
 
@@ -94,7 +96,7 @@ class _Simulation:
             block_size=BLOCK_SIZE,
             hidden_size=HIDDEN,
             default_alloc_tokens=FIXED_TOKENS,
-            adaptive_alloc=policy == "adaptive",
+            adaptive_alloc=policy in ("adaptive", "announce"),
             adaptive_quantile=quantile,
             write_threads=False,
         )
@@ -154,10 +156,19 @@ class _Simulation:
     def _open(self, room_id: int) -> None:
         hint = self.lengths[room_id] if self.policy == "exact" else None
         send = self.sender.create_room(room_id)
+        if self.policy == "announce":
+            send.announce(self.lengths[room_id])
         recv = self.receiver.create_room(room_id, self.sender.address, expected_tokens=hint)
         self.open[room_id] = (send, recv)
-        # Allocated and asked: back-pressure would distort the comparison, so none is allowed.
-        self.waiting[room_id] = self._pump(lambda: recv.poll() is KVPoll.WaitingForInput)
+        # Allocated and asked (and, announced, sized for T): back-pressure would distort
+        # the comparison, so none is allowed.
+        self.waiting[room_id] = self._pump(lambda: self._asked(room_id, recv))
+
+    def _asked(self, room_id: int, recv: ReceiverHandle) -> bool:
+        if recv.poll() is not KVPoll.WaitingForInput:
+            return False
+        tracked = self.receiver.rooms.get(room_id)
+        return self.policy != "announce" or (tracked is not None and tracked.room.total_tokens > 0)
 
     def _send(self, room_id: int, tokens: int) -> None:
         send, recv = self.open[room_id]
@@ -226,6 +237,18 @@ def run(settings: BenchSettings) -> list[Metric]:
                 "fixed_8192": memory("fixed", HEADLINE_HOLD),
                 **{f"peak_blocks_{policy}": outcomes[policy].peak_blocks for policy in POLICIES},
                 **curve,
+            },
+        ),
+        Metric(
+            "announce_memory_ratio",
+            memory("announce", HEADLINE_HOLD),
+            "x",
+            "receiver block-seconds with the adaptive first allocation and the encoder "
+            f"announcing each length when it creates the room / with exact sizing; {model}",
+            at_most(1.05),
+            context={
+                "resume_rate": outcomes["announce"].resume_rate,
+                "resumed_rooms": outcomes["announce"].resumed,
             },
         ),
     ]
