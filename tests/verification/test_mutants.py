@@ -29,6 +29,19 @@ from .machines import PressureMachine, ResumeMachine, ReuseMachine
 RESUME_MUTANTS = ["dedup-on-blocks", "no-resume-request", "no-resume-write"]
 
 
+def finding(examples: int) -> settings:
+    """Up to ``examples`` derandomized runs of 100 steps: finding is what counts here,
+    not shrinking."""
+    return settings(
+        max_examples=examples,
+        stateful_step_count=100,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        phases=[Phase.generate],
+    )
+
+
 @pytest.mark.parametrize("name", RESUME_MUTANTS)
 def test_explorer_catches(name: str) -> None:
     report = explore(ExploreSettings(receivers=2, max_resumes=3, faults=(), mutant=name))
@@ -39,14 +52,7 @@ def test_explorer_catches(name: str) -> None:
 
 @pytest.mark.parametrize("name", RESUME_MUTANTS)
 def test_hypothesis_catches(name: str) -> None:
-    quick = settings(
-        max_examples=50,
-        stateful_step_count=100,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        phases=[Phase.generate],  # finding is what counts here, not shrinking
-    )
+    quick = finding(50)
     with mutant(name), pytest.raises(Violation, match="is stuck"):
         run_state_machine_as_test(ResumeMachine, settings=quick)
 
@@ -68,14 +74,7 @@ def test_explorer_catches_under_memory_pressure(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(PRESSURE_MUTANTS))
 def test_hypothesis_catches_under_memory_pressure(name: str) -> None:
-    quick = settings(
-        max_examples=100,
-        stateful_step_count=100,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        phases=[Phase.generate],
-    )
+    quick = finding(100)
     with mutant(name), pytest.raises(Violation, match=PRESSURE_MUTANTS[name][1]):
         run_state_machine_as_test(PressureMachine, settings=quick)
 
@@ -111,14 +110,7 @@ def test_explorer_catches_protocol_v2_mutants(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(V2_MUTANTS))
 def test_hypothesis_catches_protocol_v2_mutants(name: str) -> None:
-    quick = settings(
-        max_examples=1000,
-        stateful_step_count=100,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        phases=[Phase.generate],
-    )
+    quick = finding(1000)
     with mutant(name), pytest.raises(Violation):
         run_state_machine_as_test(ReuseMachine, settings=quick)
 
