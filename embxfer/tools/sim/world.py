@@ -211,8 +211,9 @@ class World:
                     self.tainted.add(room)
                 self._run((engine, room), event)
             case Forge(envelope=envelope, fault=fault):
-                if fault:
-                    self.tainted.add(envelope.room)
+                if fault:  # it may reach any request under its room id
+                    wire = self.ids[envelope.room]
+                    self.tainted.update(r for r in self.members if self.ids[r] == wire)
                 self.in_flight.append(envelope)
         if self.auto_release:
             for key in [key for key, room in self.live_rooms() if releasable(room)]:
