@@ -1,11 +1,11 @@
 """The demo's workloads: the vision-language token mix, and buffers sized as a share of
-what the open requests hold."""
+what the open requests hold, and a run that reuses room ids."""
 
 from __future__ import annotations
 
 import pytest
 
-from embxfer.tools.demo import DemoSettings
+from embxfer.tools.demo import DemoSettings, run_inproc
 from embxfer.tools.demo_cli import pool_tokens
 from embxfer.tools.workload import IMAGE_TOKENS, VIDEO_TOKENS, token_lengths
 
@@ -33,3 +33,22 @@ def test_buffers_may_be_a_share_of_demand() -> None:
     assert pool_tokens("6000", settings) == 6000
     assert DemoSettings(receiver_tokens=5000).receiver_config().num_blocks == 40  # of 128
     assert DemoSettings(sender_tokens=6000).sender_config().num_blocks == 47
+
+
+def test_reused_ids_with_aborts_and_announces_stay_exact() -> None:
+    """Room ids from a set of 10 for 150 requests, a tenth aborted by a scheduler at
+    once, every length announced: every request ends, every Success is byte-exact."""
+    settings = DemoSettings(
+        requests=150,
+        tokens="16:3000",
+        default_alloc=1024,
+        hidden=64,
+        concurrency=8,
+        timeout_s=2.0,
+        announce=True,
+        reuse_ids=True,
+    )
+    summary = run_inproc(settings, progress=False)
+    assert summary.succeeded + summary.aborted == 150
+    assert summary.failed == 0 and summary.aborted > 0
+    assert summary.verified and summary.leaked_blocks == 0
