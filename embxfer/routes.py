@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from embxfer.fsm.events import AbortReceived, Event, PeerReady
+from embxfer.fsm.events import AbortReceived, Event, PeerReady, RequestReceived
 from embxfer.fsm.messages import (
     AbortAck,
     BufferRegion,
@@ -124,7 +124,7 @@ class SenderRoutes:
         for entry in parked:
             if newest[entry.peer] != entry.nonce:
                 self.engine.reject("closed_room", entry.peer, room=room_id)
-        return [entry.event for entry in parked if newest[entry.peer] == entry.nonce]
+        return [_arrived(entry) for entry in parked if newest[entry.peer] == entry.nonce]
 
     def _park(self, entry: Parked, room_id: int) -> None:
         """Hold a room's event for a room the scheduler has not created yet (it may be
@@ -291,3 +291,13 @@ class ReceiverRoutes:
 
 def _room(tracked: SenderTracked | ReceiverTracked) -> Room:
     return tracked.room
+
+
+def _arrived(entry: Parked) -> Event:
+    """A parked request keeps its age: a sender serves no request older than
+    ``progress_s`` (counted from its arrival), so no write outlives the receiver's
+    quarantine, however long the request waited for its room."""
+    event = entry.event
+    if isinstance(event, RequestReceived):
+        return replace(event, arrived_at=entry.at)
+    return event

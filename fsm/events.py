@@ -14,10 +14,12 @@ class PeerReady:
 
 @dataclass(frozen=True, slots=True)
 class RequestReceived:
-    """Sender: a receiver asked for a piece (initial or resume)."""
+    """Sender: a receiver asked for a piece (initial or resume). ``arrived_at``: when the
+    engine took it in, if it waited (parked) for the scheduler to create the room."""
 
     receiver: str
     request: PieceRequest
+    arrived_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

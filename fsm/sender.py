@@ -358,11 +358,14 @@ class SenderRoom(Room):
         """A receiver joins (binding its incarnation), replaces its request, or resumes."""
         req = event.request
         progress = self.receivers.get(event.receiver)
+        # A request that waited for the room is as old as its arrival: the receiver's
+        # quarantine counts from when it asked (see _start_writes).
+        accepted_at = self.now if event.arrived_at is None else min(self.now, event.arrived_at)
         if progress is None:
             self.heard[event.receiver] = req.nonce
             self.required_receivers = req.required_receivers
             progress = self.receivers[event.receiver] = ReceiverProgress(
-                req.nonce, req.seq, req.sent_tokens, req.blocks, req.allocated_tokens, self.now
+                req.nonce, req.seq, req.sent_tokens, req.blocks, req.allocated_tokens, accepted_at
             )
         else:
             if req.sent_tokens != progress.requested_at:
@@ -371,7 +374,7 @@ class SenderRoom(Room):
             progress.requested_at = req.sent_tokens
             progress.blocks = req.blocks
             progress.allocated_tokens = req.allocated_tokens
-            progress.accepted_at = self.now
+            progress.accepted_at = accepted_at
         self._progressed()
         self._serve()
 
