@@ -51,12 +51,17 @@ class PieceRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag=
 
 
 class PieceWritten(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="piece_written"):
-    """Sender -> receiver: tokens ``[sent_tokens, sent_tokens + tokens)`` have landed."""
+    """Sender -> receiver: tokens ``[sent_tokens, sent_tokens + tokens)`` have landed.
+
+    It carries the room's aux record, the total ``T`` and the M-RoPE position delta, so
+    that no data write is spent on it (every piece names both; they never change).
+    """
 
     room: int
     sent_tokens: int
     tokens: int
     total_tokens: int
+    mrope_position_delta: int
 
 
 class Abort(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="abort"):
@@ -75,6 +80,9 @@ class AbortAck(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="abo
 class Heartbeat(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="heartbeat"):
     """Either direction: the peer is alive."""
 
+
+SIGNED_FIELDS: frozenset[tuple[str, str]] = frozenset({("PieceWritten", "mrope_position_delta")})
+"""(message, field) of the integers that may be negative; every other integer is not."""
 
 Message = Register | RegisterAck | PieceRequest | PieceWritten | Abort | AbortAck | Heartbeat
 RoomMessage = PieceRequest | PieceWritten | Abort | AbortAck

@@ -2,7 +2,8 @@
 
 The receiver allocates (a hint, or the adaptive default), asks for a piece at
 ``sent_tokens`` and, when a piece lands short of ``T``, allocates the rest and asks
-again: the resume. ``T`` is learned from the first piece and kept here. Pieces stay
+again: the resume. ``T`` and the M-RoPE position delta (the room's aux record) are
+learned from the first piece's ``PieceWritten`` and kept here. Pieces stay
 in their blocks unless memory is short (then they are spilled to staging memory).
 Blocks a write may still target are freed only once the sender has confirmed no
 write is in flight, or after a grace period longer than any write can take.
@@ -118,6 +119,7 @@ class ReceiverRoom(Room):
     __slots__ = (
         "initial_tokens",
         "memory",
+        "mrope_position_delta",
         "outstanding",
         "pieces",
         "policy",
@@ -168,6 +170,7 @@ class ReceiverRoom(Room):
         self.policy = policy or ResumePolicy()
         self.required_receivers = required_receivers
         self.total_tokens = 0  # T, learned from the first piece
+        self.mrope_position_delta = 0  # learned with it
         self.received = 0
         self.pieces: list[Piece] = []
         self.outstanding: Outstanding | None = None
@@ -249,6 +252,12 @@ class ReceiverRoom(Room):
         elif self.total_tokens and msg.total_tokens != self.total_tokens:
             self._decide(
                 Verdict.VIOLATION, f"total changed from {self.total_tokens} to {msg.total_tokens}"
+            )
+        elif self.total_tokens and msg.mrope_position_delta != self.mrope_position_delta:
+            self._decide(
+                Verdict.VIOLATION,
+                f"mrope delta changed from {self.mrope_position_delta} "
+                f"to {msg.mrope_position_delta}",
             )
         elif msg.tokens < out.allocated_tokens and end != msg.total_tokens:
             self._decide(Verdict.VIOLATION, "short piece that is not the last")
@@ -372,6 +381,7 @@ class ReceiverRoom(Room):
         if used < len(out.blocks):
             self.memory.free(out.blocks[used:])  # over-allocated: give back at once
         self.total_tokens = msg.total_tokens
+        self.mrope_position_delta = msg.mrope_position_delta
         self.pieces.append(Piece(msg.sent_tokens, msg.tokens, out.blocks[:used]))
         self.received += msg.tokens
         self.outstanding = None

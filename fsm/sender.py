@@ -116,6 +116,7 @@ class SenderRoom(Room):
     __slots__ = (
         "_pending_payload",
         "memory",
+        "mrope_position_delta",
         "receivers",
         "released",
         "required_receivers",
@@ -143,6 +144,7 @@ class SenderRoom(Room):
         self.receivers: dict[str, ReceiverProgress] = {}
         self.required_receivers = 0  # learned from the first request
         self.total_tokens = 0  # known once the payload is in
+        self.mrope_position_delta = 0  # with it: both travel in every PieceWritten
         self.src_blocks: tuple[int, ...] = ()
         self._pending_payload: PayloadReady | None = None  # queued for source blocks
         self.writes_in_flight = 0
@@ -320,6 +322,7 @@ class SenderRoom(Room):
         assert pending is not None
         self._pending_payload = None
         self.total_tokens = pending.total_tokens
+        self.mrope_position_delta = pending.mrope_position_delta
         self.src_blocks = event.blocks
         if not pending.blocks:
             self._actions.append(StorePayload(self.src_blocks))
@@ -371,7 +374,6 @@ class SenderRoom(Room):
                 tokens=tokens,
                 src_blocks=self.src_blocks[first : first + nblocks],
                 dst_blocks=progress.blocks[:nblocks],
-                with_aux=start == 0,
             )
         )
 
@@ -387,7 +389,13 @@ class SenderRoom(Room):
         self._actions.append(
             SendMessage(
                 event.receiver,
-                PieceWritten(self.room_id, event.sent_tokens, tokens, self.total_tokens),
+                PieceWritten(
+                    self.room_id,
+                    event.sent_tokens,
+                    tokens,
+                    self.total_tokens,
+                    self.mrope_position_delta,
+                ),
             )
         )
 

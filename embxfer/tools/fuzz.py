@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import msgspec
 import zmq
 
-from embxfer.buffers.layout import ALL_KINDS, BufferLayout
+from embxfer.buffers.layout import KINDS, BufferLayout
 from embxfer.fsm.messages import (
     Abort,
     AbortAck,
@@ -41,7 +41,7 @@ SAMPLE_REGIONS = (
     BufferRegion("fill_ids", 0x7F10_0000_0000, 128 * 4),
 )
 
-# Valid messages of every kind (no engine's geometry: two regions, where engines have four).
+# Valid messages of every kind (no engine's geometry: engines have no "fill_ids" region).
 SAMPLE_MESSAGES: tuple[Message, ...] = (
     Register("10.0.0.2:17001", block_size=128, num_blocks=4096, regions=SAMPLE_REGIONS),
     RegisterAck(accepted=True),
@@ -52,7 +52,7 @@ SAMPLE_MESSAGES: tuple[Message, ...] = (
     PieceRequest(
         room=MAX_INT, sent_tokens=1024, blocks=(0,), allocated_tokens=1, required_receivers=1
     ),
-    PieceWritten(room=7, sent_tokens=1024, tokens=976, total_tokens=2000),
+    PieceWritten(room=7, sent_tokens=1024, tokens=976, total_tokens=2000, mrope_position_delta=-37),
     Abort(room=7, reason="client went away"),
     AbortAck(room=0),
     Heartbeat(),
@@ -95,7 +95,7 @@ class HostileFrames:
         choices: list[Message] = [
             PieceRequest(room, 0, blocks, len(blocks) * 128, rng.randrange(1, 4)),
             PieceRequest(room, rng.randrange(1, MAX_INT), (rng.randrange(0, 8),), 128, 1),
-            PieceWritten(room, 0, 100, 100),
+            PieceWritten(room, 0, 100, 100, rng.randrange(-(2**40), 2**40)),
             Abort(room, "fuzz"),
             AbortAck(room),
             RegisterAck(rng.random() < 0.5, "fuzz"),
@@ -108,7 +108,7 @@ class HostileFrames:
         rng, layout = self._rng, self._layout
         regions = [
             BufferRegion(kind, 1 << (40 + i), layout.block_bytes(kind))
-            for i, kind in enumerate(ALL_KINDS)
+            for i, kind in enumerate(KINDS)
         ]
         block_size = layout.block_size
         flaw = rng.randrange(3)

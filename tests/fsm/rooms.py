@@ -25,6 +25,7 @@ RECEIVER = "language-0"
 SENDER = "encoder"
 TIMEOUTS = Timeouts(bootstrap_s=10.0, progress_s=10.0, write_grace_s=20.0)
 TOTAL = 10  # tokens: with 8 allocated, one resume of 2
+DELTA = -3  # the room's M-RoPE position delta, reported with every piece
 
 
 def memory(allocator: FreeListAllocator | None = None) -> FairPool[int]:
@@ -68,10 +69,10 @@ def receiver_in(state: str, allocator: FreeListAllocator | None = None) -> Recei
     if state == "Failed":
         room.handle(AbortRequested("test"), 0.0)
         return room
-    room.handle(PieceArrived(SENDER, PieceWritten(ROOM, 0, 8, TOTAL)), 0.0)
+    room.handle(PieceArrived(SENDER, PieceWritten(ROOM, 0, 8, TOTAL, DELTA)), 0.0)
     if state == "Transferring":
         return room
-    room.handle(PieceArrived(SENDER, PieceWritten(ROOM, 8, 2, TOTAL)), 0.0)
+    room.handle(PieceArrived(SENDER, PieceWritten(ROOM, 8, 2, TOTAL, DELTA)), 0.0)
     assert room.state == "Success"
     return room
 

@@ -17,7 +17,7 @@ from embxfer.fsm.messages import PieceWritten
 from embxfer.fsm.receiver import ReceiverRoom
 from embxfer.fsm.sender import SenderRoom
 
-from .rooms import RECEIVER, ROOM, SENDER, TOTAL, messages, receiver_in, sender_in
+from .rooms import DELTA, RECEIVER, ROOM, SENDER, TOTAL, messages, receiver_in, sender_in
 
 
 def test_a_sender_callback_that_raises_fails_the_room_and_discards_its_actions(
@@ -55,7 +55,7 @@ def test_a_receiver_callback_that_raises_quarantines_what_a_write_may_target(
         raise ValueError("bug")
 
     monkeypatch.setattr(ReceiverRoom, "_take_piece_and_resume", broken)
-    actions = room.handle(PieceArrived(SENDER, PieceWritten(ROOM, 0, 8, TOTAL)), 1.0)
+    actions = room.handle(PieceArrived(SENDER, PieceWritten(ROOM, 0, 8, TOTAL, DELTA)), 1.0)
     assert room.state == "Failed" and "ValueError('bug')" in room.reason
     assert messages(actions) == ["Abort"], "only the failure's own action"
     assert room.quarantine, "the request's blocks may still be written: held"

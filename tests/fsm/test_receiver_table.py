@@ -27,6 +27,7 @@ from embxfer.fsm.receiver import ReceiverRoom
 from .rooms import (
     ACT,
     BLOCK,
+    DELTA,
     FAIL,
     IGNORE,
     ROOM,
@@ -42,8 +43,10 @@ from .rooms import (
 OTHER = "encoder-2"
 
 
-def piece(sent: int, tokens: int, total: int = TOTAL, peer: str = SENDER) -> PieceArrived:
-    return PieceArrived(peer, PieceWritten(ROOM, sent, tokens, total))
+def piece(
+    sent: int, tokens: int, total: int = TOTAL, peer: str = SENDER, delta: int = DELTA
+) -> PieceArrived:
+    return PieceArrived(peer, PieceWritten(ROOM, sent, tokens, total, delta))
 
 
 CASES: dict[str, tuple[Event, float]] = {
@@ -66,6 +69,7 @@ CASES: dict[str, tuple[Event, float]] = {
     "stranger_ack": (AbortAckReceived(OTHER), 1.0),
     "whole_piece": (piece(0, 8, total=8), 1.0),  # one piece: all 8 tokens
     "wrong_total": (piece(8, 2, total=12), 1.0),  # the total changed
+    "wrong_delta": (piece(8, 2, delta=DELTA + 1), 1.0),  # the M-RoPE delta changed
 }
 
 B, W, T, OK, F = (s.name for s in (KVPoll(1), KVPoll(2), KVPoll(3), KVPoll(4), KVPoll(0)))
@@ -115,6 +119,10 @@ EXPECTED: dict[tuple[str, str], tuple[str, str]] = {
     (T, "wrong_total"): (F, FAIL, ("Abort",)),
     **{(s, "whole_piece"): (s, IGNORE) for s in (OK, F)},
     **{(s, "wrong_total"): (s, IGNORE) for s in (OK, F)},
+    (B, "wrong_delta"): (B, IGNORE),
+    (W, "wrong_delta"): (F, FAIL, ("Abort",)),  # not the offset requested
+    (T, "wrong_delta"): (F, FAIL, ("Abort",)),  # the resume's piece names another delta
+    **{(s, "wrong_delta"): (s, IGNORE) for s in (OK, F)},
 }
 
 

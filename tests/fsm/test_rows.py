@@ -37,6 +37,7 @@ from . import test_receiver_table, test_sender_table
 from .rooms import (
     ACT,
     BLOCK,
+    DELTA,
     FAIL,
     IGNORE,
     RECEIVER,
@@ -204,7 +205,7 @@ SCENARIOS: dict[str, Callable[[], None]] = {
 
 
 def _piece(sent: int, tokens: int) -> PieceArrived:
-    return PieceArrived(SENDER, PieceWritten(ROOM, sent, tokens, TOTAL))
+    return PieceArrived(SENDER, PieceWritten(ROOM, sent, tokens, TOTAL, DELTA))
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))

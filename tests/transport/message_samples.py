@@ -28,6 +28,7 @@ EXAMPLES = SAMPLE_MESSAGES
 REGIONS = SAMPLE_REGIONS
 
 _ints = st.integers(0, MAX_INT)
+_signed = st.integers(-MAX_INT, MAX_INT)
 _text = st.text(max_size=MAX_STRING_CHARS)
 _name = st.text(min_size=1, max_size=MAX_STRING_CHARS)
 
@@ -37,7 +38,7 @@ def _piece_written(draw: st.DrawFn) -> PieceWritten:
     total = draw(st.integers(1, MAX_INT))
     tokens = draw(st.integers(1, total))
     sent = draw(st.integers(0, total - tokens))
-    return PieceWritten(draw(_ints), sent, tokens, total)
+    return PieceWritten(draw(_ints), sent, tokens, total, draw(_signed))
 
 
 _regions = st.lists(

@@ -273,8 +273,10 @@ class WorldMachine(RuleBasedStateMachine):
         self, engine: str, room: ReceiverRoom, room_id: int, total: int
     ) -> list[Move]:
         now = self.world.now
+        delta = self.world.data.mrope_position_delta(room_id)
+        stray = PieceWritten(room_id, 0, 1, total, delta)
         moves: list[Move] = [
-            Forge(Envelope(STRANGER, engine, PieceWritten(room_id, 0, 1, total), now), False),
+            Forge(Envelope(STRANGER, engine, stray, now), fault=False),
             Forge(Envelope(STRANGER, engine, Abort(room_id, "forged"), now), fault=False),
             Forge(Envelope(STRANGER, engine, AbortAck(room_id), now), fault=False),
         ]
@@ -287,9 +289,13 @@ class WorldMachine(RuleBasedStateMachine):
         out = room.outstanding
         if out is not None:
             too_long = out.allocated_tokens + 1  # more than the blocks hold
+            fits = min(out.allocated_tokens, total - out.sent_tokens)
             for piece in (
-                PieceWritten(room_id, total, 1, total + 1),  # past the end
-                PieceWritten(room_id, out.sent_tokens, too_long, out.sent_tokens + too_long),
+                PieceWritten(room_id, total, 1, total + 1, delta),  # past the end
+                PieceWritten(
+                    room_id, out.sent_tokens, too_long, out.sent_tokens + too_long, delta
+                ),
+                PieceWritten(room_id, out.sent_tokens, fits, total, delta + 1),  # wrong delta
             ):
                 moves.append(Forge(Envelope(SENDER, engine, piece, now), fault=True))
         return moves

@@ -127,7 +127,6 @@ def e2e_vs_raw(settings: BenchSettings, pair: Pair, hidden: int) -> list[Metric]
         blocks,
         blocks,
         tokens,
-        with_aux=True,
         remote_num_blocks=pair.receiver.layout.num_blocks,
     )
     session = pair.receiver.data.session_id
@@ -150,7 +149,7 @@ def e2e_vs_raw(settings: BenchSettings, pair: Pair, hidden: int) -> list[Metric]
             "x",
             f"time of one raw Mooncake batch_transfer_sync_write of the {len(segments)} "
             f"segments embxfer writes ({nbytes:,} bytes: {tokens} tokens x {hidden} bf16 "
-            "with fill ids, positions, aux) / time from the sender's send() to the "
+            "with fill ids and positions) / time from the sender's send() to the "
             "receiver's poll() == Success, same engines; ratio of medians of interleaved runs",
             at_least(0.95),
             ratio,
