@@ -292,9 +292,7 @@ class WorldMachine(RuleBasedStateMachine):
             fits = min(out.allocated_tokens, total - out.sent_tokens)
             for piece in (
                 PieceWritten(room_id, total, 1, total + 1, delta),  # past the end
-                PieceWritten(
-                    room_id, out.sent_tokens, too_long, out.sent_tokens + too_long, delta
-                ),
+                PieceWritten(room_id, out.sent_tokens, too_long, out.sent_tokens + too_long, delta),
                 PieceWritten(room_id, out.sent_tokens, fits, total, delta + 1),  # wrong delta
             ):
                 moves.append(Forge(Envelope(SENDER, engine, piece, now), fault=True))
