@@ -27,7 +27,7 @@ from embxfer.fsm.room import Timeouts
 from embxfer.handles import ReceiverHandle, SenderHandle
 from embxfer.local import inproc_engines
 from embxfer.runtime import Engine, TransferFailed
-from embxfer.tools.workload import payload_for, token_lengths
+from embxfer.tools.workload import payload_for, send_in_place, token_lengths
 
 TERMINAL = (KVPoll.Success, KVPoll.Failed)
 
@@ -418,7 +418,7 @@ def run_inproc(settings: DemoSettings, progress: bool = True) -> Summary:
                     r.create_room(room_id, sender.address, required_receivers=settings.receivers)
                     for r in receivers
                 ]
-                sent.send(payload_for(room_id, tokens, sender.layout, settings.seed))
+                send_in_place(sent, payload_for(room_id, tokens, sender.layout, settings.seed))
                 in_flight[room_id] = (sent, got, time.perf_counter())
             for room_id, (sent, got, opened_at) in list(in_flight.items()):
                 if sent.poll() in TERMINAL and all(h.poll() in TERMINAL for h in got):
