@@ -45,10 +45,6 @@ _DONE = 1  # transfer_check_status: 1 done, 0 pending, -1 failed, -2 timed out
 class _Engine(Protocol):
     """The part of ``mooncake.engine.TransferEngine`` used here (the wheel has no stubs)."""
 
-    def initialize(
-        self, local_hostname: str, metadata_server: str, protocol: str, device_name: str
-    ) -> int: ...
-
     def get_rpc_port(self) -> int: ...
 
     def register_memory(self, buffer_addr: int, capacity: int) -> int: ...
@@ -72,6 +68,18 @@ def _engine_class() -> Any:
     except ImportError as error:
         raise RuntimeError(f"{_INSTALL_HINT} ({error})") from error
     return TransferEngine
+
+
+def raw_engine(host: str = "127.0.0.1", protocol: str = "tcp", device_name: str = "") -> Any:
+    """An initialised ``mooncake.engine.TransferEngine`` (P2P handshake; its session id is
+    ``host:get_rpc_port()``): what the transport wraps, and what baselines call directly."""
+    engine = _engine_class()()
+    rc = engine.initialize(host, "P2PHANDSHAKE", protocol, device_name)
+    if rc != 0:
+        raise RuntimeError(
+            f"mooncake initialize({host!r}, {protocol!r}, {device_name!r}) failed (rc={rc})"
+        )
+    return engine
 
 
 def installed_wheels() -> list[str]:
@@ -122,12 +130,7 @@ class MooncakeDataTransport:
     def __init__(
         self, host: str = "127.0.0.1", protocol: str = "tcp", device_name: str = ""
     ) -> None:
-        engine: _Engine = _engine_class()()
-        rc = engine.initialize(host, "P2PHANDSHAKE", protocol, device_name)
-        if rc != 0:
-            raise RuntimeError(
-                f"mooncake initialize({host!r}, {protocol!r}, {device_name!r}) failed (rc={rc})"
-            )
+        engine: _Engine = raw_engine(host, protocol, device_name)
         self._engine: _Engine | None = engine
         self._session_id = f"{host}:{engine.get_rpc_port()}"
         self._registered: list[int] = []

@@ -87,15 +87,20 @@ def payload_for(room_id: int, num_tokens: int, layout: BufferLayout, seed: int) 
     )
 
 
-def send_in_place(handle: SenderHandle, payload: EmbeddingPayload) -> None:
-    """Send ``payload`` as the demo's encoder does: its output written straight into the
-    room's registered blocks (``SenderHandle.buffer``), so ``send()`` copies nothing;
-    when memory is short (no buffer now), handed over as it is, to be copied once when
-    the room's turn for blocks comes."""
+def write_in_place(handle: SenderHandle, payload: EmbeddingPayload) -> EmbeddingPayload | None:
+    """``payload`` written as an encoder writes its output: into the room's buffer
+    (``SenderHandle.buffer``), which ``send()`` then hands over without a copy; None
+    when memory is short (no buffer now)."""
     buffer = handle.buffer(payload.num_tokens)
     if buffer is None:
-        handle.send(payload)
-        return
+        return None
     for field in FIELDS:
         buffer.tensor(field).copy_(payload.tensor(field))
-    handle.send(dataclasses.replace(buffer, mrope_position_delta=payload.mrope_position_delta))
+    return dataclasses.replace(buffer, mrope_position_delta=payload.mrope_position_delta)
+
+
+def send_in_place(handle: SenderHandle, payload: EmbeddingPayload) -> None:
+    """Send ``payload`` as the demo's encoder does: written straight into the room's
+    registered blocks, so ``send()`` copies nothing; when memory is short, handed over
+    as it is, to be copied once when the room's turn for blocks comes."""
+    handle.send(write_in_place(handle, payload) or payload)
