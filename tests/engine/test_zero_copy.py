@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 
 from embxfer import EngineConfig, KVPoll
 from embxfer.buffers.layout import FIELDS
 from embxfer.buffers.payload import EmbeddingPayload
+from embxfer.handles import ReceiverHandle, SenderHandle
 from embxfer.local import inproc_engines
 from embxfer.sender import SenderEngine
 from embxfer.tools.workload import payload_for
@@ -34,60 +36,58 @@ def no_copies(sender: SenderEngine, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sender.buffers, "store", refuse)
 
 
+def registered(sender: SenderEngine, payload: EmbeddingPayload) -> bool:
+    """Whether ``payload``'s embeddings lie in the sender's registered buffer."""
+    buffer = sender.buffers.tensor("embeddings")
+    return 0 <= payload.embeddings.data_ptr() - buffer.data_ptr() < buffer.nbytes
+
+
+def room(
+    tokens: int, taken_first: int = 0
+) -> tuple[list[Any], SenderHandle, ReceiverHandle, EmbeddingPayload, EmbeddingPayload]:
+    """Engines with a room of ``tokens`` and its buffer (after ``taken_first`` tokens'
+    blocks were taken and the first block given back: a pool with a hole)."""
+    sender, (receiver,), _ = inproc_engines(CONFIG, RECEIVER)
+    if taken_first:
+        first = sender.memory.take(16, 16)
+        assert first is not None and sender.memory.take(taken_first, taken_first) is not None
+        sender.memory.free(first)
+    payload = payload_for(7, tokens, sender.layout, seed=3)
+    sent, got = sender.create_room(7), receiver.create_room(7, sender.address)
+    buffer = sent.buffer(tokens)
+    assert buffer is not None
+    return [sender, receiver], sent, got, buffer, payload
+
+
 def test_a_buffer_is_views_into_the_registered_blocks_and_its_send_copies_nothing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    sender, (receiver,), _ = inproc_engines(CONFIG, RECEIVER)
-    payload = payload_for(1, 40, sender.layout, seed=3)
-    sent = sender.create_room(1)
-    got = receiver.create_room(1, sender.address)
-    buffer = sent.buffer(40)
-    assert buffer is not None
-    registered = sender.buffers.tensor("embeddings")
-    start = registered.data_ptr()
-    assert start <= buffer.embeddings.data_ptr() < start + registered.nbytes
-    no_copies(sender, monkeypatch)
+    engines, sent, got, buffer, payload = room(40)
+    assert registered(engines[0], buffer)
+    no_copies(engines[0], monkeypatch)
     sent.send(fill(buffer, payload))
-    finish([sender, receiver], sent, got)
-    assert got.poll() is KVPoll.Success
-    assert got.result().equals(payload)
+    finish(engines, sent, got)
+    assert got.poll() is KVPoll.Success and got.result().equals(payload)
     sent.release()
     got.release()
-    drain([sender, receiver])
-    assert sender.used_blocks == 0
+    drain(engines)
+    assert engines[0].used_blocks == 0
 
 
 def test_another_payload_sent_with_a_buffer_held_is_copied_into_its_blocks() -> None:
-    sender, (receiver,), _ = inproc_engines(CONFIG, RECEIVER)
-    payload = payload_for(2, 40, sender.layout, seed=3)
-    sent = sender.create_room(2)
-    got = receiver.create_room(2, sender.address)
-    assert sent.buffer(40) is not None
+    engines, sent, got, _, payload = room(40)
     with pytest.raises(ValueError, match="holds 40 tokens"):
-        sent.send(payload_for(2, 39, sender.layout, seed=3))
+        sent.send(payload_for(7, 39, engines[0].layout, seed=3))
     sent.send(payload)
-    finish([sender, receiver], sent, got)
+    finish(engines, sent, got)
     assert got.result().equals(payload)
 
 
 def test_scattered_blocks_give_memory_of_its_own_which_send_copies_once() -> None:
-    sender, (receiver,), _ = inproc_engines(CONFIG, RECEIVER)
-    first, second = sender.memory.take(16, 16), sender.memory.take(16, 16)
-    assert first is not None and second is not None
-    sender.memory.free(first)  # free blocks now: [0] and [2, 7]: 48 tokens are not a run
-    payload = payload_for(3, 48, sender.layout, seed=3)
-    sent = sender.create_room(3)
-    got = receiver.create_room(3, sender.address)
-    buffer = sent.buffer(48)
-    assert buffer is not None
-    registered = sender.buffers.tensor("embeddings")
-    assert (
-        not registered.data_ptr()
-        <= buffer.embeddings.data_ptr()
-        < registered.nbytes + (registered.data_ptr())
-    )
+    engines, sent, got, buffer, payload = room(48, taken_first=16)  # free: [0], [2, 8)
+    assert not registered(engines[0], buffer)
     sent.send(fill(buffer, payload))
-    finish([sender, receiver], sent, got)
+    finish(engines, sent, got)
     assert got.result().equals(payload)
 
 

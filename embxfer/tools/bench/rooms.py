@@ -237,24 +237,22 @@ def rooms_per_s_processes(settings: BenchSettings) -> list[Metric]:
                 "transport_writes_per_s": middle([r.transport_writes_per_s for r in rates]),
             },
         ),
-        Metric(
-            "sender_cpu_us_per_room",
-            middle([o.sender_cpu_s_per_room * 1e6 for o in outcomes]),
-            "us",
-            cpu,
-            spread=Spread.of([o.sender_cpu_s_per_room * 1e6 for o in outcomes]),
-        ),
-        Metric(
+        _microseconds("sender_cpu_us_per_room", cpu, [o.sender_cpu_s_per_room for o in outcomes]),
+        _microseconds(
             "sender_cpu_us_per_write",
-            middle([r.transport_cpu_s_per_write * 1e6 for r in rates]),
-            "us",
             write_cpu,
-            spread=Spread.of([r.transport_cpu_s_per_write * 1e6 for r in rates]),
-            context={
-                "raw_sync_cpu_us_per_write": middle([r.sync_cpu_s_per_write * 1e6 for r in rates])
-            },
+            [r.transport_cpu_s_per_write for r in rates],
+            {"raw_sync_cpu_us_per_write": middle([r.sync_cpu_s_per_write * 1e6 for r in rates])},
         ),
     ]
+
+
+def _microseconds(
+    name: str, definition: str, seconds: list[float], context: dict[str, Number] | None = None
+) -> Metric:
+    """A metric of ``seconds`` measured once per run, reported in microseconds."""
+    spread = Spread.of([value * 1e6 for value in seconds])
+    return Metric(name, spread.median, "us", definition, spread=spread, context=context or {})
 
 
 def middle(values: list[float]) -> float:
