@@ -22,6 +22,7 @@ from embxfer.sender import SenderEngine
 from embxfer.tools.bench.core import (
     BenchSettings,
     Metric,
+    Number,
     Spread,
     at_least,
     compare,
@@ -146,6 +147,7 @@ def e2e_vs_raw(settings: BenchSettings, pair: Pair, hidden: int) -> list[Metric]
     value, ratio = compare(samples["raw"], samples["e2e"])
     e2e, raw_s = Spread.of(samples["e2e"]), Spread.of(samples["raw"])
     nbytes = sum(segment.length for segment in segments)
+    spinning = _busy_waiting_write(pair, segments, settings.reps)
     return [
         Metric(
             "mooncake_e2e_vs_raw",
@@ -155,7 +157,9 @@ def e2e_vs_raw(settings: BenchSettings, pair: Pair, hidden: int) -> list[Metric]
             f"({nbytes:,} bytes: {tokens} tokens x {hidden} bf16 with fill ids and "
             "positions) through the sender's MooncakeDataTransport / time from the "
             "sender's send() of its zero-copy buffer to the receiver's poll() == Success, "
-            "same engines; ratio of medians of interleaved runs",
+            "same engines; ratio of medians of interleaved runs. Beside it, that write's "
+            "wall and process CPU ms through the transport (transport_write_*) and through "
+            "Mooncake's batch_transfer_sync_write, which busy-waits (sync_write_*)",
             at_least(0.95),
             ratio,
             {
@@ -164,10 +168,56 @@ def e2e_vs_raw(settings: BenchSettings, pair: Pair, hidden: int) -> list[Metric]
                 "e2e_gb_s": nbytes / e2e.median / 1e9,
                 "raw_gb_s": nbytes / raw_s.median / 1e9,
                 "bytes": nbytes,
+                **spinning,
             },
         ),
         _assembly(settings, pair, payload),
     ]
+
+
+def _busy_waiting_write(pair: Pair, segments: list[Segment], repeats: int) -> dict[str, Number]:
+    """The same write through the transport (asynchronous, the completion poller) and
+    through Mooncake's ``batch_transfer_sync_write`` (busy-waits), from another engine
+    on the same memory: wall and process CPU milliseconds of each, interleaved."""
+    engine = mooncake_data.raw_engine()
+    ranges = pair.sender.buffers.memory_ranges()
+    for address, length in ranges:
+        assert engine.register_memory(address, length) == 0
+    session = pair.receiver.data.session_id
+    addresses = (
+        [s.src_address for s in segments],
+        [s.dst_address for s in segments],
+        [s.length for s in segments],
+    )
+
+    def sync() -> None:
+        assert engine.batch_transfer_sync_write(session, *addresses) == 0
+
+    def through_transport() -> None:
+        assert pair.sender.data.write(session, segments).ok
+
+    def measured(write: Callable[[], None]) -> Callable[[], tuple[float, float]]:
+        def run() -> tuple[float, float]:
+            started, cpu_started = time.perf_counter(), time.process_time()
+            write()
+            return time.perf_counter() - started, time.process_time() - cpu_started
+
+        return run
+
+    try:
+        sync()  # the new engine's handshake
+        times: dict[str, list[tuple[float, float]]] = {"sync": [], "transport": []}
+        for _ in range(repeats * 2):
+            times["sync"].append(measured(sync)())
+            times["transport"].append(measured(through_transport)())
+    finally:
+        for address, _ in ranges:
+            engine.unregister_memory(address)
+    result: dict[str, Number] = {}
+    for name, values in times.items():
+        result[f"{name}_write_ms"] = Spread.of([wall for wall, _ in values]).median * 1e3
+        result[f"{name}_write_cpu_ms"] = Spread.of([cpu for _, cpu in values]).median * 1e3
+    return result
 
 
 def _assembly(settings: BenchSettings, pair: Pair, payload: EmbeddingPayload) -> Metric:
