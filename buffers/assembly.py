@@ -8,6 +8,7 @@ from typing import Protocol
 
 import torch
 
+from embxfer.buffers.blocks import contiguous_start
 from embxfer.buffers.layout import FIELDS
 from embxfer.buffers.metadata import MetadataBuffers
 from embxfer.buffers.payload import EmbeddingPayload
@@ -54,9 +55,10 @@ def assemble(
     """Join ``pieces`` in offset order into the room's ``total_tokens`` tokens.
 
     ``total_tokens`` and ``mrope_position_delta`` are what the sender reported with the
-    pieces. A single piece kept in one block run comes back as views into ``buffers``,
-    without a copy: those stay valid only until the room's blocks are released. Raises
-    ValueError unless the pieces tile ``[0, total_tokens)`` exactly.
+    pieces. Pieces kept in blocks that form one ascending run together (one piece in one
+    run, or a resume whose blocks follow the first piece's) come back as views into
+    ``buffers``, without a copy: those stay valid only until the room's blocks are
+    released. Raises ValueError unless the pieces tile ``[0, total_tokens)`` exactly.
     """
     ordered = sorted(pieces, key=lambda piece: piece.sent_tokens)
     covered = 0
@@ -66,6 +68,14 @@ def assemble(
         covered += piece.tokens
     if covered != total_tokens or not ordered:
         raise ValueError(f"pieces cover {covered} tokens, room has {total_tokens}")
+    size = buffers.layout.block_size
+    blocks = [block for piece in ordered for block in piece.blocks or ()]
+    if (
+        all(piece.blocks for piece in ordered)
+        and all(len(piece.blocks or ()) * size == piece.tokens for piece in ordered[:-1])
+        and contiguous_start(blocks) is not None
+    ):  # the pieces' blocks, each but the last full, hold the room's tokens in order
+        return buffers.view_payload(blocks, total_tokens, mrope_position_delta)
     parts = [piece.payload(buffers) for piece in ordered]
     embeddings, fill_ids, mrope_positions = (
         _join([part.tensor(field) for part in parts]) for field in FIELDS

@@ -403,9 +403,12 @@ class ReceiverRoom(Room):
             self._free_pieces()
 
     def _free_pieces(self) -> None:
-        for piece in self.pieces:
-            if piece.blocks:
-                self.memory.free(piece.blocks)
+        # One free, in token order: the allocator hands them out again in this order,
+        # so the next room's blocks form a run when these did (views, not copies).
+        ordered = sorted(self.pieces, key=lambda piece: piece.sent_tokens)
+        blocks = [block for piece in ordered for block in piece.blocks]
+        if blocks:
+            self.memory.free(blocks)
         self.pieces = []
 
     def _enter_failed(self, event: Event) -> None:

@@ -68,10 +68,20 @@ def test_single_scattered_piece() -> None:
     assert not inside(result.embeddings, room.receiver.tensor("embeddings"))
 
 
-def test_two_kept_pieces() -> None:
+def test_two_kept_pieces_in_one_run_of_blocks_are_views_too() -> None:
     room = Room()
-    pieces = [room.receive(0, 16), room.receive(16, 14)]
-    assert room.assemble(pieces).equals(room.payload)
+    pieces = [room.receive(0, 16), room.receive(16, 14)]  # blocks 0-3, then 4-7
+    result = room.assemble(pieces)
+    assert result.equals(room.payload)
+    assert inside(result.embeddings, room.receiver.tensor("embeddings"))
+
+
+def test_two_kept_pieces_out_of_order_blocks_are_joined() -> None:
+    room = Room()
+    pieces = [room.receive(0, 16, [4, 5, 6, 7]), room.receive(16, 14, [0, 1, 2, 3])]
+    result = room.assemble(pieces)
+    assert result.equals(room.payload)
+    assert not inside(result.embeddings, room.receiver.tensor("embeddings"))
 
 
 def test_three_pieces_staged_and_kept_in_any_order() -> None:
