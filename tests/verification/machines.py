@@ -289,12 +289,14 @@ class WorldMachine(RuleBasedStateMachine):
         out = room.outstanding
         if out is not None:
             too_long = out.allocated_tokens + 1  # more than the blocks hold
-            fits = min(out.allocated_tokens, total - out.sent_tokens)
-            for piece in (
+            pieces = [
                 PieceWritten(room_id, total, 1, total + 1, delta),  # past the end
                 PieceWritten(room_id, out.sent_tokens, too_long, out.sent_tokens + too_long, delta),
-                PieceWritten(room_id, out.sent_tokens, fits, total, delta + 1),  # wrong delta
-            ):
+            ]
+            if room.total_tokens:  # the delta is known from the first piece: another one
+                fits = min(out.allocated_tokens, total - out.sent_tokens)  # is a violation
+                pieces.append(PieceWritten(room_id, out.sent_tokens, fits, total, delta + 1))
+            for piece in pieces:
                 moves.append(Forge(Envelope(SENDER, engine, piece, now), fault=True))
         return moves
 
