@@ -8,7 +8,8 @@ from typing import Protocol
 
 import torch
 
-from embxfer.buffers.layout import TOKEN_KINDS, TokenKind
+from embxfer.buffers.blocks import contiguous_start
+from embxfer.buffers.layout import FIELDS
 from embxfer.buffers.metadata import MetadataBuffers
 from embxfer.buffers.payload import EmbeddingPayload
 
@@ -31,21 +32,18 @@ class StoredPiece:
         if self.staged is not None and self.staged.num_tokens != self.tokens:
             raise ValueError(f"staged piece has {self.staged.num_tokens} tokens, not {self.tokens}")
 
-    def tensor(self, buffers: MetadataBuffers, kind: TokenKind) -> torch.Tensor:
-        """This piece's tokens of ``kind``, a view into ``buffers`` when kept in a run."""
+    def payload(self, buffers: MetadataBuffers) -> EmbeddingPayload:
+        """This piece's tokens, views into ``buffers`` when kept in a run."""
         if self.staged is not None:
-            return self.staged.tensor(kind)
+            return self.staged
         assert self.blocks is not None  # __post_init__ guarantees one of the two
-        return buffers.view_tokens(kind, self.blocks, self.tokens)
+        return buffers.view_payload(self.blocks, self.tokens)
 
 
 def stage_piece(buffers: MetadataBuffers, blocks: Sequence[int], tokens: int) -> EmbeddingPayload:
     """Copy a piece out of ``blocks`` into memory of its own, so the blocks can be freed
     and reused (spilling) while the piece waits for the rest of the room."""
-    embeddings, fill_ids, mrope_positions = (
-        buffers.view_tokens(kind, blocks, tokens, copy=True) for kind in TOKEN_KINDS
-    )
-    return EmbeddingPayload(embeddings, fill_ids, mrope_positions)
+    return buffers.view_payload(blocks, tokens, copy=True)
 
 
 def assemble(
@@ -56,11 +54,11 @@ def assemble(
 ) -> EmbeddingPayload:
     """Join ``pieces`` in offset order into the room's ``total_tokens`` tokens.
 
-    ``total_tokens`` and ``mrope_position_delta`` come from the aux record of the first
-    piece (only the room's first block carries one). A single piece kept in one block
-    run comes back as views into ``buffers``, without a copy: those stay valid only until
-    the room's blocks are released. Raises ValueError unless the pieces tile
-    ``[0, total_tokens)`` exactly.
+    ``total_tokens`` and ``mrope_position_delta`` are what the sender reported with the
+    pieces. Pieces kept in blocks that form one ascending run together (one piece in one
+    run, or a resume whose blocks follow the first piece's) come back as views into
+    ``buffers``, without a copy: those stay valid only until the room's blocks are
+    released. Raises ValueError unless the pieces tile ``[0, total_tokens)`` exactly.
     """
     ordered = sorted(pieces, key=lambda piece: piece.sent_tokens)
     covered = 0
@@ -70,8 +68,17 @@ def assemble(
         covered += piece.tokens
     if covered != total_tokens or not ordered:
         raise ValueError(f"pieces cover {covered} tokens, room has {total_tokens}")
+    size = buffers.layout.block_size
+    blocks = [block for piece in ordered for block in piece.blocks or ()]
+    if (
+        all(piece.blocks for piece in ordered)
+        and all(len(piece.blocks or ()) * size == piece.tokens for piece in ordered[:-1])
+        and contiguous_start(blocks) is not None
+    ):  # the pieces' blocks, each but the last full, hold the room's tokens in order
+        return buffers.view_payload(blocks, total_tokens, mrope_position_delta)
+    parts = [piece.payload(buffers) for piece in ordered]
     embeddings, fill_ids, mrope_positions = (
-        _join([piece.tensor(buffers, kind) for piece in ordered]) for kind in TOKEN_KINDS
+        _join([part.tensor(field) for part in parts]) for field in FIELDS
     )
     return EmbeddingPayload(embeddings, fill_ids, mrope_positions, mrope_position_delta)
 
@@ -99,21 +106,16 @@ def assemble_room(
     buffers: MetadataBuffers,
     pieces: Sequence[PieceRecord],
     staged: Mapping[int, EmbeddingPayload],
-    staged_aux: tuple[int, int] | None,
     total_tokens: int,
+    mrope_position_delta: int,
 ) -> EmbeddingPayload:
     """A receiver room's result: kept pieces read in place, spilled ones from ``staged``;
-    the aux record (``T``, mrope delta) from the room's first block, or as it was staged
-    with the first piece. Raises ValueError if the aux record disagrees with the ``T``
-    the sender reported, or the pieces do not tile ``[0, T)``."""
+    the length and M-RoPE delta as the sender's ``PieceWritten`` reported them (the room
+    keeps both). Raises ValueError if the pieces do not tile ``[0, total_tokens)``."""
     stored = [
         StoredPiece(p.sent_tokens, p.tokens, blocks=p.blocks)
         if p.blocks
         else StoredPiece(p.sent_tokens, p.tokens, staged=staged[p.sent_tokens])
         for p in pieces
     ]
-    first = min(pieces, key=lambda piece: piece.sent_tokens)
-    total, delta = staged_aux or buffers.read_aux(first.blocks[0])
-    if total != total_tokens:
-        raise ValueError(f"aux says {total} tokens, the sender said {total_tokens}")
-    return assemble(buffers, stored, total, delta)
+    return assemble(buffers, stored, total_tokens, mrope_position_delta)

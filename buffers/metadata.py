@@ -1,4 +1,5 @@
-"""The block-based buffers one side of a transfer registers: one tensor per buffer kind."""
+"""The block-based buffers one side of a transfer registers: one tensor per buffer kind,
+and the host-side aux record of each block."""
 
 from __future__ import annotations
 
@@ -8,45 +9,47 @@ import torch
 
 from embxfer.buffers.blocks import check_blocks, contiguous_start
 from embxfer.buffers.layout import (
-    ALL_KINDS,
     AUX_FIELDS,
-    AUX_KIND,
-    TOKEN_KINDS,
+    FIELDS,
+    KINDS,
+    PLACES,
     BufferLayout,
     Kind,
     Region,
-    TokenKind,
 )
 from embxfer.buffers.payload import EmbeddingPayload
 
 POISON_BYTE = 0xA5
 """Canary written into blocks a room gave up, to catch writes that land there afterwards."""
 
+Rows = slice | torch.Tensor
+"""Where a room's tokens sit in a buffer flattened to (num_blocks * block_size, ...)."""
+
 
 class MetadataBuffers:
-    """Tensors shaped (num_blocks, block_size, ...) per token kind plus one aux record per
-    block, so block ``b`` of a kind starts at ``base + b * block_bytes`` as peers assume."""
+    """Tensors shaped (num_blocks, block_size, ...) per kind, so block ``b`` of a kind
+    starts at ``base + b * block_bytes`` as peers assume; and one aux record per block in
+    host memory, which the encoder's scheduler writes with ``store`` and reads back
+    (``read_aux``) but no peer ever addresses."""
 
     def __init__(self, layout: BufferLayout) -> None:
         self.layout = layout
         self._tensors: dict[Kind, torch.Tensor] = {
             kind: torch.zeros(
-                self._block_shape(kind), dtype=layout.dtype(kind), device=layout.device
+                (layout.num_blocks, layout.block_size, *layout.token_shape(kind)),
+                dtype=layout.dtype(kind),
+                device=layout.device,
             )
-            for kind in ALL_KINDS
+            for kind in KINDS
         }
-
-    def _block_shape(self, kind: Kind) -> tuple[int, ...]:
-        if kind == AUX_KIND:
-            return (self.layout.num_blocks, AUX_FIELDS)
-        return (self.layout.num_blocks, self.layout.block_size, *self.layout.token_shape(kind))
+        self._aux = torch.zeros((layout.num_blocks, AUX_FIELDS), dtype=torch.int64)
 
     def tensor(self, kind: Kind) -> torch.Tensor:
         """The whole buffer of ``kind``."""
         return self._tensors[kind]
 
     def regions(self) -> list[Region]:
-        """(kind, base address, block bytes) per kind, in ``ALL_KINDS`` order: what a peer
+        """(kind, base address, block bytes) per kind, in ``KINDS`` order: what a peer
         needs to address any block of ours."""
         return [
             Region(kind, tensor.data_ptr(), self.layout.block_bytes(kind))
@@ -54,13 +57,13 @@ class MetadataBuffers:
         ]
 
     def memory_ranges(self) -> list[tuple[int, int]]:
-        """(address, byte length) of every buffer, for transport registration."""
+        """(address, byte length) of every buffer peers write, for transport registration."""
         return [
             (tensor.data_ptr(), tensor.numel() * tensor.element_size())
             for tensor in self._tensors.values()
         ]
 
-    def _rows(self, blocks: Sequence[int], num_tokens: int) -> slice | torch.Tensor:
+    def _rows(self, blocks: Sequence[int], num_tokens: int) -> Rows:
         """Where the first ``num_tokens`` tokens of ``blocks`` sit in a buffer flattened to
         (num_blocks * block_size, ...): one slice for an ascending run, else a row index."""
         size = self.layout.block_size
@@ -76,39 +79,54 @@ class MetadataBuffers:
 
     def store(self, blocks: Sequence[int], payload: EmbeddingPayload) -> None:
         """Write the payload's tokens from slot 0 of ``blocks[0]`` on, and its aux record
-        (total tokens, mrope position delta, hidden size, zeros) into ``blocks[0]``."""
+        (total tokens, mrope position delta, hidden size, zeros) for ``blocks[0]``."""
         payload.validate(self.layout)
         rows = self._rows(blocks, payload.num_tokens)
-        for kind in TOKEN_KINDS:
-            source = payload.tensor(kind).to(self.layout.device)
-            flat = self._tensors[kind].flatten(0, 1)
+        for field in FIELDS:
+            source = payload.tensor(field).to(self.layout.device)
+            place = PLACES[field]
+            target = _columns(self._tensors[place.kind].flatten(0, 1), place.columns)
             if isinstance(rows, slice):
-                flat[rows].copy_(source)
+                target[rows].copy_(source)
             else:
-                flat.index_copy_(0, rows, source)
+                target.index_copy_(0, rows, source)
         record = [payload.num_tokens, payload.mrope_position_delta, self.layout.hidden_size]
         record += [0] * (AUX_FIELDS - len(record))
-        self._tensors["aux"][blocks[0]].copy_(torch.tensor(record, dtype=torch.int64))
+        self._aux[blocks[0]].copy_(torch.tensor(record, dtype=torch.int64))
 
-    def view_tokens(
-        self, kind: TokenKind, blocks: Sequence[int], num_tokens: int, *, copy: bool = False
-    ) -> torch.Tensor:
-        """The first ``num_tokens`` tokens stored in ``blocks``, shaped (num_tokens, ...).
+    def view_payload(
+        self,
+        blocks: Sequence[int],
+        num_tokens: int,
+        mrope_position_delta: int = 0,
+        *,
+        copy: bool = False,
+    ) -> EmbeddingPayload:
+        """The first ``num_tokens`` tokens stored in ``blocks``, as a payload.
 
-        A view into the buffer (valid while the blocks stay ours) when ``blocks`` is one
-        ascending run, else a gathered copy. ``copy=True`` always returns memory of its
-        own, for data that must outlive the blocks.
+        Views into the buffers (valid while the blocks stay ours, and writable: what an
+        encoder fills in place) when ``blocks`` is one ascending run, else gathered
+        copies. ``copy=True`` always returns memory of its own, for data that must
+        outlive the blocks.
         """
         rows = self._rows(blocks, num_tokens)
-        flat = self._tensors[kind].flatten(0, 1)
-        if not isinstance(rows, slice):
-            return flat.index_select(0, rows)
-        return flat[rows].clone() if copy else flat[rows]
+        rows_of: dict[Kind, torch.Tensor] = {}
+        for kind, tensor in self._tensors.items():
+            flat = tensor.flatten(0, 1)
+            if not isinstance(rows, slice):
+                rows_of[kind] = flat.index_select(0, rows)
+            else:
+                rows_of[kind] = flat[rows].clone() if copy else flat[rows]
+        embeddings, fill_ids, mrope_positions = (
+            _columns(rows_of[PLACES[field].kind], PLACES[field].columns) for field in FIELDS
+        )
+        return EmbeddingPayload(embeddings, fill_ids, mrope_positions, mrope_position_delta)
 
     def read_aux(self, block: int) -> tuple[int, int]:
-        """(total tokens, mrope position delta) from the aux record of a room's first block."""
+        """(total tokens, mrope position delta) from the aux record ``store`` wrote for a
+        room's first block."""
         check_blocks((block,), 1, self.layout.num_blocks, "aux block")
-        total, delta = self._tensors["aux"][block, :2].tolist()
+        total, delta = self._aux[block, :2].tolist()
         return int(total), int(delta)
 
     def _block_rows(self, blocks: Sequence[int] | None) -> torch.Tensor:
@@ -125,13 +143,17 @@ class MetadataBuffers:
     def poison(self, blocks: Sequence[int] | None = None) -> None:
         """Fill ``blocks`` (default: every block) of every kind with ``POISON_BYTE``."""
         index = self._block_rows(blocks)
-        for kind in ALL_KINDS:
+        for kind in KINDS:
             self._bytes(kind).index_fill_(0, index, POISON_BYTE)
 
     def is_poisoned(self, blocks: Sequence[int]) -> bool:
         """Whether every byte of ``blocks`` in every kind still holds ``POISON_BYTE``."""
         index = self._block_rows(blocks)
         return all(
-            bool((self._bytes(kind).index_select(0, index) == POISON_BYTE).all())
-            for kind in ALL_KINDS
+            bool((self._bytes(kind).index_select(0, index) == POISON_BYTE).all()) for kind in KINDS
         )
+
+
+def _columns(rows: torch.Tensor, columns: int | slice | None) -> torch.Tensor:
+    """``columns`` of each row (a view), or the rows themselves."""
+    return rows if columns is None else rows[:, columns]

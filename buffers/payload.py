@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from embxfer.buffers.layout import MROPE_AXES, TOKEN_KINDS, BufferLayout, TokenKind
+from embxfer.buffers.layout import FIELDS, MROPE_AXES, BufferLayout, Field
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -42,6 +42,20 @@ class EmbeddingPayload:
             mrope_positions = positions.unsqueeze(1).repeat(1, MROPE_AXES)
         return cls(embeddings, fill_ids, mrope_positions, mrope_position_delta)
 
+    @classmethod
+    def empty(cls, num_tokens: int, layout: BufferLayout) -> EmbeddingPayload:
+        """Uninitialised tensors of ``num_tokens`` tokens as ``layout`` stores them, on
+        its device: memory an encoder writes its output into."""
+        embeddings, fill_ids, mrope_positions = (
+            torch.empty(
+                (num_tokens, *layout.field_shape(field)),
+                dtype=layout.field_dtype(field),
+                device=layout.device,
+            )
+            for field in FIELDS
+        )
+        return cls(embeddings, fill_ids, mrope_positions)
+
     @property
     def num_tokens(self) -> int:
         """T, the number of tokens."""
@@ -50,17 +64,17 @@ class EmbeddingPayload:
     @property
     def nbytes(self) -> int:
         """Bytes of all token data (what crosses the wire, aux aside)."""
-        return sum(self.tensor(kind).nbytes for kind in TOKEN_KINDS)
+        return sum(self.tensor(field).nbytes for field in FIELDS)
 
-    def tensor(self, kind: TokenKind) -> torch.Tensor:
-        """The field holding ``kind``, so buffers can treat all token kinds alike."""
-        if kind == "embeddings":
+    def tensor(self, field: Field) -> torch.Tensor:
+        """The tensor of ``field``, so buffers can treat all fields alike."""
+        if field == "embeddings":
             return self.embeddings
-        if kind == "fill_ids":
+        if field == "fill_ids":
             return self.fill_ids
-        if kind == "mrope_positions":
+        if field == "mrope_positions":
             return self.mrope_positions
-        raise KeyError(kind)
+        raise KeyError(field)
 
     def validate(self, layout: BufferLayout) -> None:
         """Raise ValueError unless every field has the shape and dtype ``layout`` stores."""
@@ -70,20 +84,20 @@ class EmbeddingPayload:
             )
         if self.num_tokens == 0:
             raise ValueError("payload has no tokens")
-        for kind in TOKEN_KINDS:
-            tensor = self.tensor(kind)
-            shape = (self.num_tokens, *layout.token_shape(kind))
-            dtype = layout.dtype(kind)
+        for field in FIELDS:
+            tensor = self.tensor(field)
+            shape = (self.num_tokens, *layout.field_shape(field))
+            dtype = layout.field_dtype(field)
             if tuple(tensor.shape) != shape or tensor.dtype != dtype:
                 raise ValueError(
-                    f"{kind}: expected shape {shape} of {dtype}, "
+                    f"{field}: expected shape {shape} of {dtype}, "
                     f"got {tuple(tensor.shape)} of {tensor.dtype}"
                 )
 
     def equals(self, other: EmbeddingPayload) -> bool:
         """Byte-exact equality of every field (same shapes, dtypes and values)."""
         return self.mrope_position_delta == other.mrope_position_delta and all(
-            torch.equal(self.tensor(kind), other.tensor(kind)) for kind in TOKEN_KINDS
+            torch.equal(self.tensor(field), other.tensor(field)) for field in FIELDS
         )
 
 

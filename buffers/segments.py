@@ -8,7 +8,7 @@ from types import MappingProxyType
 from typing import Protocol
 
 from embxfer.buffers.blocks import check_blocks
-from embxfer.buffers.layout import ALL_KINDS, AUX_KIND, TOKEN_KINDS, BufferLayout, Kind
+from embxfer.buffers.layout import KINDS, BufferLayout, Kind
 from embxfer.transport.base import Segment
 
 
@@ -17,7 +17,7 @@ class RegionLike(Protocol):
 
     @property
     def kind(self) -> str:
-        """Buffer kind, one of ``ALL_KINDS``."""
+        """Buffer kind, one of ``KINDS``."""
         ...
 
     @property
@@ -67,10 +67,10 @@ def _checked_bases(
     regions: tuple[RegionLike, ...], layout: BufferLayout, side: str
 ) -> Mapping[Kind, int]:
     by_kind = {region.kind: region for region in regions}
-    if len(by_kind) != len(regions) or set(by_kind) != set(ALL_KINDS):
-        raise ValueError(f"{side} regions must name each of {ALL_KINDS} once: {list(regions)}")
+    if len(by_kind) != len(regions) or set(by_kind) != set(KINDS):
+        raise ValueError(f"{side} regions must name each of {KINDS} once: {list(regions)}")
     bases: dict[Kind, int] = {}
-    for kind in ALL_KINDS:
+    for kind in KINDS:
         region = by_kind[kind]
         if region.block_bytes != layout.block_bytes(kind):
             raise ValueError(
@@ -89,17 +89,15 @@ def plan_segments(
     dst_blocks: Sequence[int],
     num_tokens: int,
     *,
-    with_aux: bool,
     remote_num_blocks: int,
 ) -> list[Segment]:
     """Segments writing ``num_tokens`` tokens from slot 0 of ``src_blocks`` to slot 0 of
     ``dst_blocks`` (token i in block i // block_size, slot i % block_size on both sides).
 
-    Each token kind gets one segment per run of blocks adjacent on both sides, the last
-    one cut to the tokens left; ``with_aux`` adds the aux record of ``src_blocks[0]`` to
-    ``dst_blocks[0]``. Raises ValueError for too few blocks, indices outside either
-    side's geometry (``remote_num_blocks`` is the receiver's declared block count), or
-    regions that disagree with ``layout``.
+    Each kind gets one segment per run of blocks adjacent on both sides, the last one
+    cut to the tokens left: a piece in one run is two writes. Raises ValueError for too
+    few blocks, indices outside either side's geometry (``remote_num_blocks`` is the
+    receiver's declared block count), or regions that disagree with ``layout``.
     """
     if num_tokens <= 0:
         raise ValueError(f"num_tokens must be positive, got {num_tokens}")
@@ -115,7 +113,7 @@ def plan_segments(
         spans.append((src_start, dst_start, min(end, num_tokens) - start))
 
     segments: list[Segment] = []
-    for kind in TOKEN_KINDS:
+    for kind in KINDS:
         src_base, dst_base = src_bases[kind], dst_bases[kind]
         block_bytes, token_bytes = layout.block_bytes(kind), layout.token_bytes(kind)
         segments.extend(
@@ -125,14 +123,5 @@ def plan_segments(
                 tokens * token_bytes,
             )
             for src_start, dst_start, tokens in spans
-        )
-    if with_aux:
-        aux_bytes = layout.block_bytes(AUX_KIND)
-        segments.append(
-            Segment(
-                src_bases[AUX_KIND] + src[0] * aux_bytes,
-                dst_bases[AUX_KIND] + dst[0] * aux_bytes,
-                aux_bytes,
-            )
         )
     return segments

@@ -3,8 +3,9 @@ and ``BaseKVReceiver`` of the released sglang (0.5.23), subclassed when sglang i
 installed (``embxfer.sglang_interface``), with the embedding meaning of each call.
 
 A request's embedding lives in blocks of an engine's buffers (``EngineConfig``'s
-layout: embeddings, fill ids, M-RoPE positions per token, one aux record per block
-holding the total length). The schedulers allocate those blocks themselves, from the
+layout: embeddings, and fill ids with M-RoPE positions, per token; one aux record per
+block in host memory, holding the length and M-RoPE delta, which travel to the language
+side in the control messages). The schedulers allocate those blocks themselves, from the
 manager's ``memory`` (the engine's fair pool: ``take`` returns None while others
 wait, and the scheduler keeps the request queued, SGLang's own back-pressure), and
 hand them to the room; from then on the room owns them and gives them back when it
@@ -36,15 +37,15 @@ req_has_disagg_prefill_dp_rank)``           ``bootstrap_addr`` and the dp-rank f
 num_kv_tokens)``                            scheduler took from ``mgr.memory`` and
                                             wrote (``mgr.buffers.store``), and the
                                             length (``num_kv_tokens``, else the aux
-                                            record's); no copy. Once only; no state
+                                            record's) and the aux record's M-RoPE
+                                            delta; no copy. Once only; no state
 ``sender.get_transfer_metric()``            ``KVTransferMetric``: ``transfer_latency_s``
                                             from ``send`` to the poll that saw Success
                                             (as SGLang's own senders measure it),
                                             ``transfer_total_bytes`` written to every
-                                            receiver, aux records included;
-                                            ``alloc_latency_s`` None (the encoder's
-                                            blocks are its scheduler's, the resumes'
-                                            the receivers')
+                                            receiver; ``alloc_latency_s`` None (the
+                                            encoder's blocks are its scheduler's, the
+                                            resumes' the receivers')
 ``KVReceiver(mgr, bootstrap_addr, room)``   ``engine.create_room(room, bootstrap_addr,
                                             mgr.receivers_per_room,
                                             scheduler_allocates=True)``: bootstraps at
@@ -250,11 +251,9 @@ class EmbeddingKVSender(_RoomCalls[SenderHandle], BaseKVSender):
         blocks = _blocks(kv_indices, self._aux_index)
         if self._num_blocks is not None and len(blocks) != self._num_blocks:
             raise ValueError(f"init said {self._num_blocks} blocks, send got {len(blocks)}")
-        tokens = num_kv_tokens
-        if tokens is None:
-            tokens, _ = self._engine.buffers.read_aux(blocks[0])
+        tokens, delta = self._engine.buffers.read_aux(blocks[0])
         self._sent_at = self._engine.clock()
-        self._handle.send_blocks(blocks, tokens)
+        self._handle.send_blocks(blocks, tokens if num_kv_tokens is None else num_kv_tokens, delta)
 
     def get_transfer_metric(self) -> KVTransferMetric:
         return KVTransferMetric(

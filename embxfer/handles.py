@@ -12,8 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from embxfer.buffers.blocks import contiguous_start
 from embxfer.buffers.payload import EmbeddingPayload
 from embxfer.fsm.events import AbortRequested, Event, MemoryGranted, Released
+from embxfer.fsm.memory import blocks_needed
 from embxfer.fsm.poll import KVPoll
 from embxfer.runtime.rooms import RoomStatus, Tracked
 from embxfer.runtime.stats import TransferFailed
@@ -71,11 +73,37 @@ class RoomHandle:
         engine.submit(lambda: engine.deliver(tracked, event))
 
 
+@dataclass(frozen=True)
+class _Buffer:
+    """Blocks ``SenderHandle.buffer`` took for the room, and the payload it handed out:
+    views into those blocks (``in_place``), or memory of its own."""
+
+    blocks: tuple[int, ...]
+    payload: EmbeddingPayload
+    in_place: bool
+
+    def holds(self, payload: EmbeddingPayload) -> bool:
+        """Whether ``payload``'s tensors are this buffer's views, so nothing needs a copy
+        (``dataclasses.replace`` of the buffer, to set the delta, keeps them)."""
+        return self.in_place and all(
+            mine is theirs
+            for mine, theirs in (
+                (self.payload.embeddings, payload.embeddings),
+                (self.payload.fill_ids, payload.fill_ids),
+                (self.payload.mrope_positions, payload.mrope_positions),
+            )
+        )
+
+
 class SenderHandle(RoomHandle):
-    """One request on the encoder side."""
+    """One request on the encoder side. Its calls come from one scheduler thread."""
 
     _engine: SenderEngine
     _tracked: SenderTracked
+
+    def __init__(self, engine: SenderEngine, tracked: SenderTracked) -> None:
+        super().__init__(engine, tracked)
+        self._buffer: _Buffer | None = None  # taken by buffer(), not handed over yet
 
     def announce(self, total_tokens: int) -> None:
         """Say how many tokens the embedding will have, as soon as that is known (a
@@ -85,17 +113,77 @@ class SenderHandle(RoomHandle):
         another length then fails the room."""
         self._engine.announce(self._tracked, total_tokens)
 
-    def send(self, payload: EmbeddingPayload) -> None:
-        """Hand over the embedding; it is copied into the engine's buffers once the room
-        has blocks for it."""
-        self._engine.hand_over(self._tracked, payload)
+    def buffer(self, total_tokens: int) -> EmbeddingPayload | None:
+        """Writable memory for the room's ``total_tokens``-token embedding, in the engine's
+        registered blocks: the encoder writes its output there, and ``send()`` of this
+        payload copies nothing (set the M-RoPE delta with ``dataclasses.replace``; the
+        tensors stay the same).
 
-    def send_blocks(self, blocks: Sequence[int], num_tokens: int) -> None:
+        The payload is views into the blocks when they form one run (a fresh pool gives
+        runs; blocks freed in another order may not), else memory of its own, which
+        ``send()`` copies into the blocks once. None when memory is short: blocks are
+        taken only if nobody waits for memory before us (``memory.take``, fair); keep
+        the request queued and ask again when blocks come back (SGLang's own
+        back-pressure), or ``send()`` a payload of your own, which takes its turn in the
+        memory queue. The blocks are the room's: a buffer never sent is freed when the
+        room is released, not before (the encoder may still be writing into it).
+        """
+        if self._buffer is not None:
+            raise RuntimeError(f"room {self.room_id} has a buffer already")
+        engine = self._engine
+        size = engine.memory.block_size
+        if total_tokens <= 0 or blocks_needed(total_tokens, size) > engine.memory.total_blocks:
+            raise ValueError(
+                f"a buffer of {total_tokens} tokens can never fit "
+                f"{engine.memory.total_blocks} blocks of {size}"
+            )
+        taken = engine.memory.take(total_tokens, total_tokens)
+        if taken is None:
+            return None
+        blocks = tuple(taken)
+        in_place = contiguous_start(blocks) is not None
+        payload = (
+            engine.buffers.view_payload(blocks, total_tokens)
+            if in_place
+            else EmbeddingPayload.empty(total_tokens, engine.layout)
+        )
+        self._buffer = _Buffer(blocks, payload, in_place)
+        return payload
+
+    def send(self, payload: EmbeddingPayload) -> None:
+        """Hand over the embedding. The room's ``buffer()`` (or a ``dataclasses.replace``
+        of it) is handed over in place, with no copy; any other payload is copied once:
+        into the room's buffer if it has one, else into blocks the room takes (at once,
+        or in turn in the memory queue)."""
+        held = self._buffer
+        if held is None:
+            self._engine.hand_over(self._tracked, payload)
+            return
+        if payload.num_tokens != held.payload.num_tokens:
+            raise ValueError(
+                f"room {self.room_id}'s buffer holds {held.payload.num_tokens} tokens, "
+                f"the payload has {payload.num_tokens}"
+            )
+        if not held.holds(payload):
+            self._engine.buffers.store(held.blocks, payload)
+        self._buffer = None
+        self.send_blocks(held.blocks, payload.num_tokens, payload.mrope_position_delta)
+
+    def send_blocks(
+        self, blocks: Sequence[int], num_tokens: int, mrope_position_delta: int = 0
+    ) -> None:
         """Hand over an embedding of ``num_tokens`` tokens that the scheduler already
         wrote into ``blocks`` (taken from the engine's ``memory``, written with
         ``buffers.store``): nothing is copied. The room owns the blocks from now on and
         frees them with its own (at once if it refuses them)."""
-        self._engine.hand_over(self._tracked, None, tuple(blocks), num_tokens)
+        self._engine.hand_over(self._tracked, None, tuple(blocks), num_tokens, mrope_position_delta)
+
+    def release(self) -> None:
+        """As ``RoomHandle.release``; a buffer never sent goes back now."""
+        held, self._buffer = self._buffer, None
+        if held is not None:
+            self._engine.memory.free(held.blocks)
+        super().release()
 
     @property
     def bytes_written(self) -> int:

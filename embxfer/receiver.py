@@ -32,7 +32,6 @@ class ReceiverTracked(Tracked[ReceiverRoom]):
     """A receiver room, and the pieces it spilled out of its blocks."""
 
     staged: dict[int, EmbeddingPayload] = field(default_factory=dict)  # by sent_tokens
-    staged_aux: tuple[int, int] | None = None  # the first block's aux, once spilled
 
     def publish(self) -> None:
         status = self.status
@@ -119,8 +118,6 @@ class ReceiverEngine(Engine[ReceiverTracked]):
         if isinstance(action, SendMessage):
             self.control.send(action.peer, action.message)
         elif isinstance(action, SpillPiece):
-            if action.sent_tokens == 0:
-                tracked.staged_aux = self.buffers.read_aux(action.blocks[0])
             staged = stage_piece(self.buffers, action.blocks, action.tokens)
             tracked.staged[action.sent_tokens] = staged
         else:
@@ -139,7 +136,11 @@ class ReceiverEngine(Engine[ReceiverTracked]):
         self.stats.bytes_moved(room.total_tokens * self.layout.bytes_per_token)
         try:
             status.result = assemble_room(
-                self.buffers, room.pieces, tracked.staged, tracked.staged_aux, room.total_tokens
+                self.buffers,
+                room.pieces,
+                tracked.staged,
+                room.total_tokens,
+                room.mrope_position_delta,
             )
         except ValueError as problem:
             status.result_problem = str(problem)

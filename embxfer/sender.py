@@ -8,7 +8,6 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 from embxfer.buffers.allocator import BlockAllocator
-from embxfer.buffers.layout import AUX_KIND
 from embxfer.buffers.metadata import MetadataBuffers
 from embxfer.buffers.payload import EmbeddingPayload
 from embxfer.buffers.segments import plan_segments
@@ -30,16 +29,14 @@ from embxfer.transport.writer import WriteJob, Writers
 class SenderTracked(Tracked[SenderRoom]):
     """A sender room, and the scheduler's payload until it is stored in the room's blocks."""
 
-    token_bytes: int = 0  # every token kind of one token
-    aux_bytes: int = 0  # the aux record, written once to each receiver
+    token_bytes: int = 0  # every kind of one token
     payload: EmbeddingPayload | None = None
 
     def publish(self) -> None:
         status = self.status
         assert isinstance(status, SenderStatus)
-        written = [progress.written for progress in self.room.receivers.values()]
-        reached = sum(1 for tokens in written if tokens)
-        status.bytes_written = sum(written) * self.token_bytes + reached * self.aux_bytes
+        written = sum(progress.written for progress in self.room.receivers.values())
+        status.bytes_written = written * self.token_bytes
         super().publish()
 
     def incarnations(self) -> frozenset[Hashable]:
@@ -75,12 +72,7 @@ class SenderEngine(Engine[SenderTracked]):
     def create_room(self, room_id: int) -> SenderHandle:
         """A room for one request; receivers join it by asking for pieces."""
         room = SenderRoom(room_id, self.memory, self.config.timeouts, self.clock())
-        tracked = SenderTracked(
-            room,
-            SenderStatus(),
-            token_bytes=self.layout.bytes_per_token,
-            aux_bytes=self.layout.block_bytes(AUX_KIND),
-        )
+        tracked = SenderTracked(room, SenderStatus(), token_bytes=self.layout.bytes_per_token)
         self.submit(lambda: self._adopt(tracked))
         return SenderHandle(self, tracked)
 
@@ -101,17 +93,20 @@ class SenderEngine(Engine[SenderTracked]):
         payload: EmbeddingPayload | None,
         blocks: tuple[int, ...] = (),
         num_tokens: int = 0,
+        mrope_position_delta: int = 0,
     ) -> None:
         """The scheduler's embedding for the room: a payload to copy in, or ``blocks``
         of this engine's memory it already wrote (thread-safe)."""
         if payload is not None:
             payload.validate(self.layout)
             num_tokens = payload.num_tokens
+            mrope_position_delta = payload.mrope_position_delta
+        ready = PayloadReady(num_tokens, blocks, mrope_position_delta)
 
         def on_pump() -> None:
             if payload is not None and tracked.payload is None and not tracked.room.handed:
                 tracked.payload = payload
-            self.deliver(tracked, PayloadReady(num_tokens, blocks))
+            self.deliver(tracked, ready)
 
         self.submit(on_pump)
 
@@ -155,7 +150,6 @@ class SenderEngine(Engine[SenderTracked]):
                 action.src_blocks,
                 action.dst_blocks,
                 action.tokens,
-                with_aux=action.with_aux,
                 remote_num_blocks=peer.num_blocks,
             )
         except Exception as exc:  # e.g. blocks outside the receiver's declared geometry

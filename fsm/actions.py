@@ -28,9 +28,7 @@ class WritePiece:
 
     Pieces start on block boundaries: source tokens come from slot 0 of
     ``src_blocks`` (the room's blocks covering the piece) and land from slot 0
-    of ``dst_blocks``. ``with_aux`` writes the room's aux record into the first
-    destination block (first piece only). The runtime reports back with
-    ``WriteFinished``.
+    of ``dst_blocks``. The runtime reports back with ``WriteFinished``.
     """
 
     receiver: str
@@ -38,7 +36,6 @@ class WritePiece:
     tokens: int
     src_blocks: tuple[int, ...]
     dst_blocks: tuple[int, ...]
-    with_aux: bool
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,10 +35,12 @@ class PayloadReady:
     """Sender: the scheduler handed over the embedding of ``total_tokens`` tokens: the
     engine holds it until the room has blocks to store it in, or it is stored already in
     ``blocks`` of the engine's memory, which the scheduler took and filled (the room owns
-    them from now on). The room needs only the length."""
+    them from now on). The room needs only the length and the M-RoPE delta, which it
+    reports with every piece."""
 
     total_tokens: int
     blocks: tuple[int, ...] = ()
+    mrope_position_delta: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import msgspec
 
-PROTOCOL_VERSION = 2  # 2: incarnation nonces, request sequence numbers, Announce
+PROTOCOL_VERSION = 2  # 2: incarnation nonces, request numbers, Announce; aux in PieceWritten
 
 
 class BufferRegion(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -63,7 +63,11 @@ class PieceRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag=
 
 class PieceWritten(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="piece_written"):
     """Sender -> receiver: tokens ``[sent_tokens, sent_tokens + tokens)`` have landed,
-    answering the request numbered ``seq``."""
+    answering the request numbered ``seq``.
+
+    It carries the room's aux record, the total ``T`` and the M-RoPE position delta, so
+    that no data write is spent on it (every piece names both; they never change).
+    """
 
     room: int
     nonce: int
@@ -71,6 +75,7 @@ class PieceWritten(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag=
     sent_tokens: int
     tokens: int
     total_tokens: int
+    mrope_position_delta: int
 
 
 class Announce(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="announce"):
@@ -101,6 +106,9 @@ class AbortAck(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="abo
 class Heartbeat(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="heartbeat"):
     """Either direction: the peer is alive."""
 
+
+SIGNED_FIELDS: frozenset[tuple[str, str]] = frozenset({("PieceWritten", "mrope_position_delta")})
+"""(message, field) of the integers that may be negative; every other integer is not."""
 
 Message = (
     Register | RegisterAck | PieceRequest | PieceWritten | Announce | Abort | AbortAck | Heartbeat

@@ -2,14 +2,15 @@
 
 The receiver allocates (a hint, or the adaptive default), asks for a piece at
 ``sent_tokens`` and, when a piece lands short of ``T``, allocates the rest and asks
-again: the resume. ``T`` is learned from the sender's announce or the first piece and
-kept here. A room told ``T`` before its first piece is served sizes its first request
-for it: it frees the blocks beyond ``T``, or takes the missing ones (if free, without
-passing a room that waits) and replaces its request with a larger one; the resume takes
-whatever the announce did not cover. Pieces stay in their blocks unless memory is short
-(then they are spilled to staging memory). Blocks a write may still target are freed
-only once the sender has confirmed no write is in flight, or after a grace period
-longer than any write can take.
+again: the resume. ``T`` is learned from the sender's announce or the first piece, the
+M-RoPE position delta (with ``T``, the room's aux record) from the first piece's
+``PieceWritten``; both are kept here. A room told ``T`` before its first piece is served
+sizes its first request for it: it frees the blocks beyond ``T``, or takes the missing
+ones (if free, without passing a room that waits) and replaces its request with a
+larger one; the resume takes whatever the announce did not cover. Pieces stay in their
+blocks unless memory is short (then they are spilled to staging memory). Blocks a write
+may still target are freed only once the sender has confirmed no write is in flight,
+or after a grace period longer than any write can take.
 
 The room is one *incarnation* of its room id, named by a random ``nonce`` its engine
 draws: every message it sends carries it, and a message for another incarnation (a room
@@ -146,6 +147,7 @@ class ReceiverRoom(Room):
     __slots__ = (
         "initial_tokens",
         "memory",
+        "mrope_position_delta",
         "nonce",
         "outstanding",
         "pieces",
@@ -202,6 +204,7 @@ class ReceiverRoom(Room):
         self.nonce = nonce
         self.seq = 0  # of the last request sent
         self.total_tokens = 0  # T, learned from the announce or the first piece
+        self.mrope_position_delta = 0  # learned with the first piece
         self.received = 0
         self.pieces: list[Piece] = []
         self.outstanding: Outstanding | None = None
@@ -297,6 +300,12 @@ class ReceiverRoom(Room):
         elif self.total_tokens and msg.total_tokens != self.total_tokens:
             self._decide(
                 Verdict.VIOLATION, f"total changed from {self.total_tokens} to {msg.total_tokens}"
+            )
+        elif self.received and msg.mrope_position_delta != self.mrope_position_delta:
+            self._decide(
+                Verdict.VIOLATION,
+                f"mrope delta changed from {self.mrope_position_delta} "
+                f"to {msg.mrope_position_delta}",
             )
         elif msg.tokens < allocated and end != msg.total_tokens:
             self._decide(Verdict.VIOLATION, "short piece that is not the last")
@@ -486,6 +495,7 @@ class ReceiverRoom(Room):
         if used < len(out.blocks):
             self.memory.free(out.blocks[used:])  # over-allocated: give back at once
         self.total_tokens = msg.total_tokens
+        self.mrope_position_delta = msg.mrope_position_delta
         self.pieces.append(Piece(msg.sent_tokens, msg.tokens, out.blocks[:used]))
         self.received += msg.tokens
         self.outstanding = None
@@ -507,9 +517,12 @@ class ReceiverRoom(Room):
             self._free_pieces()
 
     def _free_pieces(self) -> None:
-        for piece in self.pieces:
-            if piece.blocks:
-                self.memory.free(piece.blocks)
+        # One free, in token order: the allocator hands them out again in this order,
+        # so the next room's blocks form a run when these did (views, not copies).
+        ordered = sorted(self.pieces, key=lambda piece: piece.sent_tokens)
+        blocks = [block for piece in ordered for block in piece.blocks]
+        if blocks:
+            self.memory.free(blocks)
         self.pieces = []
 
     def _enter_failed(self, event: Event) -> None:

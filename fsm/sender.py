@@ -141,6 +141,7 @@ class SenderRoom(Room):
         "handed",
         "heard",
         "memory",
+        "mrope_position_delta",
         "receivers",
         "required_receivers",
         "src_blocks",
@@ -172,6 +173,7 @@ class SenderRoom(Room):
         self.required_receivers = 0  # learned from the first request
         self.total_tokens = 0  # T: known once announced or handed over
         self.handed = False  # the scheduler handed over the payload
+        self.mrope_position_delta = 0  # with the payload: it travels in every PieceWritten
         self.src_blocks: tuple[int, ...] = ()
         self._pending_payload: PayloadReady | None = None  # queued for source blocks
         self.writes_in_flight = 0
@@ -402,6 +404,7 @@ class SenderRoom(Room):
         pending = self._pending_payload
         assert pending is not None
         self._pending_payload = None
+        self.mrope_position_delta = pending.mrope_position_delta
         self.src_blocks = event.blocks
         if not pending.blocks:
             self._actions.append(StorePayload(self.src_blocks))
@@ -465,7 +468,6 @@ class SenderRoom(Room):
                 tokens=tokens,
                 src_blocks=self.src_blocks[first : first + nblocks],
                 dst_blocks=progress.blocks[:nblocks],
-                with_aux=start == 0,
             )
         )
 
@@ -479,7 +481,13 @@ class SenderRoom(Room):
         progress.written = event.sent_tokens + tokens
         self._progressed()
         written = PieceWritten(
-            self.room_id, progress.nonce, progress.seq, event.sent_tokens, tokens, self.total_tokens
+            self.room_id,
+            progress.nonce,
+            progress.seq,
+            event.sent_tokens,
+            tokens,
+            self.total_tokens,
+            self.mrope_position_delta,
         )
         self._actions.append(SendMessage(event.receiver, written))
 

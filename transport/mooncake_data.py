@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from embxfer.transport.base import Segment, WriteResult
+from embxfer.transport.completion import CompletionPoller
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +36,14 @@ WHEELS_WITH_CUDA = {
 }
 
 
+_DONE = 1  # transfer_check_status: 1 done, 0 pending, -1 failed, -2 timed out
+# One batch per segment: transfer_check_status looks only at a batch's first task (0.3.13)
+# and frees the batch when that one is done, so a batch of several would be reported
+# finished while its other segments are still in flight.
+
+
 class _Engine(Protocol):
     """The part of ``mooncake.engine.TransferEngine`` used here (the wheel has no stubs)."""
-
-    def initialize(
-        self, local_hostname: str, metadata_server: str, protocol: str, device_name: str
-    ) -> int: ...
 
     def get_rpc_port(self) -> int: ...
 
@@ -48,13 +51,11 @@ class _Engine(Protocol):
 
     def unregister_memory(self, buffer_addr: int) -> int: ...
 
-    def batch_transfer_sync_write(
-        self,
-        target_hostname: str,
-        buffers: list[int],
-        peer_buffer_addresses: list[int],
-        lengths: list[int],
+    def transfer_submit_write(
+        self, target_hostname: str, buffer: int, peer_buffer_address: int, length: int
     ) -> int: ...
+
+    def transfer_check_status(self, batch_id: int) -> int: ...
 
 
 def _engine_class() -> Any:
@@ -67,6 +68,18 @@ def _engine_class() -> Any:
     except ImportError as error:
         raise RuntimeError(f"{_INSTALL_HINT} ({error})") from error
     return TransferEngine
+
+
+def raw_engine(host: str = "127.0.0.1", protocol: str = "tcp", device_name: str = "") -> Any:
+    """An initialised ``mooncake.engine.TransferEngine`` (P2P handshake; its session id is
+    ``host:get_rpc_port()``): what the transport wraps, and what baselines call directly."""
+    engine = _engine_class()()
+    rc = engine.initialize(host, "P2PHANDSHAKE", protocol, device_name)
+    if rc != 0:
+        raise RuntimeError(
+            f"mooncake initialize({host!r}, {protocol!r}, {device_name!r}) failed (rc={rc})"
+        )
+    return engine
 
 
 def installed_wheels() -> list[str]:
@@ -101,7 +114,9 @@ def available() -> bool:
 class MooncakeDataTransport:
     """:class:`~embxfer.transport.base.DataTransport` over one Mooncake engine.
 
-    ``write`` releases the GIL and may be called from several threads at once. It
+    ``write`` submits each segment asynchronously and waits, without spinning, for the
+    transport's ``CompletionPoller`` to see them all finish (Mooncake's synchronous write
+    busy-waits a core meanwhile). It may be called from several threads at once. It
     reports failures as results, never raises; Mooncake says only ``-1`` (a wrong or
     dead session, a destination outside the peer's registered memory) and logs the
     reason itself. A batch that fails may still have written some of its segments.
@@ -115,16 +130,12 @@ class MooncakeDataTransport:
     def __init__(
         self, host: str = "127.0.0.1", protocol: str = "tcp", device_name: str = ""
     ) -> None:
-        engine: _Engine = _engine_class()()
-        rc = engine.initialize(host, "P2PHANDSHAKE", protocol, device_name)
-        if rc != 0:
-            raise RuntimeError(
-                f"mooncake initialize({host!r}, {protocol!r}, {device_name!r}) failed (rc={rc})"
-            )
+        engine: _Engine = raw_engine(host, protocol, device_name)
         self._engine: _Engine | None = engine
         self._session_id = f"{host}:{engine.get_rpc_port()}"
         self._registered: list[int] = []
         self._lock = threading.Lock()  # register and close; writes need none
+        self._poller: CompletionPoller | None = CompletionPoller(engine.transfer_check_status)
 
     @property
     def session_id(self) -> str:
@@ -144,23 +155,34 @@ class MooncakeDataTransport:
             self._registered.append(address)
 
     def write(self, peer_session: str, segments: Sequence[Segment]) -> WriteResult:
-        """All ``segments`` in one batch (each segment costs ~50-80 us: coalesce first)."""
-        engine = self._engine  # a concurrent close leaves this reference valid
-        if engine is None:
+        """Every segment submitted at once, then waited for together (each segment costs
+        ~50-80 us of transfer: coalesce first)."""
+        engine, poller = self._engine, self._poller  # a concurrent close leaves them valid
+        if engine is None or poller is None:
             return WriteResult(False, "transport is closed")
         if not segments:
             return WriteResult(True)
+        batches: list[int] = []
         try:
-            rc = engine.batch_transfer_sync_write(
-                peer_session,
-                [segment.src_address for segment in segments],
-                [segment.dst_address for segment in segments],
-                [segment.length for segment in segments],
-            )
+            for segment in segments:
+                batch = engine.transfer_submit_write(
+                    peer_session, segment.src_address, segment.dst_address, segment.length
+                )
+                if batch <= 0:  # not submitted (e.g. no such peer)
+                    break
+                batches.append(batch)
         except Exception as error:  # pybind argument errors; a write must never raise
-            return WriteResult(False, repr(error))
-        if rc != 0:
-            return WriteResult(False, f"mooncake write to {peer_session} failed (rc={rc})")
+            reason = repr(error)
+        else:
+            reason = f"mooncake could not submit a write to {peer_session}"
+        # Even a failed write waits for what it submitted: its memory may be reused after.
+        failed = [status for status in poller.wait(batches) if status != _DONE]
+        if len(batches) < len(segments):
+            return WriteResult(False, reason)
+        if failed:
+            return WriteResult(
+                False, f"mooncake write to {peer_session} failed (status={failed[0]})"
+            )
         return WriteResult(True)
 
     def close(self) -> None:
@@ -172,9 +194,11 @@ class MooncakeDataTransport:
         """
         with self._lock:
             engine, self._engine = self._engine, None
+            poller, self._poller = self._poller, None
             registered, self._registered = self._registered, []
-        if engine is None:
+        if engine is None or poller is None:
             return
+        poller.close()
         for address in registered:
             engine.unregister_memory(address)
         # The engine is destroyed as ``engine``, its last reference here, goes out of scope.

@@ -15,6 +15,7 @@ import msgspec
 
 from embxfer.fsm.messages import (
     PROTOCOL_VERSION,
+    SIGNED_FIELDS,
     Announce,
     Message,
     PieceRequest,
@@ -137,11 +138,16 @@ def validate(message: Message) -> None:
 
 
 def _check_limits(struct: msgspec.Struct) -> None:
-    """Limits that hold for every field of every message: ints in [0, MAX_INT], short strings.
+    """Limits that hold for every field of every message: ints in [0, MAX_INT] (the
+    ``SIGNED_FIELDS`` in [-MAX_INT, MAX_INT]), short strings.
 
     Walks the struct generically so that a field added to the schema is covered at once."""
+    kind = type(struct).__name__
     for name in struct.__struct_fields__:
         value = getattr(struct, name)
+        if (kind, name) in SIGNED_FIELDS:
+            _in_range(-MAX_INT <= value <= MAX_INT, f"{kind}.{name}={value!r:.40}")
+            continue
         # Tuples are homogeneous by schema; min/max keep a long int tuple cheap to check.
         if not isinstance(value, tuple):
             items: tuple[object, ...] = (value,)
@@ -153,7 +159,7 @@ def _check_limits(struct: msgspec.Struct) -> None:
             if isinstance(item, msgspec.Struct):
                 _check_limits(item)
             elif not _within_limits(item):
-                raise WireError("out_of_range", f"{type(struct).__name__}.{name}={item!r:.40}")
+                raise WireError("out_of_range", f"{kind}.{name}={item!r:.40}")
 
 
 def _within_limits(value: object) -> bool:

@@ -28,7 +28,7 @@ from embxfer.fsm.room import Timeouts
 from embxfer.handles import ReceiverHandle, SenderHandle
 from embxfer.local import inproc_engines
 from embxfer.runtime import Engine, TransferFailed
-from embxfer.tools.workload import payload_for, token_lengths
+from embxfer.tools.workload import payload_for, send_in_place, token_lengths
 
 TERMINAL = (KVPoll.Success, KVPoll.Failed)
 
@@ -463,7 +463,7 @@ def run_inproc(settings: DemoSettings, progress: bool = True) -> Summary:
                 ]
                 if settings.announce:
                     sent.announce(tokens)
-                sent.send(payload_for(request, tokens, sender.layout, settings.seed))
+                send_in_place(sent, payload_for(request, tokens, sender.layout, settings.seed))
                 in_flight[request] = (room_id, sent, got, time.perf_counter())
                 if request in aborts:
                     (sent if aborts[request] == ENCODER else got[0]).abort("the demo aborts")

@@ -253,16 +253,15 @@ def _describe(action: Action) -> str:
         elif isinstance(msg, PieceWritten):
             body = (
                 f"PieceWritten(sent_tokens={msg.sent_tokens}, tokens={msg.tokens}, "
-                f"total_tokens={msg.total_tokens})"
+                f"total_tokens={msg.total_tokens}, delta={msg.mrope_position_delta})"
             )
         else:
             body = type(msg).__name__
         return f"{src}->>{dst}: {body}"
     if isinstance(action, WritePiece):
         end = action.sent_tokens + action.tokens
-        aux = " and aux" if action.with_aux else ""
         return (
-            f"{_E}-){_L}: one-sided write of tokens [{action.sent_tokens}, {end}){aux} "
+            f"{_E}-){_L}: one-sided write of tokens [{action.sent_tokens}, {end}) "
             f"into {len(action.dst_blocks)} blocks"
         )
     if isinstance(action, StorePayload):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import msgspec
 import zmq
 
-from embxfer.buffers.layout import ALL_KINDS, BufferLayout
+from embxfer.buffers.layout import KINDS, BufferLayout
 from embxfer.fsm.messages import (
     Abort,
     AbortAck,
@@ -42,7 +42,7 @@ SAMPLE_REGIONS = (
     BufferRegion("fill_ids", 0x7F10_0000_0000, 128 * 4),
 )
 
-# Valid messages of every kind (no engine's geometry: two regions, where engines have four).
+# Valid messages of every kind (no engine's geometry: engines have no "fill_ids" region).
 SAMPLE_MESSAGES: tuple[Message, ...] = (
     Register("10.0.0.2:17001", block_size=128, num_blocks=4096, regions=SAMPLE_REGIONS),
     RegisterAck(accepted=True),
@@ -65,7 +65,15 @@ SAMPLE_MESSAGES: tuple[Message, ...] = (
         allocated_tokens=1,
         required_receivers=1,
     ),
-    PieceWritten(room=7, nonce=0x5EED, seq=2, sent_tokens=1024, tokens=976, total_tokens=2000),
+    PieceWritten(
+        room=7,
+        nonce=0x5EED,
+        seq=2,
+        sent_tokens=1024,
+        tokens=976,
+        total_tokens=2000,
+        mrope_position_delta=-37,
+    ),
     Announce(room=7, nonce=0x5EED, total_tokens=2000),
     Abort(room=7, nonce=0x5EED, reason="client went away"),
     AbortAck(room=0, nonce=0),
@@ -110,7 +118,7 @@ class HostileFrames:
         choices: list[Message] = [
             PieceRequest(room, nonce, 1, 0, blocks, len(blocks) * 128, rng.randrange(1, 4)),
             PieceRequest(room, nonce, 2, rng.randrange(1, MAX_INT), (rng.randrange(8),), 128, 1),
-            PieceWritten(room, nonce, 1, 0, 100, 100),
+            PieceWritten(room, nonce, 1, 0, 100, 100, rng.randrange(-(2**40), 2**40)),
             Announce(room, nonce, rng.randrange(1, MAX_INT)),
             Abort(room, nonce, "fuzz"),
             AbortAck(room, nonce),
@@ -124,7 +132,7 @@ class HostileFrames:
         rng, layout = self._rng, self._layout
         regions = [
             BufferRegion(kind, 1 << (40 + i), layout.block_bytes(kind))
-            for i, kind in enumerate(ALL_KINDS)
+            for i, kind in enumerate(KINDS)
         ]
         block_size = layout.block_size
         flaw = rng.randrange(3)

@@ -6,6 +6,7 @@ what the encoder sent and check the received bytes without shipping them twice.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import random
@@ -13,8 +14,9 @@ from collections.abc import Iterator
 
 import torch
 
-from embxfer.buffers.layout import BufferLayout
+from embxfer.buffers.layout import FIELDS, BufferLayout
 from embxfer.buffers.payload import EmbeddingPayload, random_payload
+from embxfer.handles import SenderHandle
 
 # A vision-language mix: images of IMAGE_TOKENS, and a few videos of VIDEO_TOKENS.
 IMAGE_TOKENS = (256, 2500)
@@ -83,3 +85,22 @@ def payload_for(room_id: int, num_tokens: int, layout: BufferLayout, seed: int) 
         mrope_positions=torch.stack([positions, positions // 2, positions // 3], dim=1),
         mrope_position_delta=room_id % 97 - 48,
     )
+
+
+def write_in_place(handle: SenderHandle, payload: EmbeddingPayload) -> EmbeddingPayload | None:
+    """``payload`` written as an encoder writes its output: into the room's buffer
+    (``SenderHandle.buffer``), which ``send()`` then hands over without a copy; None
+    when memory is short (no buffer now)."""
+    buffer = handle.buffer(payload.num_tokens)
+    if buffer is None:
+        return None
+    for field in FIELDS:
+        buffer.tensor(field).copy_(payload.tensor(field))
+    return dataclasses.replace(buffer, mrope_position_delta=payload.mrope_position_delta)
+
+
+def send_in_place(handle: SenderHandle, payload: EmbeddingPayload) -> None:
+    """Send ``payload`` as the demo's encoder does: written straight into the room's
+    registered blocks, so ``send()`` copies nothing; when memory is short, handed over
+    as it is, to be copied once when the room's turn for blocks comes."""
+    handle.send(write_in_place(handle, payload) or payload)

@@ -17,9 +17,10 @@ GOALS = {
     "resume_vs_exact",
     "inproc_vs_memcpy",
     "fsm_lifecycle_us",
-    "rooms_per_s",
-    "rooms_per_s_mooncake",
+    "rooms_per_s_vs_floor",
+    "rooms_per_s_mooncake_vs_floor",
     "segments_per_kind_per_run",
+    "segments_per_tiny_piece",
     "adaptive_resume_rate",
     "adaptive_memory_ratio",
     "announce_memory_ratio",
@@ -48,6 +49,8 @@ def test_quick_run_reports_every_metric_as_json_and_charts(
         if value is None:
             assert metrics[name]["note"].startswith("skipped"), name
     assert metrics["rooms_per_s_mooncake"]["value"] is None  # --no-processes
+    assert metrics["sender_cpu_us_per_room"]["value"] is None
+    assert ratios["segments_per_tiny_piece"] == 2
     assert metrics["pressure_mooncake_c256_rooms_per_s"]["value"] is None
     assert ratios["pressure_inproc_c1024_p99_ms"] > 0
     assert {goal for goal in GOALS if metrics[goal]["goal"] is None} == set()

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from embxfer.buffers.layout import ALL_KINDS, BufferLayout
+from embxfer.buffers.layout import KINDS, BufferLayout
 from embxfer.buffers.metadata import MetadataBuffers
 from embxfer.buffers.payload import EmbeddingPayload, random_payload
 from embxfer.buffers.segments import plan_segments
@@ -21,7 +21,7 @@ def make_payload(num_tokens: int, seed: int = 0, layout: BufferLayout = SMALL) -
 
 def _bytes_at(buffers: MetadataBuffers, address: int, length: int) -> torch.Tensor:
     """The uint8 view of ``buffers`` memory at ``[address, address + length)``."""
-    for kind in ALL_KINDS:
+    for kind in KINDS:
         tensor = buffers.tensor(kind)
         base, size = tensor.data_ptr(), tensor.numel() * tensor.element_size()
         if base <= address and address + length <= base + size:
@@ -43,8 +43,6 @@ def send_piece(
     src_blocks: Sequence[int],
     dst_blocks: Sequence[int],
     num_tokens: int,
-    *,
-    with_aux: bool,
 ) -> list[Segment]:
     """Plan and execute one piece from ``sender`` to ``receiver``; returns the segments."""
     segments = plan_segments(
@@ -54,7 +52,6 @@ def send_piece(
         src_blocks,
         dst_blocks,
         num_tokens,
-        with_aux=with_aux,
         remote_num_blocks=receiver.layout.num_blocks,
     )
     execute(segments, sender, receiver)

@@ -7,7 +7,7 @@ import torch
 
 from embxfer.buffers.allocator import FreeListAllocator
 from embxfer.buffers.assembly import StoredPiece, assemble, stage_piece
-from embxfer.buffers.layout import TOKEN_KINDS
+from embxfer.buffers.layout import FIELDS, PLACES
 from embxfer.buffers.metadata import MetadataBuffers
 from embxfer.buffers.payload import EmbeddingPayload
 
@@ -26,18 +26,13 @@ class Room:
         self.sender.store(self.src_blocks, self.payload)
         self.receiver = MetadataBuffers(SMALL)
         self.allocator = FreeListAllocator(SMALL.num_blocks, SMALL.block_size)
-        self.aux: tuple[int, int] | None = None
 
     def receive(self, sent: int, tokens: int, dst: Sequence[int] | None = None) -> StoredPiece:
         """Transfer tokens [sent, sent + tokens) into fresh or given receiver blocks."""
         blocks = self.allocator.alloc(tokens) if dst is None else list(dst)
         assert blocks is not None
         first = sent // SMALL.block_size
-        send_piece(
-            self.sender, self.receiver, self.src_blocks[first:], blocks, tokens, with_aux=sent == 0
-        )
-        if sent == 0:  # only the first block of the first piece carries (T, delta)
-            self.aux = self.receiver.read_aux(blocks[0])
+        send_piece(self.sender, self.receiver, self.src_blocks[first:], blocks, tokens)
         return StoredPiece(sent, tokens, blocks=tuple(blocks))
 
     def spill(self, piece: StoredPiece) -> StoredPiece:
@@ -49,10 +44,8 @@ class Room:
         return StoredPiece(piece.sent_tokens, piece.tokens, staged=staged)
 
     def assemble(self, pieces: Sequence[StoredPiece]) -> EmbeddingPayload:
-        assert self.aux is not None
-        total, delta = self.aux
-        assert (total, delta) == (TOTAL, self.payload.mrope_position_delta)
-        return assemble(self.receiver, pieces, total, delta)
+        """The result, with (T, delta) as the sender's PieceWritten reported them."""
+        return assemble(self.receiver, pieces, TOTAL, self.payload.mrope_position_delta)
 
 
 def inside(tensor: torch.Tensor, buffer: torch.Tensor) -> bool:
@@ -64,8 +57,8 @@ def test_single_contiguous_piece_is_returned_as_views() -> None:
     room = Room()
     result = room.assemble([room.receive(0, TOTAL)])
     assert result.equals(room.payload)
-    for kind in TOKEN_KINDS:
-        assert inside(result.tensor(kind), room.receiver.tensor(kind))
+    for field in FIELDS:
+        assert inside(result.tensor(field), room.receiver.tensor(PLACES[field].kind))
 
 
 def test_single_scattered_piece() -> None:
@@ -75,10 +68,20 @@ def test_single_scattered_piece() -> None:
     assert not inside(result.embeddings, room.receiver.tensor("embeddings"))
 
 
-def test_two_kept_pieces() -> None:
+def test_two_kept_pieces_in_one_run_of_blocks_are_views_too() -> None:
     room = Room()
-    pieces = [room.receive(0, 16), room.receive(16, 14)]
-    assert room.assemble(pieces).equals(room.payload)
+    pieces = [room.receive(0, 16), room.receive(16, 14)]  # blocks 0-3, then 4-7
+    result = room.assemble(pieces)
+    assert result.equals(room.payload)
+    assert inside(result.embeddings, room.receiver.tensor("embeddings"))
+
+
+def test_two_kept_pieces_out_of_order_blocks_are_joined() -> None:
+    room = Room()
+    pieces = [room.receive(0, 16, [4, 5, 6, 7]), room.receive(16, 14, [0, 1, 2, 3])]
+    result = room.assemble(pieces)
+    assert result.equals(room.payload)
+    assert not inside(result.embeddings, room.receiver.tensor("embeddings"))
 
 
 def test_three_pieces_staged_and_kept_in_any_order() -> None:

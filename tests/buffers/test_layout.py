@@ -3,23 +3,29 @@ from __future__ import annotations
 import pytest
 import torch
 
-from embxfer.buffers.layout import ALL_KINDS, AUX_KIND, TOKEN_KINDS, BufferLayout
+from embxfer.buffers.layout import FIELDS, KINDS, PLACES, BufferLayout
 
 
 def test_kinds_in_wire_order() -> None:
-    assert TOKEN_KINDS == ("embeddings", "fill_ids", "mrope_positions")
-    assert (*TOKEN_KINDS, AUX_KIND) == ALL_KINDS and AUX_KIND == "aux"
+    assert KINDS == ("embeddings", "fill_mrope")
+    assert FIELDS == ("embeddings", "fill_ids", "mrope_positions")
+
+
+def test_fill_ids_and_positions_share_one_kind_four_int32_per_token() -> None:
+    assert [PLACES[field].kind for field in FIELDS] == ["embeddings", "fill_mrope", "fill_mrope"]
+    assert PLACES["fill_ids"].columns == 0
+    assert PLACES["mrope_positions"].columns == slice(1, 4)
 
 
 def test_default_geometry() -> None:
     layout = BufferLayout(num_blocks=64)
     assert layout.token_bytes("embeddings") == 4096 * 2
-    assert layout.token_bytes("fill_ids") == 4
-    assert layout.token_bytes("mrope_positions") == 12
+    assert layout.token_bytes("fill_mrope") == 16
     assert layout.block_bytes("embeddings") == 128 * 4096 * 2
-    assert layout.block_bytes("fill_ids") == 128 * 4
-    assert layout.block_bytes("mrope_positions") == 128 * 12
-    assert layout.block_bytes("aux") == 64
+    assert layout.block_bytes("fill_mrope") == 128 * 16
+    assert layout.bytes_per_token == 4096 * 2 + 16
+    assert layout.aux_bytes == 64  # host memory beside each block, never written to a peer
+    assert layout.bytes_per_block == 128 * (4096 * 2 + 16) + 64
 
 
 def test_embedding_dtype_sets_token_bytes() -> None:

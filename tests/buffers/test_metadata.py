@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from embxfer.buffers.layout import ALL_KINDS, TOKEN_KINDS
+from embxfer.buffers.layout import KINDS
 from embxfer.buffers.metadata import MetadataBuffers
 from embxfer.buffers.payload import EmbeddingPayload
 
@@ -13,11 +13,8 @@ from .helpers import SMALL, make_payload
 
 
 def read_back(buffers: MetadataBuffers, blocks: list[int], num_tokens: int) -> EmbeddingPayload:
-    embeddings, fill_ids, positions = (
-        buffers.view_tokens(kind, blocks, num_tokens) for kind in TOKEN_KINDS
-    )
     _, delta = buffers.read_aux(blocks[0])
-    return EmbeddingPayload(embeddings, fill_ids, positions, delta)
+    return buffers.view_payload(blocks, num_tokens, delta)
 
 
 def shares_memory(view: torch.Tensor, buffer: torch.Tensor) -> bool:
@@ -41,8 +38,6 @@ def test_store_then_view_round_trips(blocks: list[int], num_tokens: int) -> None
     buffers.store(blocks, payload)
     assert read_back(buffers, blocks, num_tokens).equals(payload)
     assert buffers.read_aux(blocks[0]) == (num_tokens, payload.mrope_position_delta)
-    record = [num_tokens, payload.mrope_position_delta, SMALL.hidden_size, 0, 0, 0, 0, 0]
-    assert buffers.tensor("aux")[blocks[0]].tolist() == record
 
 
 def test_extra_blocks_are_ignored() -> None:
@@ -56,10 +51,25 @@ def test_contiguous_view_is_a_view_and_scattered_is_a_copy() -> None:
     buffers = MetadataBuffers(SMALL)
     buffers.store([2, 3, 4], make_payload(10))
     buffers.store([8, 6], make_payload(6))
-    whole = buffers.tensor("embeddings")
-    assert shares_memory(buffers.view_tokens("embeddings", [2, 3, 4], 10), whole)
-    assert not shares_memory(buffers.view_tokens("embeddings", [2, 3, 4], 10, copy=True), whole)
-    assert not shares_memory(buffers.view_tokens("embeddings", [8, 6], 6), whole)
+    for field, kind in (
+        ("embeddings", "embeddings"),
+        ("fill_ids", "fill_mrope"),
+        ("mrope_positions", "fill_mrope"),
+    ):
+        whole = buffers.tensor(kind)
+        assert shares_memory(buffers.view_payload([2, 3, 4], 10).tensor(field), whole)
+        run_copy = buffers.view_payload([2, 3, 4], 10, copy=True)
+        assert not shares_memory(run_copy.tensor(field), whole)
+        assert not shares_memory(buffers.view_payload([8, 6], 6).tensor(field), whole)
+
+
+def test_a_view_of_one_run_is_writable_in_place() -> None:
+    buffers = MetadataBuffers(SMALL)
+    payload = make_payload(10)
+    views = buffers.view_payload([2, 3, 4], 10)
+    for field in ("embeddings", "fill_ids", "mrope_positions"):
+        views.tensor(field).copy_(payload.tensor(field))
+    assert buffers.view_payload([2, 3, 4], 10, payload.mrope_position_delta).equals(payload)
 
 
 def test_store_writes_only_its_tokens() -> None:
@@ -69,7 +79,7 @@ def test_store_writes_only_its_tokens() -> None:
     untouched = [b for b in range(SMALL.num_blocks) if b not in (7, 1, 12)]
     assert buffers.is_poisoned(untouched)
     assert not buffers.is_poisoned([12])
-    tail = buffers.tensor("fill_ids")[12, 1:].flatten().view(torch.uint8)
+    tail = buffers.tensor("fill_mrope")[12, 1:].flatten().view(torch.uint8)
     assert bool((tail == 0xA5).all())  # slots past token 9 are left alone
 
 
@@ -94,7 +104,7 @@ def test_store_rejects_bad_blocks(blocks: list[int], message: str) -> None:
 def test_rejects_bad_blocks_everywhere() -> None:
     buffers = MetadataBuffers(SMALL)
     with pytest.raises(ValueError):
-        buffers.view_tokens("fill_ids", [-1], 2)
+        buffers.view_payload([-1], 2)
     with pytest.raises(ValueError):
         buffers.poison([32])
     with pytest.raises(ValueError):
@@ -112,7 +122,7 @@ def test_store_validates_payload() -> None:
 def test_regions_describe_block_addresses() -> None:
     buffers = MetadataBuffers(SMALL)
     regions = buffers.regions()
-    assert [kind for kind, _, _ in regions] == list(ALL_KINDS)
+    assert [kind for kind, _, _ in regions] == list(KINDS)
     for kind, base, block_bytes in regions:
         tensor = buffers.tensor(kind)
         assert block_bytes == SMALL.block_bytes(kind)

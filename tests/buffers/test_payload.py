@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from embxfer.buffers.layout import TOKEN_KINDS, BufferLayout, TokenKind
+from embxfer.buffers.layout import FIELDS, BufferLayout, Field
 from embxfer.buffers.payload import EmbeddingPayload, random_payload
 
 from .helpers import SMALL, make_payload
@@ -38,8 +38,8 @@ def test_from_embeddings_keeps_given_fields() -> None:
         ("mrope_positions", torch.zeros(6, 2, dtype=torch.int32), "mrope_positions"),
     ],
 )
-def test_validate_names_the_bad_field(field: TokenKind, value: torch.Tensor, message: str) -> None:
-    fields = {kind: make_payload(6).tensor(kind) for kind in TOKEN_KINDS} | {field: value}
+def test_validate_names_the_bad_field(field: Field, value: torch.Tensor, message: str) -> None:
+    fields = {name: make_payload(6).tensor(name) for name in FIELDS} | {field: value}
     payload = EmbeddingPayload(fields["embeddings"], fields["fill_ids"], fields["mrope_positions"])
     with pytest.raises(ValueError, match=message):
         payload.validate(SMALL)

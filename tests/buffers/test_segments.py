@@ -3,12 +3,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from embxfer.buffers.allocator import FreeListAllocator
-from embxfer.buffers.layout import TOKEN_KINDS, BufferLayout
+from embxfer.buffers.layout import KINDS, BufferLayout
 from embxfer.buffers.metadata import MetadataBuffers
 from embxfer.buffers.payload import EmbeddingPayload
 from embxfer.buffers.segments import RegionLike, count_runs, plan_segments
@@ -24,33 +23,30 @@ def stored(num_tokens: int, blocks: Sequence[int]) -> tuple[MetadataBuffers, Emb
     return sender, payload
 
 
-def received(receiver: MetadataBuffers, blocks: Sequence[int], num_tokens: int) -> EmbeddingPayload:
-    embeddings, fill_ids, positions = (
-        receiver.view_tokens(kind, blocks, num_tokens) for kind in TOKEN_KINDS
-    )
-    total, delta = receiver.read_aux(blocks[0])
-    assert total == num_tokens
-    return EmbeddingPayload(embeddings, fill_ids, positions, delta)
+def received(
+    receiver: MetadataBuffers, blocks: Sequence[int], payload: EmbeddingPayload
+) -> EmbeddingPayload:
+    """What landed in ``blocks``, with the delta the sender reports in PieceWritten."""
+    return receiver.view_payload(blocks, payload.num_tokens, payload.mrope_position_delta)
 
 
-def test_fresh_allocators_give_one_segment_per_kind() -> None:
+def test_fresh_allocators_give_two_segments() -> None:
     src = FreeListAllocator(SMALL.num_blocks, SMALL.block_size).alloc(30)
     dst = FreeListAllocator(SMALL.num_blocks, SMALL.block_size).alloc(40)
     assert src is not None and dst is not None
     sender, payload = stored(30, src)
     receiver = MetadataBuffers(SMALL)
-    segments = send_piece(sender, receiver, src, dst, 30, with_aux=True)
-    lengths = [SMALL.token_bytes(kind) * 30 for kind in TOKEN_KINDS] + [SMALL.block_bytes("aux")]
-    assert [segment.length for segment in segments] == lengths
-    assert received(receiver, dst, 30).equals(payload)
+    segments = send_piece(sender, receiver, src, dst, 30)
+    assert [segment.length for segment in segments] == [8 * 2 * 30, 4 * 4 * 30]
+    assert received(receiver, dst, payload).equals(payload)
 
 
 def test_shifted_run_is_still_one_segment_per_kind() -> None:
     sender, payload = stored(12, [0, 1, 2])
     receiver = MetadataBuffers(SMALL)
-    segments = send_piece(sender, receiver, [0, 1, 2], [9, 10, 11], 12, with_aux=True)
-    assert len(segments) == len(TOKEN_KINDS) + 1
-    assert received(receiver, [9, 10, 11], 12).equals(payload)
+    segments = send_piece(sender, receiver, [0, 1, 2], [9, 10, 11], 12)
+    assert len(segments) == len(KINDS) == 2
+    assert received(receiver, [9, 10, 11], payload).equals(payload)
 
 
 def test_scattered_blocks_split_into_runs() -> None:
@@ -58,24 +54,24 @@ def test_scattered_blocks_split_into_runs() -> None:
     sender, payload = stored(18, src)
     receiver = MetadataBuffers(SMALL)
     receiver.poison()
-    segments = send_piece(sender, receiver, src, dst, 18, with_aux=True)
+    segments = send_piece(sender, receiver, src, dst, 18)
     assert count_runs(src, dst, len(src)) == 3
-    assert len(segments) == 3 * len(TOKEN_KINDS) + 1
-    for i, kind in enumerate(TOKEN_KINDS):
+    assert len(segments) == 3 * len(KINDS)
+    for i, kind in enumerate(KINDS):
         lengths = [segment.length for segment in segments[3 * i : 3 * i + 3]]
         assert lengths == [n * SMALL.token_bytes(kind) for n in (8, 8, 2)]
-    assert received(receiver, dst, 18).equals(payload)
+    assert received(receiver, dst, payload).equals(payload)
     assert receiver.is_poisoned([b for b in range(SMALL.num_blocks) if b not in dst])
 
 
-def test_piece_without_aux_leaves_receiver_aux_alone() -> None:
-    sender, payload = stored(8, [0, 1])
+def test_a_later_piece_lands_at_its_offset_only() -> None:
+    sender, payload = stored(12, [0, 1, 2])
     receiver = MetadataBuffers(SMALL)
-    receiver.poison([5, 6])
-    send_piece(sender, receiver, [0, 1], [5, 6], 8, with_aux=False)
-    aux_bytes = receiver.tensor("aux")[5:7].flatten().view(torch.uint8)
-    assert bool((aux_bytes == 0xA5).all())
-    assert receiver.view_tokens("fill_ids", [5, 6], 8).equal(payload.fill_ids)
+    receiver.poison()
+    send_piece(sender, receiver, [1, 2], [5, 6], 8)  # tokens [4, 12): a resume's piece
+    assert receiver.view_payload([5, 6], 8).fill_ids.equal(payload.fill_ids[4:])
+    assert receiver.view_payload([5, 6], 8).mrope_positions.equal(payload.mrope_positions[4:])
+    assert receiver.is_poisoned([b for b in range(SMALL.num_blocks) if b not in (5, 6)])
 
 
 def test_count_runs_looks_only_at_needed_blocks() -> None:
@@ -98,7 +94,6 @@ def plan(
         src,
         dst,
         num_tokens,
-        with_aux=True,
         remote_num_blocks=8,
     )
 
@@ -131,7 +126,7 @@ def test_rejects_regions_that_disagree_with_layout() -> None:
         plan([0, 1], [0, 1], remote=other)
     regions = MetadataBuffers(SMALL).regions()
     with pytest.raises(ValueError, match="each of"):
-        plan([0, 1], [0, 1], remote=regions[:3])
+        plan([0, 1], [0, 1], remote=regions[:1])
     with pytest.raises(ValueError, match="each of"):
         plan([0, 1], [0, 1], remote=[*regions, regions[0]])
 
@@ -145,6 +140,6 @@ def test_any_blocks_transfer_byte_exact(data: st.DataObject) -> None:
     dst = data.draw(st.permutations(range(SMALL.num_blocks)))[:count]
     sender, payload = stored(num_tokens, src)
     receiver = MetadataBuffers(SMALL)
-    segments = send_piece(sender, receiver, src, dst, num_tokens, with_aux=True)
-    assert len(segments) == count_runs(src, dst, count) * len(TOKEN_KINDS) + 1
-    assert received(receiver, dst, num_tokens).equals(payload)
+    segments = send_piece(sender, receiver, src, dst, num_tokens)
+    assert len(segments) == count_runs(src, dst, count) * len(KINDS)
+    assert received(receiver, dst, payload).equals(payload)

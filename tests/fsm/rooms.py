@@ -28,6 +28,7 @@ TIMEOUTS = Timeouts(bootstrap_s=10.0, progress_s=10.0, write_grace_s=20.0)
 TOTAL = 10  # tokens: with 8 allocated, one resume of 2
 NONCE = 0x5EED  # the receiver room's incarnation
 OLD_NONCE = 0x01D  # an earlier receiver room under the same room id
+DELTA = -3  # the room's M-RoPE position delta, reported with every piece
 
 
 def memory(allocator: FreeListAllocator | None = None) -> FairPool[int]:
@@ -54,11 +55,12 @@ def piece(
     peer: str = SENDER,
     seq: int | None = None,
     nonce: int = NONCE,
+    delta: int = DELTA,
 ) -> PieceArrived:
     """A piece written, answering (unless ``seq`` says) the first request of a
     ``receiver_in`` room at offset 0, its resume at any other."""
     number = (1 if sent == 0 else 2) if seq is None else seq
-    return PieceArrived(peer, PieceWritten(ROOM, nonce, number, sent, tokens, total))
+    return PieceArrived(peer, PieceWritten(ROOM, nonce, number, sent, tokens, total, delta))
 
 
 def sender_in(state: str, allocator: FreeListAllocator | None = None) -> SenderRoom:

@@ -104,7 +104,7 @@ def test_the_seed_case_2000_into_1024_resumes_once_into_8_blocks() -> None:
     text = diagram.sequence(2000, 1024)
     assert text.count("allocated_tokens=1024") == 2
     assert "PieceRequest(sent_tokens=1024, 8 blocks, allocated_tokens=1024)" in text
-    assert "PieceWritten(sent_tokens=1024, tokens=976, total_tokens=2000)" in text
+    assert "PieceWritten(sent_tokens=1024, tokens=976, total_tokens=2000, delta=0)" in text
     assert "Note over L: Transferring, resume 1" in text
 
 

@@ -27,6 +27,7 @@ from embxfer.fsm.receiver import ReceiverRoom
 from .rooms import (
     ACT,
     BLOCK,
+    DELTA,
     FAIL,
     IGNORE,
     NONCE,
@@ -78,6 +79,7 @@ CASES: dict[str, tuple[Event, float]] = {
     "old_announce": (announce(TOTAL, nonce=OLD_NONCE), 1.0),
     "old_abort": (AbortReceived(SENDER, "an earlier room", OLD_NONCE), 1.0),
     "old_ack": (AbortAckReceived(SENDER, OLD_NONCE), 1.0),
+    "wrong_delta": (piece(8, 2, delta=DELTA + 1), 1.0),  # the M-RoPE delta changed
 }
 
 B, W, T, OK, F = (s.name for s in (KVPoll(1), KVPoll(2), KVPoll(3), KVPoll(4), KVPoll(0)))
@@ -143,6 +145,10 @@ EXPECTED: dict[tuple[str, str], tuple[str, str]] = {
     },
     **{(s, case): (s, IGNORE) for s in (OK, F) for case in ("old_announce", "old_abort")},
     **{(s, "old_ack"): (s, IGNORE) for s in (OK, F)},  # never frees this room's quarantine
+    (B, "wrong_delta"): (B, IGNORE),
+    (W, "wrong_delta"): (F, FAIL, ("Abort",)),  # not the offset requested
+    (T, "wrong_delta"): (F, FAIL, ("Abort",)),  # the resume's piece names another delta
+    **{(s, "wrong_delta"): (s, IGNORE) for s in (OK, F)},
 }
 
 

@@ -40,7 +40,7 @@ def test_prometheus_metrics_follow_the_engine_stats() -> None:
     failed.abort()
     rig.network.inject_frame(rig.sender.address, rig.receiver.address, b"garbage")
     rig.network.inject_frame(
-        rig.sender.address, rig.receiver.address, encode(PieceWritten(99, 0, 1, 0, 1, 1))
+        rig.sender.address, rig.receiver.address, encode(PieceWritten(99, 0, 1, 0, 1, 1, 0))
     )
     rig.pump_until(lambda: failed.poll() is KVPoll.Failed)
     rig.now += CONFIG.heartbeat_s  # wire rejects are collected every heartbeat
@@ -92,13 +92,13 @@ def test_every_log_line_about_a_room_names_it(caplog: pytest.LogCaptureFixture) 
     got.abort()
     rig.pump_until(lambda: sent.poll() is KVPoll.Failed)
     rig.network.inject_frame(
-        rig.sender.address, rig.receiver.address, encode(PieceWritten(41, 0, 1, 0, 1, 1))
+        rig.sender.address, rig.receiver.address, encode(PieceWritten(41, 0, 1, 0, 1, 1, 0))
     )
     sent.release()
     got.release()
     rig.drain()
     rig.network.inject_frame(
-        rig.sender.address, rig.receiver.address, encode(PieceWritten(41, 0, 1, 0, 1, 1))
+        rig.sender.address, rig.receiver.address, encode(PieceWritten(41, 0, 1, 0, 1, 1, 0))
     )
     rig.pump_until(lambda: bool(rig.receiver.stats.rejected))
     lines = [r.getMessage() for r in caplog.records if r.name.startswith("embxfer")]

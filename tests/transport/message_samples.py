@@ -29,6 +29,7 @@ EXAMPLES = SAMPLE_MESSAGES
 REGIONS = SAMPLE_REGIONS
 
 _ints = st.integers(0, MAX_INT)
+_signed = st.integers(-MAX_INT, MAX_INT)
 _text = st.text(max_size=MAX_STRING_CHARS)
 _name = st.text(min_size=1, max_size=MAX_STRING_CHARS)
 
@@ -39,7 +40,7 @@ def _piece_written(draw: st.DrawFn) -> PieceWritten:
     tokens = draw(st.integers(1, total))
     sent = draw(st.integers(0, total - tokens))
     return PieceWritten(
-        draw(_ints), draw(_ints), draw(st.integers(1, MAX_INT)), sent, tokens, total
+        draw(_ints), draw(_ints), draw(st.integers(1, MAX_INT)), sent, tokens, total, draw(_signed)
     )
 
 

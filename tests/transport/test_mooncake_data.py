@@ -112,14 +112,14 @@ def test_write_to_an_unknown_session_fails(pair: Pair) -> None:
     peer = dead_session()
     result = pair.sender.write(peer, [Segment(pair.src_at(0), pair.dst_at(0), 4096)])
     assert not result.ok
-    assert result.reason == f"mooncake write to {peer} failed (rc=-1)"
+    assert result.reason == f"mooncake could not submit a write to {peer}"
 
 
 def test_write_past_the_registered_range_fails_and_leaves_memory_untouched(pair: Pair) -> None:
     straddling = Segment(pair.src_at(0), pair.dst_at(BUFFER_BYTES - 8), 16)
     result = pair.sender.write(pair.receiver.session_id, [straddling])
     assert not result.ok
-    assert "rc=-1" in result.reason
+    assert "status=-1" in result.reason
     assert not pair.dst.any()
 
 

@@ -13,6 +13,7 @@ from embxfer.fsm.messages import (
     PROTOCOL_VERSION,
     Abort,
     AbortAck,
+    Announce,
     BufferRegion,
     Heartbeat,
     Message,
@@ -81,6 +82,9 @@ REQUEST = PieceRequest(
     required_receivers=1,
 )
 REGISTER = Register("host:1", block_size=128, num_blocks=8, regions=REGIONS)
+PIECE = PieceWritten(
+    room=1, nonce=7, seq=1, sent_tokens=0, tokens=3, total_tokens=5, mrope_position_delta=-4
+)
 
 INVALID: list[tuple[str, Message, RejectReason]] = [
     ("empty session id", msgspec.structs.replace(REGISTER, session_id=""), "out_of_range"),
@@ -132,18 +136,17 @@ INVALID: list[tuple[str, Message, RejectReason]] = [
     ("duplicate blocks", msgspec.structs.replace(REQUEST, blocks=(4, 2, 4)), "inconsistent"),
     ("nothing allocated", msgspec.structs.replace(REQUEST, allocated_tokens=0), "out_of_range"),
     ("no receivers", msgspec.structs.replace(REQUEST, required_receivers=0), "out_of_range"),
-    (
-        "empty piece",
-        PieceWritten(room=1, nonce=0, seq=1, sent_tokens=0, tokens=0, total_tokens=5),
-        "out_of_range",
-    ),
-    (
-        "piece past total",
-        PieceWritten(room=1, nonce=0, seq=1, sent_tokens=3, tokens=3, total_tokens=5),
-        "inconsistent",
-    ),
+    ("empty piece", msgspec.structs.replace(PIECE, tokens=0), "out_of_range"),
+    ("piece past total", msgspec.structs.replace(PIECE, sent_tokens=3), "inconsistent"),
+    ("negative total", msgspec.structs.replace(PIECE, total_tokens=-5), "out_of_range"),
+    ("delta -2**63", msgspec.structs.replace(PIECE, mrope_position_delta=-(2**63)), "out_of_range"),
+    ("delta 2**63", msgspec.structs.replace(PIECE, mrope_position_delta=2**63), "out_of_range"),
+    ("piece seq 0", msgspec.structs.replace(PIECE, seq=0), "out_of_range"),
+    ("request seq 0", msgspec.structs.replace(REQUEST, seq=0), "out_of_range"),
+    ("announce of 0 tokens", Announce(room=1, nonce=0, total_tokens=0), "out_of_range"),
     ("long abort reason", Abort(room=1, nonce=0, reason=LONG), "out_of_range"),
     ("negative ack room", AbortAck(room=-5, nonce=0), "out_of_range"),
+    ("negative nonce", AbortAck(room=5, nonce=-1), "out_of_range"),
 ]
 
 
@@ -159,8 +162,11 @@ def test_limits_are_inclusive() -> None:
         REQUEST, room=MAX_INT, blocks=(0, MAX_INT), required_receivers=MAX_INT
     )
     assert decode(encode(edge)) == edge
-    piece = PieceWritten(room=0, nonce=0, seq=1, sent_tokens=2, tokens=3, total_tokens=5)
-    assert decode(encode(piece)) == piece
+    for delta in (-MAX_INT, 0, MAX_INT):  # the one signed field: symmetric limits
+        piece = PieceWritten(
+            0, 7, 1, sent_tokens=2, tokens=3, total_tokens=5, mrope_position_delta=delta
+        )
+        assert decode(encode(piece)) == piece
     named = RegisterAck(accepted=False, reason="x" * MAX_STRING_CHARS)
     assert decode(encode(named)) == named
 

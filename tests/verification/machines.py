@@ -305,12 +305,14 @@ class WorldMachine(RuleBasedStateMachine):
         self, engine: str, room: ReceiverRoom, room_id: int, total: int
     ) -> list[Move]:
         now, wire, nonce = self.world.now, self.world.ids[room_id], room.nonce
+        delta = self.world.data.mrope_position_delta(room_id)
 
         def forged(peer: str, message: RoomMessage, fault: bool) -> Forge:
             return Forge(Envelope(peer, engine, message, now, room_id), fault)
 
+        stray = PieceWritten(wire, nonce, room.seq or 1, 0, 1, total, delta)
         moves: list[Move] = [
-            forged(STRANGER, PieceWritten(wire, nonce, room.seq or 1, 0, 1, total), False),
+            forged(STRANGER, stray, False),
             forged(STRANGER, Announce(wire, nonce, total), False),
             forged(STRANGER, Abort(wire, nonce, "forged"), False),
             forged(STRANGER, AbortAck(wire, nonce), False),
@@ -325,12 +327,15 @@ class WorldMachine(RuleBasedStateMachine):
         if out is not None:
             too_long = out.allocated_tokens + 1  # more than the blocks hold
             seq = out.asked[-1][0]
-            for piece in (
-                PieceWritten(wire, nonce, seq, total, 1, total + 1),  # past the end
-                PieceWritten(
-                    wire, nonce, seq, out.sent_tokens, too_long, out.sent_tokens + too_long
-                ),
-            ):
+            start, end = out.sent_tokens, out.sent_tokens + too_long
+            pieces = [
+                PieceWritten(wire, nonce, seq, total, 1, total + 1, delta),  # past the end
+                PieceWritten(wire, nonce, seq, start, too_long, end, delta),
+            ]
+            if room.received:  # the delta is known from the first piece: another one
+                fits = min(out.allocated_tokens, total - start)  # is a violation
+                pieces.append(PieceWritten(wire, nonce, seq, start, fits, total, delta + 1))
+            for piece in pieces:
                 moves.append(forged(SENDER, piece, True))
         return moves
 

@@ -40,7 +40,7 @@ def test_a_healthy_room_succeeds_and_gives_every_block_back() -> None:
 def test_a_stray_write_into_a_free_block_trips_the_canary() -> None:
     data = ByteData(CONFIG, seed=1)
     world = World(CONFIG, data)
-    data.buffers["L0"].tensor("fill_ids")[0, 0] = POISON_BYTE + 1  # lands in free block 0
+    data.buffers["L0"].tensor("fill_mrope")[0, 0, 0] = POISON_BYTE + 1  # lands in free block 0
     with pytest.raises(Violation, match="canary"):
         world.apply(OpenRoom(0, 2, ("L0",), (2,)))  # allocates block 0
 

@@ -8,13 +8,14 @@ import random
 import time
 
 from embxfer.buffers.allocator import FreeListAllocator
-from embxfer.buffers.layout import ALL_KINDS, TOKEN_KINDS, BufferLayout
+from embxfer.buffers.layout import KINDS, BufferLayout
 from embxfer.buffers.metadata import MetadataBuffers
 from embxfer.buffers.segments import count_runs, plan_segments
 from embxfer.tools.bench.core import BenchSettings, Metric, Spread, at_most, interleaved
 
 BLOCK_SIZE = 128
 REQUEST_TOKENS = 8192  # one default allocation: 64 blocks
+TINY_TOKENS = 16  # the rooms of the rooms-per-second benchmarks
 POOL_SIZES = (1_000, 10_000, 100_000)
 
 
@@ -91,7 +92,6 @@ def _segments(layout: BufferLayout, src: list[int], dst: list[int], tokens: int)
             src,
             dst,
             tokens,
-            with_aux=True,
             remote_num_blocks=layout.num_blocks,
         )
     )
@@ -100,7 +100,7 @@ def _segments(layout: BufferLayout, src: list[int], dst: list[int], tokens: int)
 def segments_per_piece(settings: BenchSettings) -> list[Metric]:
     """Segments per piece when both sides' pools are fresh (contiguous blocks) and after
     heavy churn (blocks scattered), against the coalescing rule: one segment per buffer
-    kind per run of blocks adjacent on both sides, plus the aux record."""
+    kind per run of blocks adjacent on both sides; and for a tiny room's piece."""
     num_blocks = settings.pick(4096, 512)
     layout = BufferLayout(num_blocks=num_blocks, block_size=BLOCK_SIZE, hidden_size=8)
     tokens = REQUEST_TOKENS
@@ -120,7 +120,7 @@ def segments_per_piece(settings: BenchSettings) -> list[Metric]:
         assert src is not None and dst is not None
         runs = count_runs(src, dst, nblocks)
         segments = _segments(layout, src, dst, tokens)
-        per_kind_run = (segments - 1) / (len(TOKEN_KINDS) * runs)
+        per_kind_run = segments / (len(KINDS) * runs)
         worst = max(worst, per_kind_run)
         metrics.append(
             Metric(
@@ -132,8 +132,8 @@ def segments_per_piece(settings: BenchSettings) -> list[Metric]:
                 context={
                     "blocks": nblocks,
                     "runs": runs,
-                    "kinds": len(ALL_KINDS),
-                    "uncoalesced_segments": len(TOKEN_KINDS) * nblocks + 1,
+                    "kinds": len(KINDS),
+                    "uncoalesced_segments": len(KINDS) * nblocks,
                 },
             )
         )
@@ -142,9 +142,23 @@ def segments_per_piece(settings: BenchSettings) -> list[Metric]:
             "segments_per_kind_per_run",
             worst,
             "segments",
-            "token segments / (token kinds x runs of blocks adjacent on both sides), the "
+            "segments / (buffer kinds x runs of blocks adjacent on both sides), the "
             "worst of the fresh and churned cases (coalescing: exactly 1)",
             at_most(1.0),
+        )
+    )
+    fresh = FreeListAllocator(num_blocks, BLOCK_SIZE)
+    src, dst = fresh.alloc(TINY_TOKENS), fresh.alloc(TINY_TOKENS)
+    assert src is not None and dst is not None
+    metrics.append(
+        Metric(
+            "segments_per_tiny_piece",
+            _segments(layout, src, dst, TINY_TOKENS),
+            "segments",
+            f"one-sided writes (Mooncake segments) of a {TINY_TOKENS}-token room's only "
+            f"piece: one per buffer kind ({', '.join(KINDS)}); the room's aux record (T, "
+            "M-RoPE delta) travels in its PieceWritten message, not as a write",
+            at_most(2),
         )
     )
     return metrics

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 
 from embxfer.buffers.assembly import StoredPiece, assemble
-from embxfer.buffers.layout import ALL_KINDS, BufferLayout
+from embxfer.buffers.layout import KINDS, BufferLayout
 from embxfer.buffers.metadata import MetadataBuffers
 from embxfer.buffers.payload import random_payload
 from embxfer.buffers.segments import plan_segments
@@ -68,7 +68,7 @@ def _filled(layout: BufferLayout, blocks: list[int], tokens: int) -> MetadataBuf
 
 def _bytes_at(buffers: MetadataBuffers, address: int, length: int) -> torch.Tensor:
     """The ``length`` bytes at ``address``, inside one of ``buffers``' tensors."""
-    for kind in ALL_KINDS:
+    for kind in KINDS:
         tensor = buffers.tensor(kind)
         offset = address - tensor.data_ptr()
         if offset >= 0 and offset + length <= tensor.nbytes:
@@ -89,7 +89,7 @@ def inproc_vs_memcpy(settings: BenchSettings, device: str) -> Metric:
     sender = InprocDataTransport(network, "encoder")
     receiver = InprocDataTransport(network, "language")
     for transport, buffers in ((sender, source), (receiver, target)):
-        for kind in ALL_KINDS:
+        for kind in KINDS:
             transport.register_tensor(buffers.tensor(kind))
     segments: list[Segment] = plan_segments(
         source.regions(),
@@ -98,7 +98,6 @@ def inproc_vs_memcpy(settings: BenchSettings, device: str) -> Metric:
         blocks,
         blocks,
         tokens,
-        with_aux=True,
         remote_num_blocks=layout.num_blocks,
     )
     nbytes = sum(segment.length for segment in segments)
@@ -121,10 +120,9 @@ def inproc_vs_memcpy(settings: BenchSettings, device: str) -> Metric:
             into.copy_(out_of)
 
     write()
-    assert torch.equal(
-        target.view_tokens("embeddings", blocks, tokens),
-        source.view_tokens("embeddings", blocks, tokens),
-    ), "the in-process write must land byte-exact"
+    assert target.view_payload(blocks, tokens).equals(source.view_payload(blocks, tokens)), (
+        "the in-process write must land byte-exact"
+    )
     samples = interleaved(
         {
             "inproc": _timer(write, device),

@@ -22,12 +22,14 @@ from embxfer.sender import SenderEngine
 from embxfer.tools.bench.core import (
     BenchSettings,
     Metric,
+    Number,
     Spread,
     at_least,
     compare,
     interleaved,
     skipped,
 )
+from embxfer.tools.workload import write_in_place
 from embxfer.transport import mooncake_data
 from embxfer.transport.base import Segment
 
@@ -49,7 +51,8 @@ class Pair:
 
     def transfer(self, payload: EmbeddingPayload, expected_tokens: int | None = None) -> float:
         """Seconds from the sender's ``send()`` until the receiver's ``poll()`` says Success,
-        with the receiver's request already waiting at the sender (it allocated first)."""
+        with the receiver's request already waiting at the sender (it allocated first)
+        and the payload already in the room's buffer (the zero-copy send)."""
         self.next_room += 1
         room_id = self.next_room
         send = self.sender.create_room(room_id)
@@ -57,8 +60,10 @@ class Pair:
             room_id, self.sender.address, expected_tokens=expected_tokens
         )
         _wait(lambda: bool((tracked := self.sender.rooms.get(room_id)) and tracked.room.receivers))
+        written = write_in_place(send, payload)  # the encoder's output, in the room's blocks
+        assert written is not None, "the sender's pool holds one room"
         started = time.perf_counter()
-        send.send(payload)
+        send.send(written)  # zero-copy
         while (state := recv.poll()) is not KVPoll.Success:
             if state is KVPoll.Failed:
                 raise RuntimeError(f"room {room_id} failed: {recv.reason}")
@@ -113,7 +118,7 @@ def _payload(tokens: int, hidden: int) -> EmbeddingPayload:
 
 
 def e2e_vs_raw(settings: BenchSettings, pair: Pair, hidden: int) -> list[Metric]:
-    """One 16 MB piece end to end against one raw ``batch_transfer_sync_write`` of the
+    """One 16 MB piece end to end against one raw transport write of the
     same segments (same bytes, addresses and engines); then the receiver's assembly."""
     tokens = settings.pick(E2E_TOKENS, 500)
     payload = _payload(tokens, hidden)
@@ -127,7 +132,6 @@ def e2e_vs_raw(settings: BenchSettings, pair: Pair, hidden: int) -> list[Metric]
         blocks,
         blocks,
         tokens,
-        with_aux=True,
         remote_num_blocks=pair.receiver.layout.num_blocks,
     )
     session = pair.receiver.data.session_id
@@ -143,15 +147,19 @@ def e2e_vs_raw(settings: BenchSettings, pair: Pair, hidden: int) -> list[Metric]
     value, ratio = compare(samples["raw"], samples["e2e"])
     e2e, raw_s = Spread.of(samples["e2e"]), Spread.of(samples["raw"])
     nbytes = sum(segment.length for segment in segments)
+    spinning = _busy_waiting_write(pair, segments, settings.reps)
     return [
         Metric(
             "mooncake_e2e_vs_raw",
             value,
             "x",
-            f"time of one raw Mooncake batch_transfer_sync_write of the {len(segments)} "
-            f"segments embxfer writes ({nbytes:,} bytes: {tokens} tokens x {hidden} bf16 "
-            "with fill ids, positions, aux) / time from the sender's send() to the "
-            "receiver's poll() == Success, same engines; ratio of medians of interleaved runs",
+            f"time of one raw write of the {len(segments)} segments embxfer writes "
+            f"({nbytes:,} bytes: {tokens} tokens x {hidden} bf16 with fill ids and "
+            "positions) through the sender's MooncakeDataTransport / time from the "
+            "sender's send() of its zero-copy buffer to the receiver's poll() == Success, "
+            "same engines; ratio of medians of interleaved runs. Beside it, that write's "
+            "wall and process CPU ms through the transport (transport_write_*) and through "
+            "Mooncake's batch_transfer_sync_write, which busy-waits (sync_write_*)",
             at_least(0.95),
             ratio,
             {
@@ -160,10 +168,56 @@ def e2e_vs_raw(settings: BenchSettings, pair: Pair, hidden: int) -> list[Metric]
                 "e2e_gb_s": nbytes / e2e.median / 1e9,
                 "raw_gb_s": nbytes / raw_s.median / 1e9,
                 "bytes": nbytes,
+                **spinning,
             },
         ),
         _assembly(settings, pair, payload),
     ]
+
+
+def _busy_waiting_write(pair: Pair, segments: list[Segment], repeats: int) -> dict[str, Number]:
+    """The same write through the transport (asynchronous, the completion poller) and
+    through Mooncake's ``batch_transfer_sync_write`` (busy-waits), from another engine
+    on the same memory: wall and process CPU milliseconds of each, interleaved."""
+    engine = mooncake_data.raw_engine()
+    ranges = pair.sender.buffers.memory_ranges()
+    for address, length in ranges:
+        assert engine.register_memory(address, length) == 0
+    session = pair.receiver.data.session_id
+    addresses = (
+        [s.src_address for s in segments],
+        [s.dst_address for s in segments],
+        [s.length for s in segments],
+    )
+
+    def sync() -> None:
+        assert engine.batch_transfer_sync_write(session, *addresses) == 0
+
+    def through_transport() -> None:
+        assert pair.sender.data.write(session, segments).ok
+
+    def measured(write: Callable[[], None]) -> Callable[[], tuple[float, float]]:
+        def run() -> tuple[float, float]:
+            started, cpu_started = time.perf_counter(), time.process_time()
+            write()
+            return time.perf_counter() - started, time.process_time() - cpu_started
+
+        return run
+
+    try:
+        sync()  # the new engine's handshake
+        times: dict[str, list[tuple[float, float]]] = {"sync": [], "transport": []}
+        for _ in range(repeats * 2):
+            times["sync"].append(measured(sync)())
+            times["transport"].append(measured(through_transport)())
+    finally:
+        for address, _ in ranges:
+            engine.unregister_memory(address)
+    result: dict[str, Number] = {}
+    for name, values in times.items():
+        result[f"{name}_write_ms"] = Spread.of([wall for wall, _ in values]).median * 1e3
+        result[f"{name}_write_cpu_ms"] = Spread.of([cpu for _, cpu in values]).median * 1e3
+    return result
 
 
 def _assembly(settings: BenchSettings, pair: Pair, payload: EmbeddingPayload) -> Metric:

@@ -6,6 +6,7 @@ drives engines in one process (``scheduler_loop``), so both measure alike."""
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import time
 from collections import deque
@@ -15,17 +16,25 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import torch
+import zmq
 
+from embxfer.buffers.layout import KINDS
 from embxfer.buffers.payload import EmbeddingPayload
 from embxfer.config import EngineConfig
+from embxfer.fsm.messages import PieceWritten
 from embxfer.fsm.poll import KVPoll
 from embxfer.handles import ReceiverHandle, SenderHandle
 from embxfer.receiver import ReceiverEngine
 from embxfer.remote import NetworkConfig, remote_receiver, remote_sender
 from embxfer.sender import SenderEngine
+from embxfer.transport import mooncake_data
+from embxfer.transport.base import Segment
+from embxfer.transport.wire import encode
 
 _IDLE_S = 50e-6  # the scheduler loop yields this long when no room finished
 _CHECK_EVERY = 64  # the receiver checks the bytes of every 64th room
+RAW_TOKENS = 16  # the raw rates' writes are those of a room of 16 tokens
+RAW_HIDDEN = 64  # x 64 bf16: the rooms-per-second benchmark's rooms
 
 
 @dataclass(frozen=True)
@@ -59,33 +68,59 @@ class Plan:
 class SideReport:
     """What one side's scheduler loop saw: seconds from go to its last release, rooms
     that failed (or whose bytes did not match), each room's latency (creation to
-    Success or Failed, as its loop saw it) in seconds."""
+    Success or Failed, as its loop saw it) in seconds, and the CPU seconds its whole
+    process spent meanwhile (every thread: scheduler, pump, writers, Mooncake's)."""
 
     seconds: float
     failed: int
     latencies_s: tuple[float, ...]
+    cpu_s: float
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """One plan as the language side measured it: rooms per second and latencies."""
+    """One plan as the language side measured it: rooms per second and latencies; and
+    the encoder process's CPU seconds per room."""
 
     rooms_per_s: float
     latencies_s: tuple[float, ...]
+    sender_cpu_s_per_room: float
 
     @classmethod
     def of(cls, plan: Plan, sender: SideReport, receiver: SideReport) -> Outcome:
         """The receiver's numbers, if every room succeeded on both sides."""
         if sender.failed or receiver.failed:
             raise RuntimeError(f"{sender.failed + receiver.failed} rooms failed or mismatched")
-        return cls(plan.rooms / receiver.seconds, receiver.latencies_s)
+        return cls(plan.rooms / receiver.seconds, receiver.latencies_s, sender.cpu_s / plan.rooms)
 
 
-def _side(role: str, plans: Sequence[Plan], conn: Connection) -> None:
+@dataclass(frozen=True)
+class RawRates:
+    """The physical limits between the two worker processes, measured in them: ZeroMQ
+    one-way messages per second (PUSH to PULL, a PieceWritten's frame), sequential raw
+    Mooncake writes per second of a tiny room's segments (``batch_transfer_sync_write``),
+    and the encoder process's CPU seconds per write, raw (Mooncake busy-waits) and
+    through ``MooncakeDataTransport`` (asynchronous, the completion poller)."""
+
+    zmq_messages_per_s: float
+    mooncake_writes_per_s: float
+    sync_cpu_s_per_write: float
+    transport_cpu_s_per_write: float
+    transport_writes_per_s: float
+
+
+def _side(role: str, plans: Sequence[Plan], raw: int, conn: Connection) -> None:
     """A worker: for each plan, build a fresh engine, trade addresses with the parent,
     run every room on "go", report, and close the engine once the parent says both
-    sides are done (a sender closed earlier could drop its last notices unsent)."""
+    sides are done (a sender closed earlier could drop its last notices unsent); then,
+    if ``raw``, measure the raw rates (``raw`` messages and writes of each kind)."""
     torch.set_num_threads(1)
+    _plans(role, plans, conn)
+    if raw:
+        (_raw_sender if role == "sender" else _raw_receiver)(raw, conn)
+
+
+def _plans(role: str, plans: Sequence[Plan], conn: Connection) -> None:
     for plan in plans:
         engine: SenderEngine | ReceiverEngine = (
             remote_sender(plan.config(role), NetworkConfig())
@@ -109,7 +144,7 @@ def scheduler_loop(
     runs them: open up to ``plan.window``, poll, release."""
     payload = plan.payload()
     open_room = _opener(engine, sender_address, payload)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     open_rooms: deque[tuple[SenderHandle | ReceiverHandle, float]] = deque()
     latencies: list[float] = []
     created = failed = 0
@@ -132,7 +167,8 @@ def scheduler_loop(
             handle.release()
         if not finished:
             time.sleep(_IDLE_S)
-    return SideReport(time.perf_counter() - started, failed, tuple(latencies))
+    seconds, cpu_s = time.perf_counter() - started, time.process_time() - cpu_started
+    return SideReport(seconds, failed, tuple(latencies), cpu_s)
 
 
 def _opener(
@@ -152,26 +188,37 @@ def _opener(
     return lambda room_id: receiver.create_room(room_id, sender_address)
 
 
-def rooms_per_s(plan: Plan) -> float:
-    """Rooms per second the receiver process completed, from go to its last release."""
-    (outcome,) = run_plans([plan])
-    return outcome.rooms_per_s
+def against_raw(
+    plans: Sequence[Plan], raw: int, timeout_s: float = 120.0
+) -> tuple[list[Outcome], RawRates]:
+    """``run_plans``, then the raw rates between the same two processes (``raw``
+    messages and writes of each kind)."""
+    outcomes, rates = _run(plans, raw, timeout_s)
+    assert rates is not None
+    return outcomes, rates
 
 
 def run_plans(plans: Sequence[Plan], timeout_s: float = 120.0) -> list[Outcome]:
     """Each plan in turn through one pair of worker processes (started once: a start
     costs seconds), each plan on fresh engines; what the language process measured."""
+    return _run(plans, 0, timeout_s)[0]
+
+
+def _run(
+    plans: Sequence[Plan], raw: int, timeout_s: float
+) -> tuple[list[Outcome], RawRates | None]:
     context = multiprocessing.get_context("spawn")
     pipes, workers = [], []
     for role in ("sender", "receiver"):
         ours, theirs = context.Pipe()
-        worker = context.Process(target=_side, args=(role, tuple(plans), theirs), daemon=True)
+        worker = context.Process(target=_side, args=(role, tuple(plans), raw, theirs), daemon=True)
         worker.start()
         theirs.close()
         pipes.append(ours)
         workers.append(worker)
     try:
-        return [_run_plan(plan, pipes, timeout_s) for plan in plans]
+        outcomes = [_run_plan(plan, pipes, timeout_s) for plan in plans]
+        return outcomes, _run_raw(pipes, timeout_s) if raw else None
     finally:
         for worker in workers:
             worker.join(5.0)
@@ -195,3 +242,100 @@ def _receive(pipe: Connection, timeout_s: float, what: str) -> Any:
     if not pipe.poll(timeout_s):
         raise TimeoutError(f"a bench worker did not {what}")
     return pipe.recv()
+
+
+def _run_raw(pipes: Sequence[Connection], timeout_s: float) -> RawRates:
+    """Hand the receiver's addresses to the sender, collect both halves of the rates."""
+    sender, receiver = pipes
+    sender.send(_receive(receiver, timeout_s, "set up the raw rates"))
+    rates: RawRates = _receive(sender, timeout_s, "write the raw rates")
+    zmq_rate: float = _receive(receiver, timeout_s, "count the raw messages")
+    receiver.send(None)  # the sender is done writing: the receiver may close
+    return dataclasses.replace(rates, zmq_messages_per_s=zmq_rate)
+
+
+def _tiny_segments(hidden: int) -> list[int]:
+    """Byte lengths of a tiny room's two segments: embeddings, fill ids with positions."""
+    layout = EngineConfig(num_blocks=1, hidden_size=hidden).layout
+    return [RAW_TOKENS * layout.token_bytes(kind) for kind in KINDS]
+
+
+def _raw_receiver(count: int, conn: Connection) -> None:
+    """Bind a PULL socket and register memory for the sender's writes; time ``count``
+    messages from the first to the last."""
+    pull: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.PULL)
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    engine = mooncake_data.raw_engine()
+    target = torch.zeros(sum(_tiny_segments(RAW_HIDDEN)), dtype=torch.uint8)
+    engine.register_memory(target.data_ptr(), target.nbytes)
+    try:
+        session = f"127.0.0.1:{engine.get_rpc_port()}"
+        conn.send((f"tcp://127.0.0.1:{port}", session, target.data_ptr()))
+        pull.recv()
+        started = time.perf_counter()
+        for _ in range(count - 1):
+            pull.recv()
+        conn.send((count - 1) / (time.perf_counter() - started))
+        conn.recv()
+    finally:
+        pull.close(linger=0)
+        engine.unregister_memory(target.data_ptr())
+
+
+def _raw_sender(count: int, conn: Connection) -> None:
+    """Push ``count`` frames, then time ``count`` raw and transport writes of a tiny
+    room's segments, with this process's CPU time."""
+    address, session, target = conn.recv()
+    push: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.PUSH)
+    push.connect(address)
+    frame = encode(PieceWritten(1, 0, 1, 0, RAW_TOKENS, RAW_TOKENS, 0))
+    for _ in range(count):
+        push.send(frame)
+    push.close(linger=-1)  # every frame delivered
+    lengths = _tiny_segments(RAW_HIDDEN)
+    engine = mooncake_data.raw_engine()
+    source = torch.ones(sum(lengths), dtype=torch.uint8)
+    engine.register_memory(source.data_ptr(), source.nbytes)
+    transport = mooncake_data.MooncakeDataTransport()
+    second = torch.ones(sum(lengths), dtype=torch.uint8)
+    transport.register(second.data_ptr(), second.nbytes)
+    try:
+        offsets = [0, lengths[0]]
+        sources = [source.data_ptr() + offset for offset in offsets]
+        targets = [target + offset for offset in offsets]
+        segments = [
+            Segment(second.data_ptr() + offset, target + offset, length)
+            for offset, length in zip(offsets, lengths, strict=True)
+        ]
+
+        def raw() -> None:
+            rc = engine.batch_transfer_sync_write(session, sources, targets, lengths)
+            assert rc == 0, f"raw Mooncake write failed (rc={rc})"
+
+        def through_transport() -> None:
+            result = transport.write(session, segments)
+            assert result.ok, result.reason
+
+        sync_s, sync_cpu_s = _timed(raw, count)
+        transport_s, transport_cpu_s = _timed(through_transport, count)
+        conn.send(
+            RawRates(
+                zmq_messages_per_s=0.0,  # the receiver counts those
+                mooncake_writes_per_s=count / sync_s,
+                sync_cpu_s_per_write=sync_cpu_s / count,
+                transport_cpu_s_per_write=transport_cpu_s / count,
+                transport_writes_per_s=count / transport_s,
+            )
+        )
+    finally:
+        transport.close()
+        engine.unregister_memory(source.data_ptr())
+
+
+def _timed(write: Callable[[], None], count: int) -> tuple[float, float]:
+    """Wall and process CPU seconds of ``count`` calls, after one (the handshake)."""
+    write()
+    started, cpu_started = time.perf_counter(), time.process_time()
+    for _ in range(count):
+        write()
+    return time.perf_counter() - started, time.process_time() - cpu_started

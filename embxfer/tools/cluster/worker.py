@@ -32,7 +32,7 @@ from embxfer.tools.demo import (
     sender_outcome,
 )
 from embxfer.tools.native_log import route_native_log
-from embxfer.tools.workload import payload_for
+from embxfer.tools.workload import payload_for, send_in_place
 from embxfer.transport.zmq_control import ZmqControlChannel
 
 from . import netns
@@ -227,7 +227,7 @@ class _EncoderLoop(_Loop[SenderEngine, SenderHandle]):
         if command.announce:
             handle.announce(command.tokens)
         payload = payload_for(command.request, command.tokens, self.engine.layout, self.spec.seed)
-        handle.send(payload)
+        send_in_place(handle, payload)
         return handle
 
     def outcome(self, handle: SenderHandle, tokens: int, request: int) -> RoomOutcome:

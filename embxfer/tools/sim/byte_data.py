@@ -50,13 +50,15 @@ class ByteData:
         self.regions = {engine: buffers.regions() for engine, buffers in self.buffers.items()}
         self.expected: dict[int, EmbeddingPayload] = {}
         self.staged: dict[RoomKey, dict[int, EmbeddingPayload]] = {}
-        self.aux: dict[RoomKey, tuple[int, int]] = {}
 
     def payload(self, room: int, total_tokens: int) -> object:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + room)
         payload = random_payload(total_tokens, self.layouts[SENDER], generator)
         self.expected[room] = payload
         return payload
+
+    def mrope_position_delta(self, room: int) -> int:
+        return self.expected[room].mrope_position_delta
 
     def transmit(self, message: RoomMessage) -> RoomMessage | None:
         try:
@@ -82,7 +84,6 @@ class ByteData:
                 piece.src_blocks,
                 piece.dst_blocks,
                 piece.tokens,
-                with_aux=piece.with_aux,
                 remote_num_blocks=self.layouts[piece.receiver].num_blocks,
             )
         except ValueError as exc:
@@ -92,10 +93,7 @@ class ByteData:
         return self.transports[SENDER].write(piece.receiver, segments)
 
     def spill(self, engine: str, room: int, piece: SpillPiece) -> None:
-        buffers = self.buffers[engine]
-        if piece.sent_tokens == 0:
-            self.aux[(engine, room)] = buffers.read_aux(piece.blocks[0])
-        staged = stage_piece(buffers, piece.blocks, piece.tokens)
+        staged = stage_piece(self.buffers[engine], piece.blocks, piece.tokens)
         self.staged.setdefault((engine, room), {})[piece.sent_tokens] = staged
 
     def poison(self, engine: str, blocks: Sequence[int]) -> None:
@@ -112,8 +110,8 @@ class ByteData:
                 self.buffers[engine],
                 room.pieces,
                 self.staged.get((engine, request), {}),
-                self.aux.get((engine, request)),
                 room.total_tokens,
+                room.mrope_position_delta,
             )
         except ValueError as exc:
             return str(exc)

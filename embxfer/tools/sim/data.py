@@ -20,7 +20,11 @@ class DataPlane(Protocol):
     """What the world does with payload bytes; the world decides when, this decides how."""
 
     def payload(self, room: int, total_tokens: int) -> object:
-        """The payload of a new room, as ``PayloadReady`` carries it."""
+        """The payload of a new room, as the sender engine keeps it."""
+        ...
+
+    def mrope_position_delta(self, room: int) -> int:
+        """The M-RoPE delta of ``room``'s payload, which ``PayloadReady`` carries."""
         ...
 
     def transmit(self, message: RoomMessage) -> RoomMessage | None:
@@ -53,22 +57,22 @@ class DataPlane(Protocol):
 
 Label: TypeAlias = tuple[int, int] | None
 """Symbolic content of a block: (room, offset of its first token); None is the canary."""
-Staged: TypeAlias = tuple[tuple[Label, ...], Label]
+Staged: TypeAlias = tuple[Label, ...]
 
 
 class LabelData:
     """Blocks hold labels instead of bytes: cheap to copy and hash, for the explorer.
 
-    A block's label says which room's tokens it holds from which offset, and a room's
-    first block also carries an aux label (room, total tokens), so a Success result can be
-    checked token range by token range without any tensor.
+    A block's label says which room's tokens it holds from which offset, so a Success
+    result can be checked token range by token range without any tensor; the room's
+    length and M-RoPE delta (minus the room id) are checked as the receiver room kept
+    them from the sender's messages.
     """
 
     def __init__(self, config: SimConfig) -> None:
         self.block_size = config.block_size
         sizes = config.engine_blocks
         self.labels: dict[str, list[Label]] = {e: [None] * n for e, n in sizes.items()}
-        self.aux: dict[str, list[Label]] = {e: [None] * n for e, n in sizes.items()}
         self.staged: dict[RoomKey, dict[int, Staged]] = {}
         self.totals: dict[int, int] = {}
         self.dead: set[str] = set()
@@ -77,6 +81,9 @@ class LabelData:
         self.totals[room] = total_tokens
         return None
 
+    def mrope_position_delta(self, room: int) -> int:
+        return -room
+
     def transmit(self, message: RoomMessage) -> RoomMessage | None:
         return message
 
@@ -84,7 +91,6 @@ class LabelData:
         labels = self.labels[SENDER]
         for index, block in enumerate(blocks):
             labels[block] = (room, index * self.block_size)
-        self.aux[SENDER][blocks[0]] = (room, self.totals[room])
 
     def write(self, write: PendingWrite, ok: bool) -> WriteResult:
         piece = write.piece
@@ -100,44 +106,40 @@ class LabelData:
         source = self.labels[SENDER]
         for src_block, dst_block in zip(src, dst, strict=True):
             target[dst_block] = source[src_block]
-        if piece.with_aux:
-            self.aux[piece.receiver][dst[0]] = self.aux[SENDER][src[0]]
         return WriteResult(True)
 
     def spill(self, engine: str, room: int, piece: SpillPiece) -> None:
         labels = tuple(self.labels[engine][block] for block in piece.blocks)
-        aux = self.aux[engine][piece.blocks[0]] if piece.sent_tokens == 0 else None
-        self.staged.setdefault((engine, room), {})[piece.sent_tokens] = (labels, aux)
+        self.staged.setdefault((engine, room), {})[piece.sent_tokens] = labels
 
     def poison(self, engine: str, blocks: Sequence[int]) -> None:
         for block in blocks:
             self.labels[engine][block] = None
-            self.aux[engine][block] = None
 
     def canary_intact(self, engine: str, blocks: Sequence[int]) -> bool:
-        labels, aux = self.labels[engine], self.aux[engine]
-        return all(labels[block] is None and aux[block] is None for block in blocks)
+        labels = self.labels[engine]
+        return all(labels[block] is None for block in blocks)
 
     def verify(self, engine: str, request: int, room: ReceiverRoom) -> str:
         staged = self.staged.get((engine, request), {})
+        total = self.totals[request]
+        if (room.total_tokens, room.mrope_position_delta) != (total, -request):
+            return f"aux record is {room.total_tokens, room.mrope_position_delta}"
         covered = 0
         for piece in sorted(room.pieces, key=lambda p: p.sent_tokens):
             nblocks = blocks_needed(piece.tokens, self.block_size)
             if piece.blocks:
                 labels = tuple(self.labels[engine][b] for b in piece.blocks[:nblocks])
-                aux = self.aux[engine][piece.blocks[0]]
             else:
-                labels, aux = staged[piece.sent_tokens]
+                labels = staged[piece.sent_tokens]
             expected = tuple(
                 (request, piece.sent_tokens + i * self.block_size) for i in range(nblocks)
             )
             if piece.sent_tokens != covered or labels != expected:
                 return f"piece at {piece.sent_tokens} holds {labels}, expected {expected}"
-            if covered == 0 and aux != (request, self.totals[request]):
-                return f"first block's aux is {aux}"
             covered += piece.tokens
-        if covered != self.totals[request]:
-            return f"pieces cover {covered} of {self.totals[request]} tokens"
+        if covered != total:
+            return f"pieces cover {covered} of {total} tokens"
         return ""
 
     def kill(self, engine: str) -> None:
@@ -146,21 +148,18 @@ class LabelData:
     def snapshot(self) -> tuple[Any, ...]:
         return (
             {e: list(v) for e, v in self.labels.items()},
-            {e: list(v) for e, v in self.aux.items()},
             {k: dict(v) for k, v in self.staged.items()},
             set(self.dead),
         )
 
     def restore(self, snapshot: tuple[Any, ...]) -> None:
-        labels, aux, staged, dead = snapshot
+        labels, staged, dead = snapshot
         self.labels = {e: list(v) for e, v in labels.items()}
-        self.aux = {e: list(v) for e, v in aux.items()}
         self.staged = {k: dict(v) for k, v in staged.items()}
         self.dead = set(dead)
 
     def key(self) -> tuple[Any, ...]:
         return (
             tuple(tuple(v) for v in self.labels.values()),
-            tuple(tuple(v) for v in self.aux.values()),
             tuple(sorted((k, tuple(sorted(v.items()))) for k, v in self.staged.items())),
         )

@@ -166,7 +166,8 @@ class World:
                 self._run((SENDER, room), LengthAnnounced(self.totals[room]))
             case HandPayload(room=room):
                 self.handed.add(room)
-                self._run((SENDER, room), PayloadReady(self.totals[room]))
+                delta = self.data.mrope_position_delta(room)
+                self._run((SENDER, room), PayloadReady(self.totals[room], (), delta))
             case Deliver(envelope=envelope):
                 self.in_flight.remove(envelope)
                 self._deliver(envelope)
