@@ -22,7 +22,6 @@ from embxfer.config import EngineConfig
 from embxfer.fsm.actions import Action, StopWaiting, WaitForMemory
 from embxfer.fsm.events import AbortRequested, Event, MemoryGranted, PeerLost, Tick
 from embxfer.fsm.messages import Heartbeat, Message
-from embxfer.fsm.room import Room
 from embxfer.metrics import Metrics, default_metrics
 from embxfer.runtime.peers import PeerMonitor
 from embxfer.runtime.pump import Pump, Timers
@@ -33,7 +32,6 @@ from embxfer.transport.tally import Tally
 
 LOG = logging.getLogger("embxfer.runtime")
 
-RoomT = TypeVar("RoomT", bound=Room)
 TrackedT = TypeVar("TrackedT", bound="Tracked[Any]")
 
 
