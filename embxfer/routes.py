@@ -25,7 +25,7 @@ from embxfer.fsm.messages import (
     RegisterAck,
 )
 from embxfer.fsm.room import Room
-from embxfer.fsm.routing import incarnation, room_event
+from embxfer.fsm.routing import Role, incarnation, room_event
 
 if TYPE_CHECKING:
     from embxfer.receiver import ReceiverEngine, ReceiverTracked
@@ -74,9 +74,8 @@ class SenderRoutes:
         if isinstance(message, Register):
             self._register(peer, message)
             return
-        routed = room_event("sender", peer, message)
+        routed = _room_event(engine, "sender", peer, message)
         if routed is None:
-            engine.reject("unexpected_kind", peer, type(message).__name__)
             return
         room_id, nonce, event = routed
         held = engine.rooms.under(room_id)
@@ -238,9 +237,8 @@ class ReceiverRoutes:
         if isinstance(message, RegisterAck):
             self._registered(peer, message)
             return
-        routed = room_event("receiver", peer, message)
+        routed = _room_event(engine, "receiver", peer, message)
         if routed is None:
-            engine.reject("unexpected_kind", peer, type(message).__name__)
             return
         room_id, nonce, event = routed
         held = engine.rooms.under(room_id)
@@ -287,6 +285,17 @@ class ReceiverRoutes:
         for sender, link in self.senders.items():
             if not link.ready and now >= link.next_register:
                 self._send_register(sender, link)
+
+
+def _room_event(
+    engine: SenderEngine | ReceiverEngine, role: Role, peer: str, message: Message
+) -> tuple[int, int, Event] | None:
+    """``room_event`` for ``role``, rejecting (counted, logged once) a message no room
+    of the role takes: both routers answer a kind they never expect alike."""
+    routed = room_event(role, peer, message)
+    if routed is None:
+        engine.reject("unexpected_kind", peer, type(message).__name__)
+    return routed
 
 
 def _room(tracked: SenderTracked | ReceiverTracked) -> Room:
