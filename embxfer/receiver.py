@@ -4,25 +4,19 @@ room's result on its pump thread."""
 from __future__ import annotations
 
 import secrets
-import time
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
-from embxfer.buffers.allocator import BlockAllocator
 from embxfer.buffers.assembly import assemble_room, stage_piece
-from embxfer.buffers.metadata import MetadataBuffers
 from embxfer.buffers.payload import EmbeddingPayload
-from embxfer.config import EngineConfig
 from embxfer.fsm.actions import Action, SendMessage, SpillPiece
 from embxfer.fsm.messages import BufferRegion, Register
 from embxfer.fsm.policy import AdaptiveSizer
 from embxfer.fsm.receiver import ReceiverRoom
 from embxfer.handles import ReceiverHandle, ReceiverStatus
-from embxfer.metrics import Metrics
 from embxfer.routes import ReceiverRoutes
 from embxfer.runtime.engine import Engine
 from embxfer.runtime.rooms import Tracked
-from embxfer.transport.base import ControlChannel, DataTransport
 
 NONCE_BITS = 63  # the wire's integers are non-negative int64s
 
@@ -50,27 +44,15 @@ class ReceiverEngine(Engine[ReceiverTracked]):
 
     role = "receiver"
 
-    def __init__(
-        self,
-        config: EngineConfig,
-        control: ControlChannel,
-        data: DataTransport,
-        clock: Callable[[], float] = time.monotonic,
-        metrics: Metrics | None = None,
-        *,
-        allocator: BlockAllocator | None = None,
-        buffers: MetadataBuffers | None = None,
-    ) -> None:
-        super().__init__(
-            config, control, data, clock, metrics, allocator=allocator, buffers=buffers
-        )
+    def _init_role(self) -> None:
+        config = self.config
         self.sizer = AdaptiveSizer(
             config.default_alloc_tokens,
             quantile=config.adaptive_quantile,
             adaptive=config.adaptive_alloc,
         )
         register = Register(
-            session_id=data.session_id,
+            session_id=self.data.session_id,
             block_size=self.layout.block_size,
             num_blocks=self.layout.num_blocks,
             regions=tuple(BufferRegion(k, b, n) for k, b, n in self.buffers.regions()),

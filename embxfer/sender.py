@@ -3,25 +3,20 @@ that ask, piece by piece."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from dataclasses import dataclass
 
-from embxfer.buffers.allocator import BlockAllocator
-from embxfer.buffers.metadata import MetadataBuffers
 from embxfer.buffers.payload import EmbeddingPayload
 from embxfer.buffers.segments import plan_segments
-from embxfer.config import EngineConfig
 from embxfer.fsm.actions import Action, SendMessage, StorePayload, WritePiece
 from embxfer.fsm.events import LengthAnnounced, PayloadReady, WriteFinished
 from embxfer.fsm.messages import BufferRegion
 from embxfer.fsm.sender import SenderRoom
 from embxfer.handles import SenderHandle, SenderStatus
-from embxfer.metrics import Metrics
 from embxfer.routes import SenderRoutes
 from embxfer.runtime.engine import Engine
 from embxfer.runtime.rooms import Tracked
-from embxfer.transport.base import ControlChannel, DataTransport, WriteResult
+from embxfer.transport.base import WriteResult
 from embxfer.transport.writer import WriteJob, Writers
 
 
@@ -49,25 +44,12 @@ class SenderEngine(Engine[SenderTracked]):
 
     role = "sender"
 
-    def __init__(
-        self,
-        config: EngineConfig,
-        control: ControlChannel,
-        data: DataTransport,
-        clock: Callable[[], float] = time.monotonic,
-        metrics: Metrics | None = None,
-        *,
-        allocator: BlockAllocator | None = None,
-        buffers: MetadataBuffers | None = None,
-    ) -> None:
-        super().__init__(
-            config, control, data, clock, metrics, allocator=allocator, buffers=buffers
-        )
+    def _init_role(self) -> None:
         self.local_regions = [
             BufferRegion(kind, base, size) for kind, base, size in self.buffers.regions()
         ]
         self.router = self.routes = SenderRoutes(self)
-        self.writers = Writers(threaded=config.write_threads)
+        self.writers = Writers(threaded=self.config.write_threads)
 
     def create_room(self, room_id: int) -> SenderHandle:
         """A room for one request; receivers join it by asking for pieces."""

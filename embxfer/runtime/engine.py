@@ -56,8 +56,8 @@ class Router(Protocol):
 
 
 class Engine(Generic[TrackedT]):
-    """What both roles' engines are; a role adds its ``Router``, ``carry_out`` and
-    ``room_ended``.
+    """What both roles' engines are; a role adds its ``Router`` (in ``_init_role``),
+    ``carry_out`` and ``room_ended``.
 
     A scheduler that owns the memory passes its own ``allocator`` (any
     ``BlockAllocator`` over the layout's blocks) and ``buffers``; by default the engine
@@ -105,6 +105,12 @@ class Engine(Generic[TrackedT]):
         self.stats = EngineStats(Tally(LOG, f"{self.role} rejected a message from"), sink=sink)
         sink.watch_allocator(self.allocator)
         self._channel_rejects: dict[str, int] = {}  # control.rejected already counted
+        self._init_role()
+
+    def _init_role(self) -> None:
+        """Make the role's own parts, its ``router`` at least, once the shared ones
+        exist; the roles take the constructor as it is, so it is spelled here once."""
+        raise NotImplementedError
 
     # -- lifecycle -------------------------------------------------------------------
     @property
