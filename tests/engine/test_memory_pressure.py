@@ -37,12 +37,15 @@ def engines(
 
 
 def open_rooms(
-    sender: SenderEngine, receiver: ReceiverEngine, lengths: list[int]
+    sender: SenderEngine, receiver: ReceiverEngine, lengths: list[int], lengths_known: bool = False
 ) -> list[tuple[SenderHandle, ReceiverHandle]]:
+    """A room per length, its payload handed over at once. ``lengths_known``: the receiver's
+    scheduler knows each length and allocates it up front (else the default allocation)."""
     rooms = []
     for room_id, tokens in enumerate(lengths):
         sent = sender.create_room(room_id)
-        got = receiver.create_room(room_id, sender.address)
+        expected = tokens if lengths_known else None
+        got = receiver.create_room(room_id, sender.address, expected_tokens=expected)
         sent.send(payload_for(room_id, tokens, sender.layout, seed=3))
         rooms.append((sent, got))
     return rooms
@@ -123,12 +126,7 @@ def test_a_large_room_is_not_passed_by_smaller_ones_behind_it() -> None:
     hog = receiver.memory.take(4, 4)  # memory used elsewhere: the large room must wait
     assert hog is not None
     lengths = [64, 4, 4]
-    rooms = []
-    for room_id, tokens in enumerate(lengths):
-        sent = sender.create_room(room_id)
-        got = receiver.create_room(room_id, sender.address, expected_tokens=tokens)
-        sent.send(payload_for(room_id, tokens, sender.layout, seed=3))
-        rooms.append((sent, got))
+    rooms = open_rooms(sender, receiver, lengths, lengths_known=True)
     pump_both = [sender, receiver]
     for _ in range(20):
         for engine in pump_both:

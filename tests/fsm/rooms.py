@@ -29,6 +29,8 @@ TOTAL = 10  # tokens: with 8 allocated, one resume of 2
 NONCE = 0x5EED  # the receiver room's incarnation
 OLD_NONCE = 0x01D  # an earlier receiver room under the same room id
 DELTA = -3  # the room's M-RoPE position delta, reported with every piece
+# The room states, short, as the state x event tables write them.
+B, W, T, OK, F = "Bootstrapping", "WaitingForInput", "Transferring", "Success", "Failed"
 
 
 def memory(allocator: FreeListAllocator | None = None) -> FairPool[int]:

@@ -21,7 +21,6 @@ from embxfer.fsm.events import (
 )
 from embxfer.fsm.messages import Announce
 from embxfer.fsm.policy import ResumePolicy, SpillMode
-from embxfer.fsm.poll import KVPoll
 from embxfer.fsm.receiver import ReceiverRoom
 
 from .rooms import (
@@ -31,11 +30,16 @@ from .rooms import (
     FAIL,
     IGNORE,
     NONCE,
+    OK,
     OLD_NONCE,
     ROOM,
     SENDER,
     TIMEOUTS,
     TOTAL,
+    B,
+    F,
+    T,
+    W,
     check_outcome,
     messages,
     piece,
@@ -82,7 +86,6 @@ CASES: dict[str, tuple[Event, float]] = {
     "wrong_delta": (piece(8, 2, delta=DELTA + 1), 1.0),  # the M-RoPE delta changed
 }
 
-B, W, T, OK, F = (s.name for s in (KVPoll(1), KVPoll(2), KVPoll(3), KVPoll(4), KVPoll(0)))
 ACTIVE = (B, W, T)
 
 # W: first request (8 tokens) outstanding. T: 8 received, resume for 2 outstanding.

@@ -41,10 +41,15 @@ from .rooms import (
     FAIL,
     IGNORE,
     NONCE,
+    OK,
     RECEIVER,
     ROOM,
     SENDER,
     TOTAL,
+    B,
+    F,
+    T,
+    W,
     check_outcome,
     piece,
     receiver,
@@ -52,7 +57,6 @@ from .rooms import (
     sender_in,
 )
 
-B, W, T, OK, F = "Bootstrapping", "WaitingForInput", "Transferring", "Success", "Failed"
 OTHER = "language-1"  # a room's second receiver
 Row = tuple[str, str, str, str | None, str]  # machine, trigger, source, dest, verdict
 

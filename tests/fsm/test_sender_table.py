@@ -21,7 +21,6 @@ from embxfer.fsm.events import (
     WriteFinished,
 )
 from embxfer.fsm.messages import PieceRequest
-from embxfer.fsm.poll import STATE_NAMES
 from embxfer.fsm.sender import SenderRoom
 
 from .rooms import (
@@ -30,10 +29,15 @@ from .rooms import (
     FAIL,
     IGNORE,
     NONCE,
+    OK,
     OLD_NONCE,
     RECEIVER,
     ROOM,
     TOTAL,
+    B,
+    F,
+    T,
+    W,
     check_outcome,
     messages,
     request,
@@ -74,7 +78,6 @@ CASES: dict[str, tuple[Event, float]] = {
     "old_abort": (AbortReceived(RECEIVER, "an earlier room", OLD_NONCE), 1.0),
 }
 
-B, W, T, OK, F = STATE_NAMES[1], STATE_NAMES[2], STATE_NAMES[3], STATE_NAMES[4], STATE_NAMES[0]
 
 # (state, case) -> (state after, outcome). W here has one receiver whose first piece
 # (8 of 10 tokens) is being written; T has that piece written and awaits the resume.

@@ -231,7 +231,7 @@ class WorldMachine(RuleBasedStateMachine):
         """Memory goes to something else, so allocations (resumes) must wait."""
         engine = data.draw(st.sampled_from(self._live_engines()))
         config = self.world.config
-        blocks = config.sender_blocks if engine == SENDER else config.receiver_blocks
+        blocks = config.engine_blocks[engine]
         self._apply(Hog(engine, data.draw(st.integers(1, blocks * config.block_size))))
 
     @precondition(lambda self: any(self.world.hogs[e] for e in self._live_engines()))

@@ -13,6 +13,8 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from embxfer.transport import mooncake_data
+
 Number = float | int | str | bool
 
 
@@ -154,6 +156,20 @@ class BenchSettings:
     @property
     def reps(self) -> int:
         return 2 if self.quick else self.repeats
+
+    def mooncake_usable(self) -> bool:
+        """Whether Mooncake transfers can be measured: not switched off, and the wheel
+        loads on this machine."""
+        return self.mooncake and mooncake_data.available()
+
+    def processes_skip_reason(self) -> str:
+        """Why the benchmarks between worker processes (ZeroMQ control, Mooncake data)
+        cannot run here, or ``""`` when they can."""
+        if not self.processes:
+            return "worker processes disabled"
+        if not self.mooncake_usable():
+            return "Mooncake is not usable here"
+        return ""
 
 
 def interleaved(calls: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:

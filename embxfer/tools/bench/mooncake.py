@@ -295,7 +295,7 @@ _E2E_DEFINITION = "send() to Success over Mooncake TCP against a raw write"
 
 
 def run(settings: BenchSettings) -> list[Metric]:
-    if not settings.mooncake or not mooncake_data.available():
+    if not settings.mooncake_usable():
         why = "Mooncake transfer engine is not usable here"
         return [
             skipped("mooncake_e2e_vs_raw", "x", _E2E_DEFINITION, at_least(0.95), why),

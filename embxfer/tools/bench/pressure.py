@@ -28,7 +28,6 @@ from embxfer.tools.bench.core import (
     skipped,
 )
 from embxfer.tools.bench.processes import Outcome, Plan
-from embxfer.transport import mooncake_data
 
 TOKENS = 16  # a room's piece fits one block
 HIDDEN = 64
@@ -119,11 +118,7 @@ def _processes(settings: BenchSettings) -> list[Metric]:
         "control, Mooncake TCP writes on 127.0.0.1), each a lean scheduler loop; wall clock "
         "of the language process"
     )
-    why = ""
-    if not settings.processes:
-        why = "worker processes disabled"
-    elif not settings.mooncake or not mooncake_data.available():
-        why = "Mooncake is not usable here"
+    why = settings.processes_skip_reason()
     if why:
         return [
             skipped(name, unit, definition, None, why)

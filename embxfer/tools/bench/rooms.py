@@ -24,7 +24,6 @@ from embxfer.tools.bench.core import BenchSettings, Metric, Number, Spread, at_l
 from embxfer.tools.bench.processes import Plan
 from embxfer.tools.cluster.demo import ProcessOptions, run_processes
 from embxfer.tools.demo import DemoSettings
-from embxfer.transport import mooncake_data
 from embxfer.transport.wire import decode, encode
 
 TOKENS = 16
@@ -198,11 +197,7 @@ def rooms_per_s_processes(settings: BenchSettings) -> list[Metric]:
         "sequential; raw_sync_cpu_us_per_write: the same through Mooncake's "
         "batch_transfer_sync_write, which busy-waits"
     )
-    why = ""
-    if not settings.processes:
-        why = "worker processes disabled"
-    elif not settings.mooncake or not mooncake_data.available():
-        why = "Mooncake is not usable here"
+    why = settings.processes_skip_reason()
     if why:
         return [
             skipped(name, unit, definition, None, why),
