@@ -555,4 +555,4 @@ class ReceiverRoom(Room):
 
 RECEIVER_MACHINE = build_machine("receiver", RECEIVER_TABLE, {FAILED: "_enter_failed"})
 
-ReceiverRoom.MACHINE = RECEIVER_MACHINE
+ReceiverRoom.bind(RECEIVER_MACHINE)

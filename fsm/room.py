@@ -5,17 +5,25 @@ A room is a plain object; its role's class-level ``transitions.Machine`` (built 
 role's classifier decides what the event means in the room's current state (a
 ``Verdict``), the transition table picks the edge whose condition names that verdict,
 and the edge's callbacks queue actions. Nothing else changes a room's state.
+
+The machine is the authority, and ``Dispatch`` runs it: compiled once per role from
+the machine's own events, rows, states and callbacks, it does per event what
+``Event.trigger`` does (prepare, first row whose condition holds, that row's callbacks
+around the state change) without building the library's per-trigger ``EventData``,
+partial and callback-name lookups, which cost as much as the rooms' own work. A test
+drives rooms through both and compares (tests/fsm/test_dispatch.py).
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
 from transitions import Machine
-from transitions.core import Condition, EventData, Transition
+from transitions.core import Condition, EventData, MachineError, Transition
 
 from embxfer.fsm.actions import Action
 from embxfer.fsm.events import CallbackFailed, Event
@@ -94,16 +102,16 @@ class VerdictCondition(Condition):
 class VerdictTransition(Transition):
     """A table row, executed as transitions' ``Transition.execute`` does, less its logging.
 
+    Rooms run through ``Dispatch``, compiled from these rows; this is the row as the
+    library's own ``Event.trigger`` runs it (tests drive rooms both ways and compare).
     Per event the classifier decides the one verdict that holds, so most rows tried fail
     their condition: they are turned down by one identity test. A row that passes runs
     what ``Transition.execute`` and ``_change_state`` (transitions 0.9) run, in their
     order: ``before_state_change`` and ``before``, then (unless internal) the source's
     ``on_exit``, the state change, the destination's ``on_enter`` and, for a final state,
     ``on_final``; then ``after`` and ``after_state_change``. What it leaves out is the
-    dozen debug and info log calls per row, a third of each event's cost, and the
-    empty ``prepare`` callbacks (``verdict_table`` makes rows without them). Events,
-    their ``prepare_event``, ``finalize_event`` and exception handling stay the
-    library's own.
+    dozen debug and info log calls per row and the empty ``prepare`` callbacks
+    (``verdict_table`` makes rows without them).
     """
 
     condition_cls = VerdictCondition
@@ -153,6 +161,87 @@ def build_machine(name: str, table: list[dict[str, Any]], on_enter: dict[str, st
     )
 
 
+class Step:
+    """One row of the machine, compiled: the verdict its condition names (None: any), and
+    the names of the room methods it calls in ``VerdictTransition.execute``'s order, the
+    state change between ``before`` and ``after`` (none for an internal row). Methods are
+    looked up on the room at each call, as transitions does (tests replace some)."""
+
+    __slots__ = ("after", "before", "dest", "origin", "verdict")
+
+    def __init__(
+        self, machine: Machine, trigger: str, row: VerdictTransition, room: type[Room]
+    ) -> None:
+        def resolved(names: Iterable[object]) -> tuple[str, ...]:
+            return tuple(_method(room, name) for name in names)
+
+        self.origin = (machine.name, trigger, row)  # what it was compiled from
+        conditions = cast(list[VerdictCondition], row.conditions)
+        self.verdict = conditions[0].verdict if conditions else None
+        before = [*machine.before_state_change, *row.before]
+        after = [*row.after, *machine.after_state_change]
+        self.dest: str | None = None
+        if row.dest is not None:
+            source, dest = machine.get_state(row.source), machine.get_state(row.dest)
+            self.dest = dest.name
+            before += source.on_exit
+            after = [*dest.on_enter, *(machine.on_final if dest.final else ()), *after]
+        self.before, self.after = resolved(before), resolved(after)
+
+    def fire(self, room: Room, event: Event) -> None:
+        for name in self.before:
+            getattr(room, name)(event)
+        if self.dest is not None:
+            room.state = self.dest
+        for name in self.after:
+            getattr(room, name)(event)
+
+
+class Dispatch:
+    """A role's machine compiled for ``Room.handle``: per event type and state, the rows
+    in the machine's order; and its prepare callbacks (the classifier)."""
+
+    def __init__(self, machine: Machine, room: type[Room]) -> None:
+        if machine.finalize_event or machine.on_exception or machine.has_queue:
+            raise ValueError(f"{machine.name}: finalize, exception and queued events not run")
+        self.machine = machine
+        self.prepare = tuple(_method(room, name) for name in machine.prepare_event)
+        self.rows: dict[type, dict[str, tuple[Step, ...]]] = {
+            event_type: {
+                source: tuple(
+                    Step(machine, trigger, cast(VerdictTransition, row), room) for row in rows
+                )
+                for source, rows in machine.events[trigger].transitions.items()
+            }
+            for event_type, trigger in room.TRIGGERS.items()
+        }
+
+    def run(self, room: Room, event: Event) -> None:
+        """What ``machine.events[trigger].trigger(room, event)`` does for a room."""
+        rows = self.rows[type(event)].get(room.state)
+        if rows is None:  # transitions raises the same for an event the state lacks
+            trigger = room.TRIGGERS[type(event)]
+            state = room.state
+            raise MachineError(
+                f"{self.machine.name}Can't trigger event {trigger} from state {state}!"
+            )
+        for name in self.prepare:
+            getattr(room, name)(event)
+        verdict = room._verdict
+        for step in rows:
+            if step.verdict is None or step.verdict is verdict:
+                step.fire(room, event)
+                return
+
+
+def _method(room: type[Room], name: object) -> str:
+    """``name``, checked to name a method of ``room`` (as transitions would find out at
+    the first event that needs it, this finds out when the role is defined)."""
+    if not isinstance(name, str) or not callable(getattr(room, name, None)):
+        raise TypeError(f"{room.__name__}.{name}, named by its machine, is not a method")
+    return name
+
+
 class Room:
     """State, verdict and outbox common to both roles."""
 
@@ -173,7 +262,14 @@ class Room:
     )
 
     MACHINE: ClassVar[Machine]
+    DISPATCH: ClassVar[Dispatch]
     TRIGGERS: ClassVar[dict[type, str]]
+
+    @classmethod
+    def bind(cls, machine: Machine) -> None:
+        """Make ``machine`` the role's: what moves every room of it."""
+        cls.MACHINE = machine
+        cls.DISPATCH = Dispatch(machine, cls)
 
     def __init__(self, room_id: int, timeouts: Timeouts, now: float) -> None:
         self.room_id = room_id
@@ -198,7 +294,7 @@ class Room:
         the table's ``crash`` rows), not the engine that drives every room."""
         self.now = now
         try:
-            self.MACHINE.events[self.TRIGGERS[type(event)]].trigger(self, event)
+            self.DISPATCH.run(self, event)
         except Exception as exc:
             self._crashed(event, exc)
         actions, self._actions = self._actions, []
@@ -211,7 +307,7 @@ class Room:
         self._actions = []
         self.crash = f"{type(event).__name__}: {exc!r}"
         try:
-            self.MACHINE.events["crash"].trigger(self, CallbackFailed(self.crash))
+            self.DISPATCH.run(self, CallbackFailed(self.crash))
         except Exception:  # the failure path itself is broken: the room stays as it is
             self._actions = []
             LOG.exception("room=%d could not fail after a crash", self.room_id)

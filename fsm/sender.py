@@ -561,4 +561,4 @@ SENDER_MACHINE = build_machine(
     "sender", SENDER_TABLE, {FAILED: "_enter_failed", SUCCESS: "_enter_success"}
 )
 
-SenderRoom.MACHINE = SENDER_MACHINE
+SenderRoom.bind(SENDER_MACHINE)

@@ -15,11 +15,11 @@ from contextlib import contextmanager
 
 import pytest
 from transitions import Machine
-from transitions.core import EventData
 
 from embxfer.buffers.allocator import FreeListAllocator
 from embxfer.fsm.events import (
     AnnounceArrived,
+    Event,
     LengthAnnounced,
     MemoryGranted,
     PayloadReady,
@@ -31,7 +31,7 @@ from embxfer.fsm.events import (
 from embxfer.fsm.messages import Announce
 from embxfer.fsm.policy import ResumePolicy
 from embxfer.fsm.receiver import RECEIVER_MACHINE, ReceiverRoom
-from embxfer.fsm.room import VerdictTransition
+from embxfer.fsm.room import Room, Step, VerdictTransition
 from embxfer.fsm.sender import SENDER_MACHINE, SenderRoom
 
 from . import test_receiver_table, test_sender_table
@@ -78,20 +78,18 @@ def _verdict(row: VerdictTransition) -> str:
 def recording() -> Iterator[set[Row]]:
     """Record every row that fires while the body runs."""
     fired: set[Row] = set()
-    execute = VerdictTransition.execute
+    fire = Step.fire
 
-    def recorded(row: VerdictTransition, event_data: EventData) -> bool:
-        done = execute(row, event_data)
-        if done:
-            machine = event_data.machine
-            fired.add((machine.name, event_data.event.name, row.source, row.dest, _verdict(row)))
-        return done
+    def recorded(step: Step, room: Room, event: Event) -> None:
+        fire(step, room, event)
+        machine, trigger, row = step.origin
+        fired.add((machine, trigger, row.source, row.dest, _verdict(row)))
 
-    VerdictTransition.execute = recorded  # type: ignore[method-assign]
+    Step.fire = recorded  # type: ignore[method-assign]
     try:
         yield fired
     finally:
-        VerdictTransition.execute = execute  # type: ignore[method-assign]
+        Step.fire = fire  # type: ignore[method-assign]
 
 
 # -- scenarios: rows a room built into one state cannot reach -------------------------
@@ -239,14 +237,23 @@ def test_scenario(name: str) -> None:
     SCENARIOS[name]()
 
 
+def run_every_case() -> None:
+    """Every case of both tables' tests, and every scenario above."""
+    for table in (test_sender_table, test_receiver_table):
+        for state, case in table.EXPECTED:
+            table.test_table(state, case)
+    for scenario in SCENARIOS.values():
+        scenario()
+
+
+def every_row() -> set[Row]:
+    return rows(SENDER_MACHINE) | rows(RECEIVER_MACHINE)
+
+
 def test_every_row_is_reached() -> None:
     with recording() as fired:
-        for table in (test_sender_table, test_receiver_table):
-            for state, case in table.EXPECTED:
-                table.test_table(state, case)
-        for scenario in SCENARIOS.values():
-            scenario()
-    unreached = (rows(SENDER_MACHINE) | rows(RECEIVER_MACHINE)) - fired
+        run_every_case()
+    unreached = every_row() - fired
     assert not unreached, "rows no test reaches:\n" + "\n".join(sorted(map(str, unreached)))
 
 
