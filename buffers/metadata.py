@@ -8,15 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from embxfer.buffers.blocks import check_blocks, contiguous_start
-from embxfer.buffers.layout import (
-    AUX_FIELDS,
-    FIELDS,
-    KINDS,
-    PLACES,
-    BufferLayout,
-    Kind,
-    Region,
-)
+from embxfer.buffers.layout import FIELDS, KINDS, PLACES, BufferLayout, Field, Kind, Region
 from embxfer.buffers.payload import EmbeddingPayload
 
 POISON_BYTE = 0xA5
@@ -42,7 +34,18 @@ class MetadataBuffers:
             )
             for kind in KINDS
         }
-        self._aux = torch.zeros((layout.num_blocks, AUX_FIELDS), dtype=torch.int64)
+        # Each kind as one row per token slot, and each field's columns of those rows:
+        # views made once, as a room's store and views run per room.
+        self._flat: dict[Kind, torch.Tensor] = {
+            kind: tensor.flatten(0, 1) for kind, tensor in self._tensors.items()
+        }
+        self._fields: dict[Field, torch.Tensor] = {
+            field: _columns(self._flat[PLACES[field].kind], PLACES[field].columns)
+            for field in FIELDS
+        }
+        # (total tokens, mrope position delta) per block: SGLang's aux record, kept
+        # as Python ints since only the scheduler reads it.
+        self._aux: list[tuple[int, int]] = [(0, 0)] * layout.num_blocks
 
     def tensor(self, kind: Kind) -> torch.Tensor:
         """The whole buffer of ``kind``."""
@@ -79,20 +82,16 @@ class MetadataBuffers:
 
     def store(self, blocks: Sequence[int], payload: EmbeddingPayload) -> None:
         """Write the payload's tokens from slot 0 of ``blocks[0]`` on, and its aux record
-        (total tokens, mrope position delta, hidden size, zeros) for ``blocks[0]``."""
+        (total tokens, mrope position delta) for ``blocks[0]``."""
         payload.validate(self.layout)
         rows = self._rows(blocks, payload.num_tokens)
-        for field in FIELDS:
-            source = payload.tensor(field).to(self.layout.device)
-            place = PLACES[field]
-            target = _columns(self._tensors[place.kind].flatten(0, 1), place.columns)
+        for field, target in self._fields.items():
+            source = payload.tensor(field)
             if isinstance(rows, slice):
-                target[rows].copy_(source)
+                target[rows].copy_(source)  # copies across devices too
             else:
-                target.index_copy_(0, rows, source)
-        record = [payload.num_tokens, payload.mrope_position_delta, self.layout.hidden_size]
-        record += [0] * (AUX_FIELDS - len(record))
-        self._aux[blocks[0]].copy_(torch.tensor(record, dtype=torch.int64))
+                target.index_copy_(0, rows, source.to(self.layout.device))
+        self._aux[blocks[0]] = (payload.num_tokens, payload.mrope_position_delta)
 
     def view_payload(
         self,
@@ -110,13 +109,18 @@ class MetadataBuffers:
         outlive the blocks.
         """
         rows = self._rows(blocks, num_tokens)
-        rows_of: dict[Kind, torch.Tensor] = {}
-        for kind, tensor in self._tensors.items():
-            flat = tensor.flatten(0, 1)
-            if not isinstance(rows, slice):
-                rows_of[kind] = flat.index_select(0, rows)
-            else:
-                rows_of[kind] = flat[rows].clone() if copy else flat[rows]
+        if isinstance(rows, slice):
+            if not copy:
+                fields = self._fields
+                return EmbeddingPayload(
+                    fields["embeddings"][rows],
+                    fields["fill_ids"][rows],
+                    fields["mrope_positions"][rows],
+                    mrope_position_delta,
+                )
+            rows_of = {kind: flat[rows].clone() for kind, flat in self._flat.items()}
+        else:
+            rows_of = {kind: flat.index_select(0, rows) for kind, flat in self._flat.items()}
         embeddings, fill_ids, mrope_positions = (
             _columns(rows_of[PLACES[field].kind], PLACES[field].columns) for field in FIELDS
         )
@@ -126,8 +130,7 @@ class MetadataBuffers:
         """(total tokens, mrope position delta) from the aux record ``store`` wrote for a
         room's first block."""
         check_blocks((block,), 1, self.layout.num_blocks, "aux block")
-        total, delta = self._aux[block, :2].tolist()
-        return int(total), int(delta)
+        return self._aux[block]
 
     def _block_rows(self, blocks: Sequence[int] | None) -> torch.Tensor:
         """Index of ``blocks`` (default: all), range-checked since tensors wrap negatives."""

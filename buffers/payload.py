@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -82,15 +83,14 @@ class EmbeddingPayload:
             raise ValueError(
                 f"embeddings: expected (T, hidden), got {tuple(self.embeddings.shape)}"
             )
-        if self.num_tokens == 0:
+        num_tokens = self.embeddings.shape[0]
+        if num_tokens == 0:
             raise ValueError("payload has no tokens")
-        for field in FIELDS:
+        for field, token_shape, dtype in field_specs(layout):
             tensor = self.tensor(field)
-            shape = (self.num_tokens, *layout.field_shape(field))
-            dtype = layout.field_dtype(field)
-            if tuple(tensor.shape) != shape or tensor.dtype != dtype:
+            if tensor.dtype != dtype or tensor.shape != (num_tokens, *token_shape):
                 raise ValueError(
-                    f"{field}: expected shape {shape} of {dtype}, "
+                    f"{field}: expected shape {(num_tokens, *token_shape)} of {dtype}, "
                     f"got {tuple(tensor.shape)} of {tensor.dtype}"
                 )
 
@@ -99,6 +99,13 @@ class EmbeddingPayload:
         return self.mrope_position_delta == other.mrope_position_delta and all(
             torch.equal(self.tensor(field), other.tensor(field)) for field in FIELDS
         )
+
+
+@functools.cache
+def field_specs(layout: BufferLayout) -> tuple[tuple[Field, tuple[int, ...], torch.dtype], ...]:
+    """(field, shape of one token's values, dtype) of every field ``layout`` stores:
+    what ``validate`` checks for every payload handed over, worked out once."""
+    return tuple((f, layout.field_shape(f), layout.field_dtype(f)) for f in FIELDS)
 
 
 def random_payload(

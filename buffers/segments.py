@@ -112,16 +112,18 @@ def plan_segments(
         start, end = end, end + count * layout.block_size
         spans.append((src_start, dst_start, min(end, num_tokens) - start))
 
-    segments: list[Segment] = []
-    for kind in KINDS:
-        src_base, dst_base = src_bases[kind], dst_bases[kind]
-        block_bytes, token_bytes = layout.block_bytes(kind), layout.token_bytes(kind)
-        segments.extend(
-            Segment(
-                src_base + src_start * block_bytes,
-                dst_base + dst_start * block_bytes,
-                tokens * token_bytes,
-            )
-            for src_start, dst_start, tokens in spans
+    return [
+        Segment(
+            src_bases[kind] + src_start * block_bytes,
+            dst_bases[kind] + dst_start * block_bytes,
+            tokens * token_bytes,
         )
-    return segments
+        for kind, block_bytes, token_bytes in _strides(layout)
+        for src_start, dst_start, tokens in spans
+    ]
+
+
+@functools.cache
+def _strides(layout: BufferLayout) -> tuple[tuple[Kind, int, int], ...]:
+    """(kind, bytes per block, bytes per token) of every kind, in ``KINDS`` order."""
+    return tuple((kind, layout.block_bytes(kind), layout.token_bytes(kind)) for kind in KINDS)

@@ -183,6 +183,15 @@ class _Region:
     address: int
     length: int
     view: torch.Tensor
+    host: bool  # CPU memory: a write between two host regions is one memmove
+
+    def holds(self, address: int, length: int) -> bool:
+        return address >= self.address and address + length <= self.address + self.length
+
+    def bytes(self, address: int, length: int) -> torch.Tensor:
+        """The view of ``[address, address + length)``, which this region holds."""
+        offset = address - self.address
+        return self.view[offset : offset + length]
 
 
 class InprocDataTransport:
@@ -210,7 +219,7 @@ class InprocDataTransport:
         if _find(self._regions, address, length) is not None:
             return
         host_bytes = (ctypes.c_uint8 * length).from_address(address)
-        region = _Region(address, length, torch.frombuffer(host_bytes, dtype=torch.uint8))
+        region = _Region(address, length, torch.frombuffer(host_bytes, dtype=torch.uint8), True)
         with self._lock:
             self._regions = (*self._regions, region)
 
@@ -219,7 +228,7 @@ class InprocDataTransport:
         if not tensor.is_contiguous() or tensor.numel() == 0:
             raise ValueError("register_tensor needs a non-empty contiguous tensor")
         view = tensor.detach().reshape(-1).view(torch.uint8)
-        region = _Region(view.data_ptr(), view.numel(), view)
+        region = _Region(view.data_ptr(), view.numel(), view, not view.is_cuda)
         with self._lock:
             self._regions = (region, *self._regions)
 
@@ -230,7 +239,7 @@ class InprocDataTransport:
         peer = self._network._transport(peer_session)
         if peer is None:
             return WriteResult(False, f"unknown peer session {peer_session!r}")
-        copies: list[tuple[torch.Tensor, torch.Tensor]] = []
+        copies: list[tuple[_Region, _Region, Segment]] = []
         for segment in segments:
             source = _find(self._regions, segment.src_address, segment.length)
             if source is None:
@@ -238,10 +247,17 @@ class InprocDataTransport:
             target = _find(peer._regions, segment.dst_address, segment.length)
             if target is None:
                 return WriteResult(False, f"target of {segment} is not registered memory")
-            copies.append((target, source))
-        for target, source in copies:
-            target.copy_(source)
-        for device in {view.device for pair in copies for view in pair if view.is_cuda}:
+            copies.append((target, source, segment))
+        devices = set()
+        for target, source, segment in copies:
+            src, dst, length = segment.src_address, segment.dst_address, segment.length
+            if target.host and source.host:  # checked bounds, plain bytes: no tensor needed
+                ctypes.memmove(dst, src, length)
+                continue
+            into = target.bytes(dst, length)
+            into.copy_(source.bytes(src, length))
+            devices |= {view.device for view in (into, source.view) if view.is_cuda}
+        for device in devices:
             torch.cuda.synchronize(device)  # a one-sided write has landed when it returns
         return WriteResult(True)
 
@@ -251,12 +267,11 @@ class InprocDataTransport:
             self._regions = ()
 
 
-def _find(regions: tuple[_Region, ...], address: int, length: int) -> torch.Tensor | None:
-    """Bytes of the first region holding all of ``[address, address + length)``; regions are
-    few (one per buffer kind), so a scan is enough (kept inline: it runs per segment)."""
+def _find(regions: tuple[_Region, ...], address: int, length: int) -> _Region | None:
+    """The first region holding all of ``[address, address + length)``; regions are few
+    (one per buffer kind), so a scan is enough."""
     if length > 0:
         for region in regions:
-            offset = address - region.address
-            if offset >= 0 and offset + length <= region.length:
-                return region.view[offset : offset + length]
+            if region.holds(address, length):
+                return region
     return None
