@@ -145,9 +145,13 @@ class _PrometheusEngine:
         self._resumes = metrics.resumes.labels(*self._labels)
         self._bytes = metrics.bytes.labels(*self._labels)
         self._latency = metrics.latency.labels(*self._labels)
+        self._succeeded = metrics.rooms.labels(*self._labels, "Success", "")
 
     def room_ended(self, state: str, reason: str, resumes: int, seconds: float) -> None:
-        self._metrics.rooms.labels(*self._labels, state, reason).inc()
+        if state == "Success":
+            self._succeeded.inc()
+        else:
+            self._metrics.rooms.labels(*self._labels, state, reason).inc()
         if resumes:
             self._resumes.inc(resumes)
         if state == "Success":

@@ -3,6 +3,7 @@ room's result on its pump thread."""
 
 from __future__ import annotations
 
+import random
 import secrets
 from collections.abc import Hashable
 from dataclasses import dataclass, field
@@ -58,6 +59,9 @@ class ReceiverEngine(Engine[ReceiverTracked]):
             regions=tuple(BufferRegion(k, b, n) for k, b, n in self.buffers.regions()),
         )
         self.router = self.routes = ReceiverRoutes(self, register)
+        # Incarnations need to differ, not to be secret (CURVE keys say who speaks), so a
+        # generator seeded from the OS draws them: no system call per room.
+        self._nonces = random.Random(secrets.randbits(128))
 
     def create_room(
         self,
@@ -85,7 +89,7 @@ class ReceiverEngine(Engine[ReceiverTracked]):
             self.clock(),
             self.config.policy,
             required_receivers,
-            nonce=secrets.randbits(NONCE_BITS),
+            nonce=self._nonces.getrandbits(NONCE_BITS),
         )
         tracked = ReceiverTracked(room, ReceiverStatus())
         self.submit(lambda: self._adopt(tracked))

@@ -13,25 +13,40 @@ before, whose messages may still be in flight.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 PROTOCOL_VERSION = 2  # 2: incarnation nonces, request numbers, Announce; aux in PieceWritten
+
+MAX_INT = 2**63 - 1
+MAX_STRING_CHARS = 256
+
+# The limits every field obeys, checked by msgspec as it decodes (in C: no field of a
+# peer's message reaches Python unchecked). Every integer is one of these two types and
+# every string is ``Text``; a test keeps it so for fields added later.
+Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)]
+"""A non-negative int64: ids, nonces, counts, addresses."""
+Signed = Annotated[int, msgspec.Meta(ge=-MAX_INT, le=MAX_INT)]
+"""An int64 that may be negative (symmetric limits)."""
+Text = Annotated[str, msgspec.Meta(max_length=MAX_STRING_CHARS)]
+"""A short string."""
 
 
 class BufferRegion(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """One registered buffer kind on a receiver: where block 0 starts and how big a block is."""
 
-    kind: str
-    base_address: int
-    block_bytes: int
+    kind: Text
+    base_address: Count
+    block_bytes: Count
 
 
 class Register(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="register"):
     """Receiver -> sender, once per peer: the receiver's buffer geometry for one-sided writes."""
 
-    session_id: str
-    block_size: int
-    num_blocks: int
+    session_id: Text
+    block_size: Count
+    num_blocks: Count
     regions: tuple[BufferRegion, ...]
 
 
@@ -39,7 +54,7 @@ class RegisterAck(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="
     """Sender -> receiver: the geometry was accepted (or not, with a reason)."""
 
     accepted: bool
-    reason: str = ""
+    reason: Text = ""
 
 
 class PieceRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="piece_request"):
@@ -52,13 +67,13 @@ class PieceRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag=
     ``sent_tokens``, identifies duplicates and stale copies.
     """
 
-    room: int
-    nonce: int
-    seq: int
-    sent_tokens: int
-    blocks: tuple[int, ...]
-    allocated_tokens: int
-    required_receivers: int
+    room: Count
+    nonce: Count
+    seq: Count
+    sent_tokens: Count
+    blocks: tuple[Count, ...]
+    allocated_tokens: Count
+    required_receivers: Count
 
 
 class PieceWritten(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="piece_written"):
@@ -69,13 +84,13 @@ class PieceWritten(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag=
     that no data write is spent on it (every piece names both; they never change).
     """
 
-    room: int
-    nonce: int
-    seq: int
-    sent_tokens: int
-    tokens: int
-    total_tokens: int
-    mrope_position_delta: int
+    room: Count
+    nonce: Count
+    seq: Count
+    sent_tokens: Count
+    tokens: Count
+    total_tokens: Count
+    mrope_position_delta: Signed
 
 
 class Announce(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="announce"):
@@ -83,32 +98,29 @@ class Announce(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="ann
     sender knows both the length (its scheduler's ``announce`` or ``send``) and the
     receiver (its first request), unless the receiver's first piece is being written."""
 
-    room: int
-    nonce: int
-    total_tokens: int
+    room: Count
+    nonce: Count
+    total_tokens: Count
 
 
 class Abort(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="abort"):
     """Either direction: the room is over. A sender sends it only with no write in flight."""
 
-    room: int
-    nonce: int
-    reason: str
+    room: Count
+    nonce: Count
+    reason: Text
 
 
 class AbortAck(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="abort_ack"):
     """Sender -> receiver: no write for this room is in flight or will be started."""
 
-    room: int
-    nonce: int
+    room: Count
+    nonce: Count
 
 
 class Heartbeat(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="heartbeat"):
     """Either direction: the peer is alive."""
 
-
-SIGNED_FIELDS: frozenset[tuple[str, str]] = frozenset({("PieceWritten", "mrope_position_delta")})
-"""(message, field) of the integers that may be negative; every other integer is not."""
 
 Message = (
     Register | RegisterAck | PieceRequest | PieceWritten | Announce | Abort | AbortAck | Heartbeat

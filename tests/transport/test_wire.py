@@ -290,3 +290,27 @@ def test_decode_inbound() -> None:
     assert decode_inbound("E1", encode(Heartbeat()), counter) == Inbound("E1", Heartbeat())
     assert decode_inbound("E1", b"junk", counter) is None
     assert counter.snapshot() == {"malformed": 1}
+
+
+def _unbounded(info: msgspec.inspect.Type, where: str) -> list[str]:
+    """Fields under ``info`` that decoding would accept without limits."""
+    if isinstance(info, msgspec.inspect.UnionType):
+        return [bad for member in info.types for bad in _unbounded(member, where)]
+    if isinstance(info, msgspec.inspect.StructType):
+        return [
+            bad
+            for field in info.fields
+            for bad in _unbounded(field.type, f"{info.cls.__name__}.{field.name}")
+        ]
+    if isinstance(info, msgspec.inspect.VarTupleType):
+        return _unbounded(info.item_type, f"{where}[]")
+    if isinstance(info, msgspec.inspect.IntType):
+        return [] if info.ge is not None and info.le is not None else [where]
+    if isinstance(info, msgspec.inspect.StrType):
+        return [] if info.max_length is not None else [where]
+    return []
+
+
+def test_every_int_and_string_of_every_message_has_limits() -> None:
+    """Decoding checks each field's limits, so a field added without them is a hole."""
+    assert _unbounded(msgspec.inspect.type_info(Message), "Message") == []
