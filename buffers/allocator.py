@@ -132,27 +132,30 @@ class FreeListAllocator:
         """Blocks covering ``num_tokens`` tokens, or None when not enough are free."""
         if num_tokens <= 0:
             raise ValueError(f"num_tokens must be positive, got {num_tokens}")
-        count = self.blocks_for(num_tokens)
-        if count > len(self._stack):
+        count = blocks_needed(num_tokens, self._block_size)
+        stack = self._stack
+        if count > len(stack):
             return None
-        blocks = self._stack[-count:]
-        del self._stack[-count:]
+        blocks = stack[-count:]
+        del stack[-count:]
         blocks.reverse()
+        allocated = self._allocated
         for block in blocks:
-            self._allocated[block] = 1
-        self._high_water_mark = max(self._high_water_mark, self.used_blocks)
+            allocated[block] = 1
+        self._high_water_mark = max(self._high_water_mark, len(allocated) - len(stack))
         return blocks
 
     def free(self, blocks: Sequence[int]) -> None:
         """Return blocks; on a double, duplicate or foreign free raises ``BlockFreeError``
         and changes nothing, so a caller's bug cannot corrupt the free list."""
         seen: set[int] = set()
+        allocated = self._allocated
         for block in blocks:
-            if not 0 <= block < self.total_blocks:
-                raise BlockFreeError(f"block {block} is not one of {self.total_blocks} blocks")
-            if not self._allocated[block] or block in seen:
+            if not 0 <= block < len(allocated):
+                raise BlockFreeError(f"block {block} is not one of {len(allocated)} blocks")
+            if not allocated[block] or block in seen:
                 raise BlockFreeError(f"block {block} is not allocated (double free)")
             seen.add(block)
         for block in blocks:
-            self._allocated[block] = 0
+            allocated[block] = 0
         self._stack.extend(reversed(blocks))

@@ -112,6 +112,10 @@ def assemble_room(
     """A receiver room's result: kept pieces read in place, spilled ones from ``staged``;
     the length and M-RoPE delta as the sender's ``PieceWritten`` reported them (the room
     keeps both). Raises ValueError if the pieces do not tile ``[0, total_tokens)``."""
+    if len(pieces) == 1:  # one piece kept in its blocks: what ``assemble`` would return
+        (piece,) = pieces
+        if piece.blocks and piece.sent_tokens == 0 and piece.tokens == total_tokens:
+            return buffers.view_payload(piece.blocks, total_tokens, mrope_position_delta)
     stored = [
         StoredPiece(p.sent_tokens, p.tokens, blocks=p.blocks)
         if p.blocks

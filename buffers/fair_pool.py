@@ -47,16 +47,10 @@ class FairPool(Generic[WaiterT]):
     ) -> None:
         self.allocator = allocator
         self.on_free = on_free
+        self.block_size = allocator.block_size  # an allocator's geometry never changes
+        self.total_blocks = allocator.total_blocks
         self._queue: OrderedDict[WaiterT, Ask] = OrderedDict()
         self._lock = threading.Lock()
-
-    @property
-    def block_size(self) -> int:
-        return self.allocator.block_size
-
-    @property
-    def total_blocks(self) -> int:
-        return self.allocator.total_blocks
 
     @property
     def free_blocks(self) -> int:

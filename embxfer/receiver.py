@@ -119,7 +119,7 @@ class ReceiverEngine(Engine[ReceiverTracked]):
             tracked.staged.clear()
             return
         self.sizer.observe(room.total_tokens)
-        self.stats.bytes_moved(room.total_tokens * self.layout.bytes_per_token)
+        self.stats.bytes_moved(room.total_tokens * self.bytes_per_token)
         try:
             status.result = assemble_room(
                 self.buffers,

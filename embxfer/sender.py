@@ -54,7 +54,7 @@ class SenderEngine(Engine[SenderTracked]):
     def create_room(self, room_id: int) -> SenderHandle:
         """A room for one request; receivers join it by asking for pieces."""
         room = SenderRoom(room_id, self.memory, self.config.timeouts, self.clock())
-        tracked = SenderTracked(room, SenderStatus(), token_bytes=self.layout.bytes_per_token)
+        tracked = SenderTracked(room, SenderStatus(), token_bytes=self.bytes_per_token)
         self.submit(lambda: self._adopt(tracked))
         return SenderHandle(self, tracked)
 

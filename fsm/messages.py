@@ -27,6 +27,8 @@ MAX_STRING_CHARS = 256
 # every string is ``Text``; a test keeps it so for fields added later.
 Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)]
 """A non-negative int64: ids, nonces, counts, addresses."""
+Positive = Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)]
+"""A count that is never zero: request numbers, token counts, receivers."""
 Signed = Annotated[int, msgspec.Meta(ge=-MAX_INT, le=MAX_INT)]
 """An int64 that may be negative (symmetric limits)."""
 Text = Annotated[str, msgspec.Meta(max_length=MAX_STRING_CHARS)]
@@ -69,11 +71,11 @@ class PieceRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag=
 
     room: Count
     nonce: Count
-    seq: Count
+    seq: Positive
     sent_tokens: Count
-    blocks: tuple[Count, ...]
-    allocated_tokens: Count
-    required_receivers: Count
+    blocks: Annotated[tuple[Count, ...], msgspec.Meta(min_length=1)]
+    allocated_tokens: Positive
+    required_receivers: Positive
 
 
 class PieceWritten(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="piece_written"):
@@ -86,9 +88,9 @@ class PieceWritten(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag=
 
     room: Count
     nonce: Count
-    seq: Count
+    seq: Positive
     sent_tokens: Count
-    tokens: Count
+    tokens: Positive
     total_tokens: Count
     mrope_position_delta: Signed
 
@@ -100,7 +102,7 @@ class Announce(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="ann
 
     room: Count
     nonce: Count
-    total_tokens: Count
+    total_tokens: Positive
 
 
 class Abort(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="abort"):

@@ -38,6 +38,7 @@ SUCCESS = KVPoll.Success.name
 FAILED = KVPoll.Failed.name
 ACTIVE = [BOOTSTRAPPING, WAITING, TRANSFERRING]
 TERMINAL = [SUCCESS, FAILED]
+_TERMINAL = frozenset(TERMINAL)
 
 
 class Verdict(enum.Enum):
@@ -314,7 +315,7 @@ class Room:
 
     @property
     def terminal(self) -> bool:
-        return self.state in TERMINAL
+        return self.state in _TERMINAL
 
     @property
     def wakeup(self) -> float:

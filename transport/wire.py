@@ -18,7 +18,6 @@ from embxfer.fsm.messages import (
     MAX_INT,
     MAX_STRING_CHARS,
     PROTOCOL_VERSION,
-    Announce,
     Message,
     PieceRequest,
     PieceWritten,
@@ -113,7 +112,7 @@ def decode(frame: bytes | bytearray | memoryview) -> Message:
 
 def validate(message: Message) -> None:
     """Raise ``WireError`` unless ``message`` obeys the rules beyond its fields' types and
-    limits (which the schema states and decoding checks): positive counts, consistency."""
+    limits (which the schema states and decoding checks): how its values relate."""
     match message:
         case Register(
             session_id=session_id, block_size=size, num_blocks=num_blocks, regions=regions
@@ -126,22 +125,15 @@ def validate(message: Message) -> None:
             _in_range("" not in kinds, "Register has a region with an empty kind")
             _in_range(min(r.block_bytes for r in regions) >= 1, "Register has block_bytes < 1")
             _consistent(len(set(kinds)) == len(kinds), f"Register repeats a region kind: {kinds}")
-        case PieceRequest(
-            seq=seq, blocks=blocks, allocated_tokens=allocated, required_receivers=receivers
-        ):
-            _in_range(seq >= 1, "PieceRequest.seq < 1")
+        case PieceRequest(blocks=blocks):
+            # (what the schema's types bound is checked as msgspec decodes: only what
+            # relates several values is left to this function)
             _in_range(
-                1 <= len(blocks) <= MAX_BLOCKS_PER_REQUEST, f"PieceRequest has {len(blocks)} blocks"
+                len(blocks) <= MAX_BLOCKS_PER_REQUEST, f"PieceRequest has {len(blocks)} blocks"
             )
-            _in_range(allocated >= 1, "PieceRequest.allocated_tokens < 1")
-            _in_range(receivers >= 1, "PieceRequest.required_receivers < 1")
             _consistent(len(set(blocks)) == len(blocks), "PieceRequest repeats a block index")
-        case PieceWritten(seq=seq, sent_tokens=sent, tokens=tokens, total_tokens=total):
-            _in_range(seq >= 1, "PieceWritten.seq < 1")
-            _in_range(tokens >= 1, "PieceWritten.tokens < 1")
+        case PieceWritten(sent_tokens=sent, tokens=tokens, total_tokens=total):
             _consistent(sent + tokens <= total, f"PieceWritten ends at {sent + tokens} > {total}")
-        case Announce(total_tokens=total):
-            _in_range(total >= 1, "Announce.total_tokens < 1")
 
 
 def _in_range(condition: bool, detail: str) -> None:

@@ -85,6 +85,7 @@ class Engine(Generic[TrackedT]):
         self.data = data
         self.clock = clock
         self.layout = config.layout
+        self.bytes_per_token = self.layout.bytes_per_token  # worked out once: used per room
         self.buffers = buffers or MetadataBuffers(self.layout)
         self.allocator: BlockAllocator = allocator or FreeListAllocator(
             self.layout.num_blocks, self.layout.block_size

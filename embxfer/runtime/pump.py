@@ -12,6 +12,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -32,7 +33,7 @@ class Timers:
     def schedule(self, key: int, at: float) -> None:
         """Wake ``key`` at ``at``, unless it is due earlier already (inf: never)."""
         current = self._at.get(key)
-        if at != float("inf") and (current is None or at < current):
+        if at != math.inf and (current is None or at < current):
             self._at[key] = at
             heapq.heappush(self._heap, (at, next(self._seq), key))
 
@@ -43,7 +44,7 @@ class Timers:
         """When the earliest timer is due (inf: none)."""
         while self._heap and self._at.get(self._heap[0][2]) != self._heap[0][0]:
             heapq.heappop(self._heap)  # superseded or cancelled
-        return self._heap[0][0] if self._heap else float("inf")
+        return self._heap[0][0] if self._heap else math.inf
 
     def due(self, now: float) -> list[int]:
         """Take every key due by ``now``, earliest first."""

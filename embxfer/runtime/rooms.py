@@ -26,6 +26,7 @@ TOMBSTONES = 65536  # recently finished room ids whose late messages are dropped
 INCARNATIONS_PER_TOMBSTONE = 64  # of the last rooms under one id: late messages are recent
 
 RoomT = TypeVar("RoomT", bound=Room)
+_POLL = {poll.name: poll for poll in KVPoll}  # a room's state, as its status shows it
 
 
 @dataclass
@@ -63,7 +64,7 @@ class Tracked(Generic[RoomT]):
         status, room = self.status, self.room
         status.reason = room.reason
         status.resumes = room.resumes
-        status.state = KVPoll[room.state]
+        status.state = _POLL[room.state]
 
 
 TrackedT = TypeVar("TrackedT", bound="Tracked[Any]")
