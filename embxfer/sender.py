@@ -111,7 +111,7 @@ class SenderEngine(Engine[SenderTracked]):
 
     def _write(self, tracked: SenderTracked, action: WritePiece) -> None:
         def finished(result: WriteResult) -> None:
-            nbytes = sum(s.length for s in segments) if result.ok else 0
+            nbytes = sum(segment.length for segment in segments) if result.ok else 0
             event = WriteFinished(action.receiver, action.sent_tokens, result.ok, result.reason)
 
             def on_pump() -> None:  # stats, like rooms, are touched on the pump thread only

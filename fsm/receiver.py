@@ -138,7 +138,10 @@ class Outstanding:
 
     def allocation(self, seq: int) -> int | None:
         """Tokens request ``seq`` allocated, if it was sent for this piece."""
-        return next((tokens for sent, tokens in self.asked if sent == seq), None)
+        for asked_seq, tokens in self.asked:
+            if asked_seq == seq:
+                return tokens
+        return None
 
 
 class ReceiverRoom(Room):

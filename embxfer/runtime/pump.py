@@ -79,7 +79,7 @@ class Pump:
         command wakes the pump: the pump runs its commands before it sleeps, and an
         engine pumped by hand (never started) has no sleeper."""
         self._commands.append(command)
-        if not self.on_pump_thread() and self._ident is not None:
+        if self._ident is not None and not self.on_pump_thread():
             self._wake()
 
     def on_pump_thread(self) -> bool:
