@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+import msgspec
 
 from embxfer.fsm.events import AbortReceived, Event, PeerReady, RequestReceived
 from embxfer.fsm.messages import (
@@ -308,5 +310,5 @@ def _arrived(entry: Parked) -> Event:
     quarantine, however long the request waited for its room."""
     event = entry.event
     if isinstance(event, RequestReceived):
-        return replace(event, arrived_at=entry.at)
+        return msgspec.structs.replace(event, arrived_at=entry.at)
     return event

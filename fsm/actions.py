@@ -2,28 +2,25 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import msgspec
 
 from embxfer.fsm.messages import Message
 
 
-@dataclass(frozen=True, slots=True)
-class SendMessage:
+class SendMessage(msgspec.Struct, frozen=True):
     """Send a control message to ``peer``."""
 
     peer: str
     message: Message
 
 
-@dataclass(frozen=True, slots=True)
-class StorePayload:
+class StorePayload(msgspec.Struct, frozen=True):
     """Sender: copy the payload the scheduler handed over into the room's ``blocks``."""
 
     blocks: tuple[int, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class WritePiece:
+class WritePiece(msgspec.Struct, frozen=True):
     """Sender: write ``tokens`` tokens starting at ``sent_tokens`` to ``receiver``.
 
     Pieces start on block boundaries: source tokens come from slot 0 of
@@ -38,8 +35,7 @@ class WritePiece:
     dst_blocks: tuple[int, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class SpillPiece:
+class SpillPiece(msgspec.Struct, frozen=True):
     """Receiver: copy a received piece out of ``blocks`` into staging memory.
 
     The room frees those blocks right after; the runtime must copy before it
@@ -52,8 +48,7 @@ class SpillPiece:
     blocks: tuple[int, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class WaitForMemory:
+class WaitForMemory(msgspec.Struct, frozen=True):
     """Queue the room for ``tokens`` tokens of blocks (at least ``floor_tokens``): it
     could not take them now. The engine answers with ``MemoryGranted`` in turn."""
 
@@ -61,8 +56,7 @@ class WaitForMemory:
     floor_tokens: int
 
 
-@dataclass(frozen=True, slots=True)
-class StopWaiting:
+class StopWaiting(msgspec.Struct, frozen=True):
     """Take the room out of the memory queue: it no longer needs blocks (it failed)."""
 
 

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import msgspec
 
 from embxfer.fsm.messages import Announce, PieceRequest, PieceWritten
 
 
-@dataclass(frozen=True, slots=True)
-class PeerReady:
+class PeerReady(msgspec.Struct, frozen=True):
     """Receiver: the sender accepted this engine's registration."""
 
 
-@dataclass(frozen=True, slots=True)
-class RequestReceived:
+class RequestReceived(msgspec.Struct, frozen=True):
     """Sender: a receiver asked for a piece (initial or resume). ``arrived_at``: when the
     engine took it in, if it waited (parked) for the scheduler to create the room."""
 
@@ -22,16 +20,14 @@ class RequestReceived:
     arrived_at: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class LengthAnnounced:
+class LengthAnnounced(msgspec.Struct, frozen=True):
     """Sender: the scheduler knows the embedding will have ``total_tokens`` tokens (a
     vision encoder knows it from the image grid before its forward pass)."""
 
     total_tokens: int
 
 
-@dataclass(frozen=True, slots=True)
-class PayloadReady:
+class PayloadReady(msgspec.Struct, frozen=True):
     """Sender: the scheduler handed over the embedding of ``total_tokens`` tokens: the
     engine holds it until the room has blocks to store it in, or it is stored already in
     ``blocks`` of the engine's memory, which the scheduler took and filled (the room owns
@@ -43,8 +39,7 @@ class PayloadReady:
     mrope_position_delta: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class WriteFinished:
+class WriteFinished(msgspec.Struct, frozen=True):
     """Sender: the data transport finished the write of a piece (``ok`` or not)."""
 
     receiver: str
@@ -53,24 +48,21 @@ class WriteFinished:
     reason: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class PieceArrived:
+class PieceArrived(msgspec.Struct, frozen=True):
     """Receiver: ``peer`` reported a piece written into this room's blocks."""
 
     peer: str
     message: PieceWritten
 
 
-@dataclass(frozen=True, slots=True)
-class AnnounceArrived:
+class AnnounceArrived(msgspec.Struct, frozen=True):
     """Receiver: ``peer`` announced the embedding's length."""
 
     peer: str
     message: Announce
 
 
-@dataclass(frozen=True, slots=True)
-class AbortReceived:
+class AbortReceived(msgspec.Struct, frozen=True):
     """A peer aborted the room (``peer`` names it), for receiver incarnation ``nonce``."""
 
     peer: str
@@ -78,50 +70,43 @@ class AbortReceived:
     nonce: int
 
 
-@dataclass(frozen=True, slots=True)
-class AbortAckReceived:
+class AbortAckReceived(msgspec.Struct, frozen=True):
     """Receiver: ``peer`` confirmed no write for incarnation ``nonce`` is in flight."""
 
     peer: str
     nonce: int
 
 
-@dataclass(frozen=True, slots=True)
-class AbortRequested:
+class AbortRequested(msgspec.Struct, frozen=True):
     """The local scheduler aborted the room."""
 
     reason: str = "requested"
 
 
-@dataclass(frozen=True, slots=True)
-class PeerLost:
+class PeerLost(msgspec.Struct, frozen=True):
     """The runtime stopped hearing from ``peer`` (heartbeats or transport failure)."""
 
     peer: str
 
 
-@dataclass(frozen=True, slots=True)
-class Released:
+class Released(msgspec.Struct, frozen=True):
     """The scheduler is done with the room: free what it still holds once safe."""
 
 
-@dataclass(frozen=True, slots=True)
-class MemoryGranted:
+class MemoryGranted(msgspec.Struct, frozen=True):
     """Blocks taken for this room, which waited for them: its turn in the engine's queue
     came, or (receiver) the scheduler handed over the blocks of the first piece."""
 
     blocks: tuple[int, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class CallbackFailed:
+class CallbackFailed(msgspec.Struct, frozen=True):
     """A callback of this room raised on an earlier event (a bug): the room fails."""
 
     error: str
 
 
-@dataclass(frozen=True, slots=True)
-class Tick:
+class Tick(msgspec.Struct, frozen=True):
     """Time passed: deadlines and quarantine ends."""
 
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol
+
+import msgspec
 
 from embxfer.fsm.messages import Message
 
 
-@dataclass(frozen=True, slots=True)
-class Segment:
+class Segment(msgspec.Struct, frozen=True):
     """One contiguous one-sided write: ``length`` bytes from local ``src_address``
     to the peer's ``dst_address``."""
 
@@ -19,16 +19,14 @@ class Segment:
     length: int
 
 
-@dataclass(frozen=True, slots=True)
-class WriteResult:
+class WriteResult(msgspec.Struct, frozen=True):
     """Outcome of a write; transports report failures here and never raise."""
 
     ok: bool
     reason: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class Inbound:
+class Inbound(msgspec.Struct, frozen=True):
     """A validated control message and the address of the peer that sent it."""
 
     peer: str

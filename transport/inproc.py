@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import msgspec
 import torch
 
 from embxfer.fsm.messages import Message
@@ -21,8 +22,7 @@ from embxfer.transport.base import Inbound, Segment, WriteResult
 from embxfer.transport.wire import decode_inbound, encode, reject_tally
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
+class Delivery(msgspec.Struct, frozen=True):
     """One encoded control message on its way from ``sender`` to ``peer``."""
 
     sender: str
