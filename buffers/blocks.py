@@ -24,5 +24,9 @@ def contiguous_start(blocks: Sequence[int]) -> int | None:
     """The first block when ``blocks`` is one ascending run (so one slice covers it), else None."""
     if not blocks:
         return None
-    first = blocks[0]
-    return first if list(blocks) == list(range(first, first + len(blocks))) else None
+    first, count = blocks[0], len(blocks)
+    if count == 1:
+        return first
+    if blocks[-1] != first + count - 1:  # the common refusal, without building lists
+        return None
+    return first if list(blocks) == list(range(first, first + count)) else None
