@@ -104,7 +104,9 @@ class Completions:
     @classmethod
     def schedule(cls, expected_s: float) -> Iterator[float]:
         """When to ask, in seconds after submitting, about a write expected to take
-        ``expected_s`` (0: unknown); endless."""
+        ``expected_s`` (0: unknown); endless. Past twice the expected time the
+        prediction was wrong (a stall, a slower peer): the sleeps grow to
+        ``MAX_SLEEP_S`` as without one."""
         cap_s = cls.MAX_SLEEP_S
         if expected_s:
             cap_s = min(max(expected_s * cls.CAP_SHARE, cls.MIN_SLEEP_S), cap_s)
@@ -113,6 +115,8 @@ class Completions:
         while True:
             yield offset_s
             offset_s += step_s
+            if offset_s > 2 * expected_s:
+                cap_s = cls.MAX_SLEEP_S
             step_s = min(2 * step_s, cap_s)
 
     def _settle(self, batch_id: int, statuses: list[int], index: int) -> bool:

@@ -102,6 +102,19 @@ def test_a_large_write_is_first_asked_about_well_before_its_expected_end() -> No
     )
 
 
+def test_a_prediction_proven_wrong_stops_holding_the_backoff_down() -> None:
+    expected_s = 0.001  # a write that stalls far beyond it
+    window_s = 0.05
+    offsets = itertools.takewhile(lambda at: at < window_s, Completions.schedule(expected_s))
+    late = [at for at in offsets if at > 2 * expected_s]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(late)]
+    assert gaps[-1] == pytest.approx(Completions.MAX_SLEEP_S)
+    doublings = 8  # from the capped step up to MAX_SLEEP_S
+    assert len(late) <= window_s / Completions.MAX_SLEEP_S + doublings, (
+        "once the prediction is proven wrong, asks come no oftener than without one"
+    )
+
+
 def test_throughput_is_learnt_from_large_writes_only() -> None:
     throughput = Throughput()
     throughput.learn(4096, 50e-6, at_first_ask=False)
