@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from embxfer.transport.base import Segment, WriteResult
-from embxfer.transport.completion import CompletionPoller
+from embxfer.transport.completion import Completions
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +114,10 @@ def available() -> bool:
 class MooncakeDataTransport:
     """:class:`~embxfer.transport.base.DataTransport` over one Mooncake engine.
 
-    ``write`` submits each segment asynchronously and waits, without spinning, for the
-    transport's ``CompletionPoller`` to see them all finish (Mooncake's synchronous write
-    busy-waits a core meanwhile). It may be called from several threads at once. It
+    ``write`` submits each segment asynchronously and waits on the calling thread,
+    without spinning, until ``Completions`` sees them all finish (Mooncake's
+    synchronous write busy-waits a core meanwhile). It may be called from several
+    threads at once. It
     reports failures as results, never raises; Mooncake says only ``-1`` (a wrong or
     dead session, a destination outside the peer's registered memory) and logs the
     reason itself. A batch that fails may still have written some of its segments.
@@ -135,7 +136,7 @@ class MooncakeDataTransport:
         self._session_id = f"{host}:{engine.get_rpc_port()}"
         self._registered: list[int] = []
         self._lock = threading.Lock()  # register and close; writes need none
-        self._poller: CompletionPoller | None = CompletionPoller(engine.transfer_check_status)
+        self._completions: Completions | None = Completions(engine.transfer_check_status)
 
     @property
     def session_id(self) -> str:
@@ -157,8 +158,8 @@ class MooncakeDataTransport:
     def write(self, peer_session: str, segments: Sequence[Segment]) -> WriteResult:
         """Every segment submitted at once, then waited for together (each segment costs
         ~50-80 us of transfer: coalesce first)."""
-        engine, poller = self._engine, self._poller  # a concurrent close leaves them valid
-        if engine is None or poller is None:
+        engine, completions = self._engine, self._completions  # valid after a close
+        if engine is None or completions is None:
             return WriteResult(False, "transport is closed")
         if not segments:
             return WriteResult(True)
@@ -176,7 +177,8 @@ class MooncakeDataTransport:
         else:
             reason = f"mooncake could not submit a write to {peer_session}"
         # Even a failed write waits for what it submitted: its memory may be reused after.
-        failed = [status for status in poller.wait(batches) if status != _DONE]
+        submitted = sum(segment.length for segment in segments[: len(batches)])
+        failed = [s for s in completions.wait(batches, submitted) if s != _DONE]
         if len(batches) < len(segments):
             return WriteResult(False, reason)
         if failed:
@@ -194,11 +196,11 @@ class MooncakeDataTransport:
         """
         with self._lock:
             engine, self._engine = self._engine, None
-            poller, self._poller = self._poller, None
+            completions, self._completions = self._completions, None
             registered, self._registered = self._registered, []
-        if engine is None or poller is None:
+        if engine is None or completions is None:
             return
-        poller.close()
+        completions.close()
         for address in registered:
             engine.unregister_memory(address)
         # The engine is destroyed as ``engine``, its last reference here, goes out of scope.

@@ -9,10 +9,10 @@ thread; it only queues a command for the pump). ``Writers`` keeps one per peer.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from embxfer.transport.base import Segment, WriteResult
@@ -51,9 +51,9 @@ class PeerWriter:
     """The writer thread of one receiver, which sends the writes queued while one was in
     flight together, as one transport call.
 
-    A Mooncake batch costs a fixed round trip and a busy wait on top of its segments;
-    rooms of a few tokens each pay it in full, so writing one room at a time caps a
-    receiver at a few hundred rooms a second when cores are contended. Joined writes
+    A Mooncake write costs a fixed round trip and the wait for its completion on top
+    of its segments; rooms of a few tokens each pay it in full, so writing one room at
+    a time caps a receiver at a few hundred rooms a second when cores are contended. Joined writes
     are the same writes in the same order; if a joined call fails, each is tried again
     on its own (a one-sided write may be repeated) so every room learns its own outcome.
     """
@@ -61,10 +61,13 @@ class PeerWriter:
     MAX_SEGMENTS = 1024  # per joined call: bounds the bytes a failed call makes us retry
 
     def __init__(self, name: str) -> None:
-        self._executor = ThreadPoolExecutor(1, name)
         self._lock = threading.Lock()
         self._queue: deque[WriteJob] = deque()
         self._draining = False
+        # What the thread waits on between drains: True, drain the queue; False, end.
+        # A bare queue, not an executor: the pump hands over a write with one put.
+        self._kicks: queue.SimpleQueue[bool] = queue.SimpleQueue()
+        threading.Thread(target=self._run, name=name, daemon=True).start()
 
     def submit(self, job: WriteJob) -> None:
         with self._lock:
@@ -72,7 +75,11 @@ class PeerWriter:
             if self._draining:
                 return
             self._draining = True
-        self._executor.submit(self._drain)
+        self._kicks.put(True)
+
+    def _run(self) -> None:
+        while self._kicks.get():
+            self._drain()
 
     def _drain(self) -> None:
         while True:
@@ -91,10 +98,11 @@ class PeerWriter:
                 LOG.exception("writer failed on %d jobs", len(jobs))
 
     def shutdown(self) -> None:
-        """Drop the writes not started; one under way finishes on its own."""
+        """Drop the writes not started; one under way finishes on its own, then the
+        thread ends."""
         with self._lock:
             self._queue.clear()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._kicks.put(False)
 
 
 def _run_joined(jobs: list[WriteJob]) -> None:

@@ -113,6 +113,7 @@ class ZmqControlChannel:
         self._dealers: OrderedDict[str, tuple[zmq.Socket[bytes], bytes]] = OrderedDict()
         self._closed = False
         self._wake_lock = threading.Lock()
+        self._wake_pending = False  # a wake is in the pipe, not drained: no need for another
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._authenticator: ThreadAuthenticator | None = None
         try:
@@ -272,6 +273,9 @@ class ZmqControlChannel:
             woken = self._wake_pull in ready
             if woken:
                 self._drain_wakes()
+                # Only now: a wake skipped while this was set came after its command was
+                # queued, and the caller runs every queued command once this returns.
+                self._wake_pending = False
             if self._router in ready:
                 self._drain_router(inbound)
             if inbound or woken or time.monotonic() >= deadline:
@@ -330,11 +334,14 @@ class ZmqControlChannel:
                 return
 
     def wake(self) -> None:
-        """Make a blocked ``receive`` return; any thread may call it, also after close."""
+        """Make a blocked ``receive`` return; any thread may call it, also after close.
+        A wake still in the pipe serves every later one until ``receive`` drains it, so
+        a scheduler queueing commands in a burst sends one wake, not one each."""
         with self._wake_lock:
-            if self._closed:
+            if self._closed or self._wake_pending:
                 return
-            with contextlib.suppress(zmq.Again):  # a wake is already pending; one is enough
+            self._wake_pending = True
+            with contextlib.suppress(zmq.Again):  # the pipe is full of wakes; one is enough
                 self._wake_push.send(b"", zmq.NOBLOCK)
 
     def close(self) -> None:

@@ -181,24 +181,26 @@ def rooms_per_s_processes(settings: BenchSettings) -> list[Metric]:
         f"{TOKENS}-token rooms per second between an encoder process and a language "
         f"process (ZeroMQ control, Mooncake TCP writes on 127.0.0.1), {CONCURRENCY} open "
         "at once, each process a scheduler loop that creates, polls and releases rooms "
-        "(every 64th room's bytes checked); wall clock of the language process; no goal: "
+        "(the encoder writes each embedding into its room's buffer and sends it without "
+        "a copy; every 64th room's bytes checked); wall clock of the language process; no goal: "
         "rooms_per_s_mooncake_vs_floor is the goal"
     )
     floor = (
         "rooms_per_s_mooncake / the floor between the same two processes, measured right "
         "after the rooms in the same run: min(raw ZeroMQ one-way messages/s (PUSH to "
         "PULL, a PieceWritten's frame) / 2 messages per room, raw Mooncake tiny writes/s "
-        "(sequential batch_transfer_sync_write of a room's 2 segments) / 1 write per room); "
+        "(sequential batch_transfer_sync_write of a room's 2 segments, the fastest of 5 "
+        "runs) / 1 write per room); "
         "ratio of medians"
     )
     cpu = (
-        "CPU time of the whole encoder process (scheduler, pump, writer, completion "
-        "poller, Mooncake's threads) per room while the language process counted "
+        "CPU time of the whole encoder process (scheduler, pump, writer, Mooncake's and "
+        "ZeroMQ's threads) per room while the language process counted "
         "rooms_per_s_mooncake"
     )
     write_cpu = (
         "CPU time of the encoder process per write of a tiny room's 2 segments through "
-        "MooncakeDataTransport (asynchronous submission, the completion poller), "
+        "MooncakeDataTransport (asynchronous submission, waiting on timers), "
         "sequential; raw_sync_cpu_us_per_write: the same through Mooncake's "
         "batch_transfer_sync_write, which busy-waits"
     )
