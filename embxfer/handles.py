@@ -8,7 +8,7 @@ move forward, and what a handle shows is consistent (a Success comes with its re
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -31,10 +31,35 @@ class SenderStatus(RoomStatus):
     bytes_written: int = 0  # every token kind of every piece confirmed, aux records too
 
 
+class PendingResult:
+    """A Success room's embedding, assembled the first time its scheduler asks, on the
+    scheduler's thread: the pump publishes Success without building it (nor any result
+    a scheduler never reads, as of a room it aborts). Views into the room's blocks,
+    valid until release; copies of pieces that were spilled."""
+
+    __slots__ = ("_assemble", "_payload", "_problem")
+
+    def __init__(self, assemble: Callable[[], EmbeddingPayload]) -> None:
+        self._assemble: Callable[[], EmbeddingPayload] | None = assemble
+        self._payload: EmbeddingPayload | None = None
+        self._problem = ""
+
+    def get(self, room_id: int) -> EmbeddingPayload:
+        """The embedding; raises ``TransferFailed`` if the pieces could not form it."""
+        if self._assemble is not None:
+            assemble, self._assemble = self._assemble, None
+            try:
+                self._payload = assemble()
+            except ValueError as problem:
+                self._problem = str(problem)
+        if self._payload is None:
+            raise TransferFailed(room_id, self._problem)
+        return self._payload
+
+
 @dataclass
 class ReceiverStatus(RoomStatus):
-    result: EmbeddingPayload | None = None  # set with Success: views until release
-    result_problem: str = ""  # why a Success room's result could not be assembled
+    result: PendingResult | None = None  # set with Success, dropped at release
     released: bool = False
 
 
@@ -208,11 +233,10 @@ class ReceiverHandle(RoomHandle):
         assert isinstance(status, ReceiverStatus)
         if status.state is not KVPoll.Success:
             raise RuntimeError(f"room {self.room_id} is {status.state.name}, not Success")
-        if status.released:
+        result = status.result
+        if status.released or result is None:
             raise RuntimeError(f"room {self.room_id} was released: its result is gone")
-        if status.result is None:
-            raise TransferFailed(self.room_id, status.result_problem)
-        return status.result
+        return result.get(self.room_id)
 
     def provide_blocks(self, blocks: Sequence[int]) -> None:
         """Hand over the first piece's blocks (a room made with ``scheduler_allocates``),

@@ -3,6 +3,7 @@ room's result on its pump thread."""
 
 from __future__ import annotations
 
+import functools
 import random
 import secrets
 from collections.abc import Hashable
@@ -14,7 +15,7 @@ from embxfer.fsm.actions import Action, SendMessage, SpillPiece
 from embxfer.fsm.messages import BufferRegion, Register
 from embxfer.fsm.policy import AdaptiveSizer
 from embxfer.fsm.receiver import ReceiverRoom
-from embxfer.handles import ReceiverHandle, ReceiverStatus
+from embxfer.handles import PendingResult, ReceiverHandle, ReceiverStatus
 from embxfer.routes import ReceiverRoutes
 from embxfer.runtime.engine import Engine
 from embxfer.runtime.rooms import Tracked
@@ -110,24 +111,23 @@ class ReceiverEngine(Engine[ReceiverTracked]):
             raise TypeError(f"receiver cannot carry out {action!r}")
 
     def room_ended(self, tracked: ReceiverTracked) -> None:
-        """On Success, assemble the result here, on the pump thread, before the room's
-        status shows Success: views into the buffers where the room's blocks are one run
-        (valid until release), a copy where pieces were spilled."""
+        """On Success, publish the result with it, to be assembled when the scheduler
+        asks: views into the buffers where the room's blocks are one run (valid until
+        release), a copy where pieces were spilled."""
         room, status = tracked.room, tracked.status
         assert isinstance(status, ReceiverStatus)
+        staged, tracked.staged = tracked.staged, {}
         if room.state != "Success":
-            tracked.staged.clear()
             return
         self.sizer.observe(room.total_tokens)
         self.stats.bytes_moved(room.total_tokens * self.bytes_per_token)
-        try:
-            status.result = assemble_room(
+        status.result = PendingResult(
+            functools.partial(
+                assemble_room,
                 self.buffers,
-                room.pieces,
-                tracked.staged,
+                tuple(room.pieces),
+                staged,
                 room.total_tokens,
                 room.mrope_position_delta,
             )
-        except ValueError as problem:
-            status.result_problem = str(problem)
-        tracked.staged.clear()
+        )

@@ -33,7 +33,8 @@ CONCURRENCY = 256
 
 def rooms_per_s_inproc(settings: BenchSettings) -> list[Metric]:
     """Tiny rooms through a sender and a receiver engine, ``CONCURRENCY`` open at once,
-    each created, sent, polled to Success and released as a scheduler would; against
+    each created, sent, polled to Success, its result taken and released as a scheduler
+    would; against
     the floor loop (``_floor``), in interleaved batches of the same thread.
 
     The encoder side takes the zero-copy path README shows: its output lands in the
@@ -68,6 +69,7 @@ def rooms_per_s_inproc(settings: BenchSettings) -> list[Metric]:
                 if state is KVPoll.Failed:
                     raise RuntimeError(f"room {recv.room_id} failed: {recv.reason}")
                 if state is KVPoll.Success and send.poll() is KVPoll.Success:
+                    recv.result()  # what a scheduler hands its model
                     recv.release()
                     send.release()
                     done += 1
@@ -103,12 +105,12 @@ def rooms_per_s_inproc(settings: BenchSettings) -> list[Metric]:
             "rooms_per_s",
             spread.median,
             "rooms/s",
-            f"{TOKENS}-token rooms completed and released per CPU-second through a "
-            f"SenderEngine and a ReceiverEngine on the in-process transport (wire codec "
-            f"included), {CONCURRENCY} open at once, the encoder's output in the room's "
-            "buffer() (zero-copy send), pumped by hand on one thread (its CPU "
-            "time: what one core sustains, whatever else the machine runs); no goal: CPU "
-            "rates differ 2-3x between machines, rooms_per_s_vs_floor is the goal",
+            f"{TOKENS}-token rooms completed, their results taken and released per "
+            "CPU-second through a SenderEngine and a ReceiverEngine on the in-process "
+            f"transport (wire codec included), {CONCURRENCY} open at once, the encoder's "
+            "output in the room's buffer() (zero-copy send), pumped by hand on one thread "
+            "(its CPU time: what one core sustains, whatever else the machine runs); no "
+            "goal: CPU rates differ 2-3x between machines, rooms_per_s_vs_floor is the goal",
             None,
             spread,
             {
@@ -182,8 +184,8 @@ def rooms_per_s_processes(settings: BenchSettings) -> list[Metric]:
         f"process (ZeroMQ control, Mooncake TCP writes on 127.0.0.1), {CONCURRENCY} open "
         "at once, each process a scheduler loop that creates, polls and releases rooms "
         "(the encoder writes each embedding into its room's buffer and sends it without "
-        "a copy; every 64th room's bytes checked); wall clock of the language process; no goal: "
-        "rooms_per_s_mooncake_vs_floor is the goal"
+        "a copy; every room's result taken, every 64th room's bytes checked); wall clock "
+        "of the language process; no goal: rooms_per_s_mooncake_vs_floor is the goal"
     )
     floor = (
         "rooms_per_s_mooncake / the floor between the same two processes, measured right "
