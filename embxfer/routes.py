@@ -104,14 +104,9 @@ class SenderRoutes:
                 engine.reject("closed_room", peer, room=room_id)
         elif over and aborting:
             # No room here knows this incarnation: an old request's, or the next one's
-            # (the id is reused) aborting before its room exists. If its request waits
-            # here, the abort waits with it: the room, once created, takes both and
-            # fails at once instead of at its bootstrap deadline (nothing is written:
-            # a room adopts its parked events before the scheduler's payload comes).
-            # Otherwise, or if nothing more can wait, what of it waits is dropped.
-            parked = Parked(engine.clock(), peer, nonce, event)
-            if not (self._waits(room_id, peer, nonce) and self._park(parked, room_id)):
-                self._drop_parked(room_id, peer, nonce)
+            # (the id is reused) aborting before its room exists. It fails nothing;
+            # whatever of it waits here is dropped.
+            self._drop_parked(room_id, peer, nonce)
         else:
             # No room knows the id, or none held knows this incarnation: it may be the
             # next room's (the scheduler reuses the id, and receivers may be faster than
@@ -132,20 +127,14 @@ class SenderRoutes:
                 self.engine.reject("closed_room", entry.peer, room=room_id)
         return [_arrived(entry) for entry in parked if newest[entry.peer] == entry.nonce]
 
-    def _park(self, entry: Parked, room_id: int) -> bool:
+    def _park(self, entry: Parked, room_id: int) -> None:
         """Hold a room's event for a room the scheduler has not created yet (it may be
-        slower than the receiver); dropped after the bootstrap timeout. False (counted)
-        when too many wait."""
+        slower than the receiver); dropped after the bootstrap timeout."""
         if self._parked_count >= PARKED_LIMIT:
             self.engine.reject("park_full", entry.peer, room=room_id)
-            return False
+            return
         self._parked.setdefault(room_id, []).append(entry)
         self._parked_count += 1
-        return True
-
-    def _waits(self, room_id: int, peer: str, nonce: int) -> bool:
-        """Whether an event of incarnation ``(peer, nonce)`` waits for room ``room_id``."""
-        return any((e.peer, e.nonce) == (peer, nonce) for e in self._parked.get(room_id, ()))
 
     def _drop_parked(self, room_id: int, peer: str, nonce: int) -> None:
         """Drop what waits for a room from incarnation ``(peer, nonce)``: it is over."""

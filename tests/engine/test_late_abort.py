@@ -65,35 +65,3 @@ def test_so_is_one_that_arrives_after_a_partition_in_which_the_sender_gave_it_up
     assert rig.now < config.timeouts.write_grace_s
     assert rig.receiver.allocator.used_blocks == 0
     rig.close()
-
-
-def test_an_abort_before_the_room_of_a_reused_id_exists_fails_that_room_at_once() -> None:
-    """The receiver's scheduler reuses an id, its request waits at the sender for the
-    encoder's room, and it gives up first: the encoder's room, once created, learns of
-    the abort with the request and fails, instead of waiting out its bootstrap deadline
-    (holding its memory); nothing is written into blocks the receiver freed."""
-    rig = Rig(CONFIG)
-    first = rig.sender.create_room(1)
-    done = rig.receiver.create_room(1, rig.sender.address)
-    first.send(payload_for(1, 500, rig.sender.layout, seed=3))
-    rig.pump_until(lambda: done.poll() is KVPoll.Success and first.poll() is KVPoll.Success)
-    first.release()
-    done.release()
-    rig.drain()  # both forgotten: the id is a tombstone on both sides
-
-    again = rig.receiver.create_room(1, rig.sender.address)
-    rig.pump_until(lambda: again.poll() is KVPoll.WaitingForInput)  # its request is parked
-    again.abort("the client went away")
-    again.release()
-    rig.pump_until(lambda: again.poll() is KVPoll.Failed and not rig.receiver.rooms)
-
-    late = rig.sender.create_room(1)
-    late.send(payload_for(1, 500, rig.sender.layout, seed=4))
-    rig.pump_until(lambda: late.poll() is KVPoll.Failed)
-    assert late.reason.startswith("aborted by receiver")
-    assert rig.now < CONFIG.timeouts.bootstrap_s / 10
-    assert late.bytes_written == 0
-    late.release()
-    rig.drain()
-    assert rig.sender.allocator.used_blocks == rig.receiver.allocator.used_blocks == 0
-    rig.close()
