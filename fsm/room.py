@@ -88,9 +88,9 @@ def verdict_table(
 
 
 class VerdictCondition(Condition):
-    """A table condition, which always names a ``Verdict``: checked by one identity test
-    on the room's verdict instead of transitions' generic path (resolve the name on the
-    model, wrap the property in a closure, call it), which costs microseconds per row."""
+    """A table condition, which always names a ``Verdict``: it holds when the room's
+    verdict is that one (one identity test; a room has no attribute per verdict for
+    transitions' generic path to resolve)."""
 
     def __init__(self, func: str, target: bool = True) -> None:
         super().__init__(func, target)
@@ -101,40 +101,11 @@ class VerdictCondition(Condition):
 
 
 class VerdictTransition(Transition):
-    """A table row, executed as transitions' ``Transition.execute`` does, less its logging.
-
-    Rooms run through ``Dispatch``, compiled from these rows; this is the row as the
-    library's own ``Event.trigger`` runs it (tests drive rooms both ways and compare).
-    Per event the classifier decides the one verdict that holds, so most rows tried fail
-    their condition: they are turned down by one identity test. A row that passes runs
-    what ``Transition.execute`` and ``_change_state`` (transitions 0.9) run, in their
-    order: ``before_state_change`` and ``before``, then (unless internal) the source's
-    ``on_exit``, the state change, the destination's ``on_enter`` and, for a final state,
-    ``on_final``; then ``after`` and ``after_state_change``. What it leaves out is the
-    dozen debug and info log calls per row and the empty ``prepare`` callbacks
-    (``verdict_table`` makes rows without them).
-    """
+    """A table row, whose condition (if any) names a ``Verdict``. Rooms run through
+    ``Dispatch``, compiled from these rows; the library's own ``Event.trigger`` runs them
+    as it runs any row (tests drive rooms both ways and compare)."""
 
     condition_cls = VerdictCondition
-
-    def execute(self, event_data: EventData) -> bool:
-        for condition in self.conditions:
-            if not condition.check(event_data):
-                return False
-        machine = event_data.machine
-        for func in (*machine.before_state_change, *self.before):
-            machine.callback(func, event_data)
-        if self.dest:
-            source, dest = machine.get_state(self.source), machine.get_state(self.dest)
-            for func in source.on_exit:
-                machine.callback(func, event_data)
-            machine.set_state(dest, event_data.model)
-            event_data.state = dest
-            for func in (*dest.on_enter, *(machine.on_final if dest.final else ())):
-                machine.callback(func, event_data)
-        for func in (*self.after, *machine.after_state_change):
-            machine.callback(func, event_data)
-        return True
 
 
 class VerdictMachine(Machine):
@@ -164,9 +135,13 @@ def build_machine(name: str, table: list[dict[str, Any]], on_enter: dict[str, st
 
 class Step:
     """One row of the machine, compiled: the verdict its condition names (None: any), and
-    the names of the room methods it calls in ``VerdictTransition.execute``'s order, the
-    state change between ``before`` and ``after`` (none for an internal row). Methods are
-    looked up on the room at each call, as transitions does (tests replace some)."""
+    the names of the room methods it calls in transitions' order (``Transition.execute``
+    and ``_change_state``, 0.9): ``before_state_change`` and ``before``, then, unless the
+    row is internal, the source's ``on_exit``, the state change, the destination's
+    ``on_enter`` and, for a final state, ``on_final``; then ``after`` and
+    ``after_state_change``. Rows carry no ``prepare`` callbacks (``verdict_table``).
+    Methods are looked up on the room at each call, as transitions does (tests replace
+    some)."""
 
     __slots__ = ("after", "before", "dest", "origin", "verdict")
 

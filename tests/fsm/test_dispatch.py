@@ -1,6 +1,6 @@
 """``Dispatch`` runs the machines as transitions itself would: every case and scenario of
 the row tests passes, firing every row, when rooms are driven through the library's own
-``Event.trigger`` instead (its rows executed by ``VerdictTransition.execute``)."""
+``Event.trigger`` instead (its rows executed by the library's ``Transition.execute``)."""
 
 from __future__ import annotations
 

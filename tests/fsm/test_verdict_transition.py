@@ -1,8 +1,8 @@
 """``VerdictTransition`` runs a row exactly as transitions' own ``Transition`` does.
 
-It re-implements ``Transition.execute`` (less its logging) for speed, so this pins the
-two together: the same callbacks in the same order and the same end state, for every
-kind of row the tables use. A transitions release that changes the order fails here.
+Its condition reads the room's verdict by one identity test instead of a property of
+the model; this pins the two together: the same callbacks in the same order and the
+same end state, for every kind of row the tables use.
 """
 
 from __future__ import annotations
