@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from embxfer.buffers.blocks import contiguous_start
+from embxfer.buffers.layout import FIELDS
 from embxfer.buffers.payload import EmbeddingPayload
 from embxfer.fsm.events import AbortRequested, Event, MemoryGranted, Released
 from embxfer.fsm.memory import blocks_needed
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class SenderStatus(RoomStatus):
-    bytes_written: int = 0  # every token kind of every piece confirmed, aux records too
+    bytes_written: int = 0  # every kind of every piece confirmed (no aux record is written)
 
 
 class PendingResult:
@@ -111,12 +112,7 @@ class _Buffer:
         """Whether ``payload``'s tensors are this buffer's views, so nothing needs a copy
         (``dataclasses.replace`` of the buffer, to set the delta, keeps them)."""
         return self.in_place and all(
-            mine is theirs
-            for mine, theirs in (
-                (self.payload.embeddings, payload.embeddings),
-                (self.payload.fill_ids, payload.fill_ids),
-                (self.payload.mrope_positions, payload.mrope_positions),
-            )
+            self.payload.tensor(field) is payload.tensor(field) for field in FIELDS
         )
 
 

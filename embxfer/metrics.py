@@ -150,12 +150,11 @@ class _PrometheusEngine:
     def room_ended(self, state: str, reason: str, resumes: int, seconds: float) -> None:
         if state == "Success":
             self._succeeded.inc()
+            self._latency.observe(seconds)
         else:
             self._metrics.rooms.labels(*self._labels, state, reason).inc()
         if resumes:
             self._resumes.inc(resumes)
-        if state == "Success":
-            self._latency.observe(seconds)
 
     def bytes_moved(self, nbytes: int) -> None:
         self._bytes.inc(nbytes)

@@ -1,5 +1,5 @@
-"""The language-side engine: allocates, asks senders for pieces, and assembles each
-room's result on its pump thread."""
+"""The language-side engine: allocates, asks senders for pieces, and publishes each
+room's result with its Success, for the scheduler to assemble when it asks."""
 
 from __future__ import annotations
 

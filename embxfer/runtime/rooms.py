@@ -1,13 +1,14 @@
 """The rooms an engine drives, what it publishes of each, and the ids it finished lately.
 
 A scheduler's thread never touches a room: it reads the room's ``RoomStatus``, which
-the pump writes once an event is fully handled (actions carried out, a result
-assembled). Room ids are the scheduler's, and it reuses them: an id its scheduler
-still holds cannot be taken by a new room, but one it let go of can, while the old room
-settles (writes in flight, blocks under quarantine) beside the new one. Each room has a
-key of its own for timers and the memory queue. The last ids finished are remembered
-(tombstones), with the incarnations their rooms had, so that late messages for them
-are recognised as late, not as errors, and never reach a room that reuses the id.
+the pump writes once an event is fully handled (actions carried out; with a receiver's
+Success, what its result is made of). Room ids are the scheduler's, and it reuses
+them: an id its scheduler still holds cannot be taken by a new room, but one it let go
+of can, while the old room settles (writes in flight, blocks under quarantine) beside
+the new one. Each room has a key of its own for timers and the memory queue. The last
+ids finished are remembered (tombstones), with the incarnations their rooms had, so
+that late messages for them are recognised as late, not as errors, and never reach a
+room that reuses the id.
 """
 
 from __future__ import annotations
