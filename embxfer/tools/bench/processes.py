@@ -7,7 +7,6 @@ drives engines in one process (``scheduler_loop``), so both measure alike."""
 from __future__ import annotations
 
 import dataclasses
-import gc
 import multiprocessing
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +26,7 @@ from embxfer.handles import ReceiverHandle, SenderHandle
 from embxfer.receiver import ReceiverEngine
 from embxfer.remote import NetworkConfig, remote_receiver, remote_sender
 from embxfer.sender import SenderEngine
+from embxfer.tools.bench.core import freeze_start_up_heap
 from embxfer.tools.workload import send_in_place
 from embxfer.transport import mooncake_data
 from embxfer.transport.base import Segment
@@ -119,11 +119,7 @@ def _side(role: str, plans: Sequence[Plan], raw: int, conn: Connection) -> None:
     sides are done (a sender closed earlier could drop its last notices unsent); then,
     if ``raw``, measure the raw rates (``raw`` messages and writes of each kind)."""
     torch.set_num_threads(1)
-    # As the bench's own process (and serving processes: vLLM, SGLang) once started:
-    # the start-up heap out of the collector's sight, so full collections that the
-    # engines' per-room objects trigger do not rescan torch's objects.
-    gc.collect()
-    gc.freeze()
+    freeze_start_up_heap()
     _plans(role, plans, conn)
     if raw:
         (_raw_sender if role == "sender" else _raw_receiver)(raw, conn)

@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from embxfer.tools.bench import adaptive, allocator, buffers, mooncake, pressure, protocol, rooms
-from embxfer.tools.bench.core import BenchSettings, Metric
+from embxfer.tools.bench.core import BenchSettings, Metric, freeze_start_up_heap
 
 Benchmark = Callable[[BenchSettings], list[Metric]]
 
@@ -40,12 +40,7 @@ def run_benchmarks(
     chosen = [name for name in BENCHMARKS if not only or name in only]
     threads = torch.get_num_threads()
     torch.set_num_threads(settings.torch_threads)
-    # What a serving process does once started: move the start-up heap (torch alone is
-    # ~170k objects) out of the collector's sight, so that full collections, which the
-    # engines' small per-event objects trigger, do not rescan it (a quarter of the
-    # in-process rooms/s otherwise).
-    gc.collect()
-    gc.freeze()
+    freeze_start_up_heap()
     metrics: list[Metric] = []
     try:
         with tqdm(
