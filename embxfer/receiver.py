@@ -17,6 +17,7 @@ from embxfer.fsm.policy import AdaptiveSizer
 from embxfer.fsm.receiver import ReceiverRoom
 from embxfer.handles import PendingResult, ReceiverHandle, ReceiverStatus
 from embxfer.routes import ReceiverRoutes
+from embxfer.runtime.ended import EndedRooms
 from embxfer.runtime.engine import Engine
 from embxfer.runtime.rooms import Tracked
 
@@ -94,7 +95,13 @@ class ReceiverEngine(Engine[ReceiverTracked]):
         )
         tracked = ReceiverTracked(room, ReceiverStatus())
         self.submit(lambda: self._adopt(tracked))
-        return ReceiverHandle(self, tracked)
+        return self._handle(tracked, ReceiverHandle(self, tracked))
+
+    def watch_ended(self) -> EndedRooms[ReceiverHandle]:
+        """Put the handle of every room created from now on in the returned queue as
+        its room ends (its result ready): a scheduler takes the ended ones from it
+        instead of polling every open room."""
+        return self._watch_ended()
 
     def _adopt(self, tracked: ReceiverTracked) -> None:
         if self.adopt(tracked):

@@ -14,6 +14,7 @@ from embxfer.fsm.messages import BufferRegion
 from embxfer.fsm.sender import SenderRoom
 from embxfer.handles import SenderHandle, SenderStatus
 from embxfer.routes import SenderRoutes
+from embxfer.runtime.ended import EndedRooms
 from embxfer.runtime.engine import Engine
 from embxfer.runtime.rooms import Tracked
 from embxfer.transport.base import WriteResult
@@ -56,7 +57,13 @@ class SenderEngine(Engine[SenderTracked]):
         room = SenderRoom(room_id, self.memory, self.config.timeouts, self.clock())
         tracked = SenderTracked(room, SenderStatus(), token_bytes=self.bytes_per_token)
         self.submit(lambda: self._adopt(tracked))
-        return SenderHandle(self, tracked)
+        return self._handle(tracked, SenderHandle(self, tracked))
+
+    def watch_ended(self) -> EndedRooms[SenderHandle]:
+        """Put the handle of every room created from now on in the returned queue as
+        its room ends: a scheduler takes the ended ones from it instead of polling every
+        open room."""
+        return self._watch_ended()
 
     def _adopt(self, tracked: SenderTracked) -> None:
         if self.adopt(tracked):

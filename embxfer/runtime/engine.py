@@ -10,6 +10,7 @@ actions are carried out in order before its next event.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -23,6 +24,7 @@ from embxfer.fsm.actions import Action, StopWaiting, WaitForMemory
 from embxfer.fsm.events import AbortRequested, Event, MemoryGranted, PeerLost, Tick
 from embxfer.fsm.messages import Heartbeat, Message
 from embxfer.metrics import Metrics, default_metrics
+from embxfer.runtime.ended import EndedRooms
 from embxfer.runtime.peers import PeerMonitor
 from embxfer.runtime.pump import Pump, Timers
 from embxfer.runtime.rooms import RoomTable, Tracked
@@ -33,6 +35,7 @@ from embxfer.transport.tally import Tally
 LOG = logging.getLogger("embxfer.runtime")
 
 TrackedT = TypeVar("TrackedT", bound="Tracked[Any]")
+HandleT = TypeVar("HandleT")
 
 
 class Router(Protocol):
@@ -106,6 +109,7 @@ class Engine(Generic[TrackedT]):
         self.stats = EngineStats(Tally(LOG, f"{self.role} rejected a message from"), sink=sink)
         sink.watch_allocator(self.allocator)
         self._channel_rejects: dict[str, int] = {}  # control.rejected already counted
+        self._ended_rooms: EndedRooms[Any] | None = None  # once a scheduler watches
         self._init_role()
 
     def _init_role(self) -> None:
@@ -139,6 +143,19 @@ class Engine(Generic[TrackedT]):
         """Run ``command`` on the pump thread (thread-safe)."""
         self.pump.submit(command)
 
+    def _watch_ended(self) -> EndedRooms[Any]:
+        """The queue the handles of rooms created from now on are put in as they end."""
+        if self._ended_rooms is None:
+            self._ended_rooms = EndedRooms()
+        return self._ended_rooms
+
+    def _handle(self, tracked: TrackedT, handle: HandleT) -> HandleT:
+        """``handle``, for the scheduler: put in the ended queue when its room ends, if
+        the scheduler watches."""
+        if self._ended_rooms is not None:
+            tracked.on_end = functools.partial(self._ended_rooms.put, handle)
+        return handle
+
     def run_once(self, max_wait_s: float) -> None:
         """One pump iteration: receive, run queued commands, fire due timers, serve the
         memory queue, heartbeat. Tests and benchmarks call it to pump an engine by hand."""
@@ -165,9 +182,13 @@ class Engine(Generic[TrackedT]):
                 self.memory.cancel(tracked.key)
             else:
                 self.carry_out(tracked, action)
-        if room.terminal and not was_terminal:
+        ended = room.terminal and not was_terminal
+        if ended:
             self._ended(tracked)
         tracked.publish()
+        if ended and tracked.on_end is not None:
+            tracked.on_end()  # once its status shows the end
+            tracked.on_end = None
         if self.rooms.holds(tracked):
             if room.finished:
                 self.rooms.forget(tracked)

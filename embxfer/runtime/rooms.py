@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import OrderedDict
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -50,6 +50,7 @@ class Tracked(Generic[RoomT]):
     status: RoomStatus
     adopted_at: float = math.nan
     key: int = 0
+    on_end: Callable[[], None] | None = None  # tells a watching scheduler, once
 
     @property
     def room_id(self) -> int:

@@ -1,7 +1,8 @@
 """Rooms per second across processes: an encoder process and a language process, each one
 engine on ZeroMQ and Mooncake (``embxfer.remote``) and a scheduler loop as lean as a
-serving scheduler's (create, poll, release; no per-room orchestration), started as
-``multiprocessing`` spawn children like the cross-process demo's workers. The same loop
+serving scheduler's (create; release each room as it is told the room ended; no
+per-room orchestration), started as ``multiprocessing`` spawn children like the
+cross-process demo's workers. The same loop
 drives engines in one process (``scheduler_loop``), so both measure alike."""
 
 from __future__ import annotations
@@ -32,8 +33,7 @@ from embxfer.transport import mooncake_data
 from embxfer.transport.base import Segment
 from embxfer.transport.wire import encode
 
-_IDLE_S = 50e-6  # the scheduler loop yields this long when no room finished
-_ENDED = (KVPoll.Success, KVPoll.Failed)
+_WAIT_S = 0.05  # the longest a scheduler loop waits for a room to end
 _CHECK_EVERY = 64  # the receiver checks the bytes of every 64th room
 RAW_TOKENS = 16  # the raw rates' writes are those of a room of 16 tokens
 RAW_HIDDEN = 64  # x 64 bf16: the rooms-per-second benchmark's rooms
@@ -146,28 +146,26 @@ def scheduler_loop(
     plan: Plan, engine: SenderEngine | ReceiverEngine, sender_address: str
 ) -> SideReport:
     """Every room of ``plan`` through ``engine`` (started), as a lean serving scheduler
-    runs them: open up to ``plan.window``, poll, release."""
+    runs them: open up to ``plan.window``; release each as it is told the room ended
+    (``watch_ended``), not polling every open room."""
     payload = plan.payload()
     open_room = _opener(engine, sender_address, payload)
+    ended_rooms = engine.watch_ended()
     started, cpu_started = time.perf_counter(), time.process_time()
-    open_rooms: list[tuple[SenderHandle | ReceiverHandle, float]] = []
+    opened: dict[int, float] = {}  # open rooms' ids: when each was created
     latencies: list[float] = []
     created = failed = 0
-    while created < plan.rooms or open_rooms:
-        while created < plan.rooms and len(open_rooms) < plan.window:
+    while created < plan.rooms or opened:
+        while created < plan.rooms and len(opened) < plan.window:
             created += 1
-            open_rooms.append((open_room(created), time.perf_counter()))
-        # One poll per open room and pass, in comprehensions: a pass over 256 rooms is
-        # the loop's whole cost, and it shares the GIL with the engine's pump.
-        polled = list(zip(open_rooms, [handle.poll() for handle, _ in open_rooms], strict=True))
-        ended = [(room, state) for room, state in polled if state in _ENDED]
-        if not ended:
-            time.sleep(_IDLE_S)
-            continue
-        open_rooms = [room for room, state in polled if state not in _ENDED]
+            open_room(created)
+            opened[created] = time.perf_counter()
+        # Told which rooms ended, as they end: no pass over every open room.
+        ended = ended_rooms.take(_WAIT_S)
         now = time.perf_counter()
-        for (handle, opened), state in ended:
-            latencies.append(now - opened)
+        for handle in ended:
+            latencies.append(now - opened.pop(handle.room_id))
+            state = handle.poll()
             failed += state is KVPoll.Failed
             if isinstance(handle, ReceiverHandle) and state is KVPoll.Success:
                 result = handle.result()  # what a scheduler hands its model, every room

@@ -5,7 +5,6 @@ processes over ZeroMQ and Mooncake."""
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable
 
 import torch
@@ -17,7 +16,6 @@ from embxfer.buffers.payload import EmbeddingPayload
 from embxfer.config import EngineConfig
 from embxfer.fsm.messages import Message, PieceRequest, PieceWritten
 from embxfer.fsm.poll import KVPoll
-from embxfer.handles import ReceiverHandle, SenderHandle
 from embxfer.local import inproc_engines
 from embxfer.tools.bench import processes
 from embxfer.tools.bench.core import BenchSettings, Metric, Number, Spread, at_least, skipped
@@ -33,8 +31,8 @@ CONCURRENCY = 256
 
 def rooms_per_s_inproc(settings: BenchSettings) -> list[Metric]:
     """Tiny rooms through a sender and a receiver engine, ``CONCURRENCY`` open at once,
-    each created, sent, polled to Success, its result taken and released as a scheduler
-    would; against
+    each created, sent, its end told (``watch_ended``), its result taken and released as
+    a scheduler would; against
     the floor loop (``_floor``), in interleaved batches of the same thread.
 
     The encoder side takes the zero-copy path README shows: its output lands in the
@@ -46,38 +44,36 @@ def rooms_per_s_inproc(settings: BenchSettings) -> list[Metric]:
     engines = (sender, receiver)
     next_id = 0
 
+    sent_rooms, received_rooms = sender.watch_ended(), receiver.watch_ended()
+
     def batch(rooms: int) -> tuple[float, float]:
         """Rooms per second of this thread's CPU time (all the engines' work runs on it)
         and of wall-clock time (which other jobs on the machine also take)."""
         nonlocal next_id
-        open_rooms: deque[tuple[SenderHandle, ReceiverHandle]] = deque()
         started, cpu_started = time.perf_counter(), time.thread_time()
         created = done = 0
         while done < rooms:
-            while created < rooms and len(open_rooms) < CONCURRENCY:
+            while created < rooms and created - done < CONCURRENCY:
                 next_id += 1
                 created += 1
                 send = sender.create_room(next_id)
-                recv = receiver.create_room(next_id, sender.address)
+                receiver.create_room(next_id, sender.address)
                 send.send(send.buffer(TOKENS) or payload)
-                open_rooms.append((send, recv))
             for engine in engines:
                 engine.run_once(0.0)
-            for _ in range(len(open_rooms)):
-                send, recv = open_rooms.popleft()
-                state = recv.poll()
-                if state is KVPoll.Failed:
-                    raise RuntimeError(f"room {recv.room_id} failed: {recv.reason}")
-                if state is KVPoll.Success and send.poll() is KVPoll.Success:
-                    recv.result()  # what a scheduler hands its model
-                    recv.release()
-                    send.release()
-                    done += 1
-                else:
-                    open_rooms.append((send, recv))
+            for sent in sent_rooms.take():  # told as they end, as a scheduler may be
+                sent.release()
+            for received in received_rooms.take():
+                if received.poll() is KVPoll.Failed:
+                    raise RuntimeError(f"room {received.room_id} failed: {received.reason}")
+                received.result()  # what a scheduler hands its model
+                received.release()
+                done += 1
         while sender.rooms or receiver.rooms:  # releases are part of the work
             for engine in engines:
                 engine.run_once(0.0)
+            for sent in sent_rooms.take():
+                sent.release()
         cpu, wall = time.thread_time() - cpu_started, time.perf_counter() - started
         return rooms / cpu, rooms / wall
 
@@ -182,7 +178,8 @@ def rooms_per_s_processes(settings: BenchSettings) -> list[Metric]:
     definition = (
         f"{TOKENS}-token rooms per second between an encoder process and a language "
         f"process (ZeroMQ control, Mooncake TCP writes on 127.0.0.1), {CONCURRENCY} open "
-        "at once, each process a scheduler loop that creates, polls and releases rooms "
+        "at once, each process a scheduler loop that creates rooms and releases each as it "
+        "is told the room ended (watch_ended) "
         "(the encoder writes each embedding into its room's buffer and sends it without "
         "a copy; every room's result taken, every 64th room's bytes checked); wall clock "
         "of the language process; no goal: rooms_per_s_mooncake_vs_floor is the goal"
