@@ -19,11 +19,13 @@ Prometheus series (labels ``role``: sender/receiver, ``engine``: its control add
 
 from __future__ import annotations
 
-import contextlib
+import bisect
 import functools
+import itertools
 import os
 import threading
 import weakref
+from collections.abc import Callable
 from typing import Any, Protocol
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -96,88 +98,125 @@ class NoMetrics:
 class PrometheusMetrics:
     """Metrics in a prometheus_client registry (the process default unless given one).
 
-    Create one per registry: a registry refuses a second set of the same names."""
+    Each engine's sink counts in plain integers on its pump thread (no lock, no label
+    lookup per room: a Prometheus counter's lock cost 5% of the tiny-room rate); one
+    collector reads every sink when the registry is scraped. Create one per registry:
+    a registry refuses a second set of the same names."""
 
     def __init__(self, registry: Any = None) -> None:
         import prometheus_client as prom
 
-        reg = prom.REGISTRY if registry is None else registry
-        engine = ["role", "engine"]
-        self.rooms = prom.Counter(
-            "embxfer_rooms", "Rooms ended", [*engine, "state", "reason"], registry=reg
-        )
-        self.resumes = prom.Counter(
-            "embxfer_resumes", "Resumes of ended rooms", engine, registry=reg
-        )
-        self.bytes = prom.Counter(
-            "embxfer_payload_bytes", "Payload bytes written or received", engine, registry=reg
-        )
-        self.rejected = prom.Counter(
-            "embxfer_rejected_messages",
-            "Inbound frames or messages dropped",
-            [*engine, "reason"],
-            registry=reg,
-        )
-        self.used_blocks = prom.Gauge(
-            "embxfer_allocator_used_blocks", "Blocks allocated now", engine, registry=reg
-        )
-        self.total_blocks = prom.Gauge(
-            "embxfer_allocator_blocks", "Blocks the allocator manages", engine, registry=reg
-        )
-        self.latency = prom.Histogram(
-            "embxfer_transfer_seconds",
-            "Room creation to Success",
-            engine,
-            buckets=LATENCY_BUCKETS,
-            registry=reg,
-        )
+        self._sinks: list[_PrometheusEngine] = []
+        self._lock = threading.Lock()  # engines come and go on several threads
+        (prom.REGISTRY if registry is None else registry).register(_Collector(self))
 
     def engine(self, role: str, address: str) -> _PrometheusEngine:
-        return _PrometheusEngine(self, role, address)
+        sink = _PrometheusEngine(role, address)
+        with self._lock:
+            self._sinks.append(sink)
+        return sink
+
+    def sinks(self) -> list[_PrometheusEngine]:
+        """Every engine's sink so far (a closed engine's counters stay, as counters do)."""
+        with self._lock:
+            return list(self._sinks)
 
 
 class _PrometheusEngine:
-    """``PrometheusMetrics`` with one engine's labels bound."""
+    """One engine's counts, in plain values its pump thread alone updates; read whole at
+    scrape time (values may lag by an event, as ``EngineStats``' do)."""
 
-    def __init__(self, metrics: PrometheusMetrics, role: str, address: str) -> None:
-        self._metrics = metrics
-        self._labels = (role, address)
-        self._resumes = metrics.resumes.labels(*self._labels)
-        self._bytes = metrics.bytes.labels(*self._labels)
-        self._latency = metrics.latency.labels(*self._labels)
-        self._succeeded = metrics.rooms.labels(*self._labels, "Success", "")
+    def __init__(self, role: str, address: str) -> None:
+        self.labels = (role, address)
+        self.rooms: dict[tuple[str, str], int] = {}  # (state, reason) -> rooms ended
+        self.resumes = 0
+        self.bytes = 0
+        self.rejected: dict[str, int] = {}
+        self.latency_buckets = [0] * (len(LATENCY_BUCKETS) + 1)  # the last: above them all
+        self.latency_sum = 0.0
+        self.allocator: Callable[[], Occupancy | None] | None = None  # gone once closed
 
     def room_ended(self, state: str, reason: str, resumes: int, seconds: float) -> None:
+        key = (state, reason)
+        self.rooms[key] = self.rooms.get(key, 0) + 1
         if state == "Success":
-            self._succeeded.inc()
-            self._latency.observe(seconds)
-        else:
-            self._metrics.rooms.labels(*self._labels, state, reason).inc()
-        if resumes:
-            self._resumes.inc(resumes)
+            self.latency_buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+            self.latency_sum += seconds
+        self.resumes += resumes
 
     def bytes_moved(self, nbytes: int) -> None:
-        self._bytes.inc(nbytes)
+        self.bytes += nbytes
 
     def message_rejected(self, reason: str, count: int = 1) -> None:
-        self._metrics.rejected.labels(*self._labels, reason).inc(count)
+        self.rejected[reason] = self.rejected.get(reason, 0) + count
 
     def watch_allocator(self, allocator: Occupancy) -> None:
         # A weak reference: an engine that is never closed must not be kept alive (with
         # all its buffers) by the process-wide registry.
-        ref = weakref.ref(allocator)
-
-        def used() -> int:
-            alive = ref()
-            return 0 if alive is None else alive.total_blocks - alive.free_blocks
-
-        self._metrics.used_blocks.labels(*self._labels).set_function(used)
-        self._metrics.total_blocks.labels(*self._labels).set(allocator.total_blocks)
+        self.allocator = weakref.ref(allocator)
 
     def close(self) -> None:
-        for gauge in (self._metrics.used_blocks, self._metrics.total_blocks):
-            with contextlib.suppress(KeyError):  # never watched
-                gauge.remove(*self._labels)
+        self.allocator = None
+
+
+class _Collector:
+    """Reads every engine's sink when the registry is scraped."""
+
+    def __init__(self, metrics: PrometheusMetrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> list[Any]:
+        """The families without samples: the registry refuses a second set of the names."""
+        return self._families([])
+
+    def collect(self) -> list[Any]:
+        return self._families(self._metrics.sinks())
+
+    def _families(self, sinks: list[_PrometheusEngine]) -> list[Any]:
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
+        engine = ["role", "engine"]
+        rooms = CounterMetricFamily(
+            "embxfer_rooms", "Rooms ended", labels=[*engine, "state", "reason"]
+        )
+        resumes = CounterMetricFamily("embxfer_resumes", "Resumes of ended rooms", labels=engine)
+        payload = CounterMetricFamily(
+            "embxfer_payload_bytes", "Payload bytes written or received", labels=engine
+        )
+        rejected = CounterMetricFamily(
+            "embxfer_rejected_messages",
+            "Inbound frames or messages dropped",
+            labels=[*engine, "reason"],
+        )
+        used = GaugeMetricFamily(
+            "embxfer_allocator_used_blocks", "Blocks allocated now", labels=engine
+        )
+        total = GaugeMetricFamily(
+            "embxfer_allocator_blocks", "Blocks the allocator manages", labels=engine
+        )
+        latency = HistogramMetricFamily(
+            "embxfer_transfer_seconds", "Room creation to Success", labels=engine
+        )
+        for sink in sinks:
+            labels = list(sink.labels)
+            for (state, reason), count in dict(sink.rooms).items():
+                rooms.add_metric([*labels, state, reason], count)
+            resumes.add_metric(labels, sink.resumes)
+            payload.add_metric(labels, sink.bytes)
+            for reason, count in dict(sink.rejected).items():
+                rejected.add_metric([*labels, reason], count)
+            allocator = sink.allocator() if sink.allocator is not None else None
+            if allocator is not None:
+                used.add_metric(labels, allocator.total_blocks - allocator.free_blocks)
+                total.add_metric(labels, allocator.total_blocks)
+            counts = list(itertools.accumulate(sink.latency_buckets))
+            bounds = [*(str(float(bound)) for bound in LATENCY_BUCKETS), "+Inf"]
+            latency.add_metric(labels, list(zip(bounds, counts, strict=True)), sink.latency_sum)
+        return [rooms, resumes, payload, rejected, used, total, latency]
 
 
 _CREATING = threading.Lock()  # engines may be built on several threads at once

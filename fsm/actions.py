@@ -7,20 +7,22 @@ import msgspec
 from embxfer.fsm.messages import Message
 
 
-class SendMessage(msgspec.Struct, frozen=True):
+# gc=False: these hold plain values only, so they can never be in a reference cycle and
+# the cyclic collector need not track them (a room makes dozens: fewer collections).
+class SendMessage(msgspec.Struct, frozen=True, gc=False):
     """Send a control message to ``peer``."""
 
     peer: str
     message: Message
 
 
-class StorePayload(msgspec.Struct, frozen=True):
+class StorePayload(msgspec.Struct, frozen=True, gc=False):
     """Sender: copy the payload the scheduler handed over into the room's ``blocks``."""
 
     blocks: tuple[int, ...]
 
 
-class WritePiece(msgspec.Struct, frozen=True):
+class WritePiece(msgspec.Struct, frozen=True, gc=False):
     """Sender: write ``tokens`` tokens starting at ``sent_tokens`` to ``receiver``.
 
     Pieces start on block boundaries: source tokens come from slot 0 of
@@ -35,7 +37,7 @@ class WritePiece(msgspec.Struct, frozen=True):
     dst_blocks: tuple[int, ...]
 
 
-class SpillPiece(msgspec.Struct, frozen=True):
+class SpillPiece(msgspec.Struct, frozen=True, gc=False):
     """Receiver: copy a received piece out of ``blocks`` into staging memory.
 
     The room frees those blocks right after; the runtime must copy before it
@@ -48,7 +50,7 @@ class SpillPiece(msgspec.Struct, frozen=True):
     blocks: tuple[int, ...]
 
 
-class WaitForMemory(msgspec.Struct, frozen=True):
+class WaitForMemory(msgspec.Struct, frozen=True, gc=False):
     """Queue the room for ``tokens`` tokens of blocks (at least ``floor_tokens``): it
     could not take them now. The engine answers with ``MemoryGranted`` in turn."""
 
@@ -56,7 +58,7 @@ class WaitForMemory(msgspec.Struct, frozen=True):
     floor_tokens: int
 
 
-class StopWaiting(msgspec.Struct, frozen=True):
+class StopWaiting(msgspec.Struct, frozen=True, gc=False):
     """Take the room out of the memory queue: it no longer needs blocks (it failed)."""
 
 

@@ -7,11 +7,13 @@ import msgspec
 from embxfer.fsm.messages import Announce, PieceRequest, PieceWritten
 
 
-class PeerReady(msgspec.Struct, frozen=True):
+# gc=False: these hold plain values only, so they can never be in a reference cycle and
+# the cyclic collector need not track them (a room makes dozens: fewer collections).
+class PeerReady(msgspec.Struct, frozen=True, gc=False):
     """Receiver: the sender accepted this engine's registration."""
 
 
-class RequestReceived(msgspec.Struct, frozen=True):
+class RequestReceived(msgspec.Struct, frozen=True, gc=False):
     """Sender: a receiver asked for a piece (initial or resume). ``arrived_at``: when the
     engine took it in, if it waited (parked) for the scheduler to create the room."""
 
@@ -20,14 +22,14 @@ class RequestReceived(msgspec.Struct, frozen=True):
     arrived_at: float | None = None
 
 
-class LengthAnnounced(msgspec.Struct, frozen=True):
+class LengthAnnounced(msgspec.Struct, frozen=True, gc=False):
     """Sender: the scheduler knows the embedding will have ``total_tokens`` tokens (a
     vision encoder knows it from the image grid before its forward pass)."""
 
     total_tokens: int
 
 
-class PayloadReady(msgspec.Struct, frozen=True):
+class PayloadReady(msgspec.Struct, frozen=True, gc=False):
     """Sender: the scheduler handed over the embedding of ``total_tokens`` tokens: the
     engine holds it until the room has blocks to store it in, or it is stored already in
     ``blocks`` of the engine's memory, which the scheduler took and filled (the room owns
@@ -39,7 +41,7 @@ class PayloadReady(msgspec.Struct, frozen=True):
     mrope_position_delta: int = 0
 
 
-class WriteFinished(msgspec.Struct, frozen=True):
+class WriteFinished(msgspec.Struct, frozen=True, gc=False):
     """Sender: the data transport finished the write of a piece (``ok`` or not)."""
 
     receiver: str
@@ -48,21 +50,21 @@ class WriteFinished(msgspec.Struct, frozen=True):
     reason: str = ""
 
 
-class PieceArrived(msgspec.Struct, frozen=True):
+class PieceArrived(msgspec.Struct, frozen=True, gc=False):
     """Receiver: ``peer`` reported a piece written into this room's blocks."""
 
     peer: str
     message: PieceWritten
 
 
-class AnnounceArrived(msgspec.Struct, frozen=True):
+class AnnounceArrived(msgspec.Struct, frozen=True, gc=False):
     """Receiver: ``peer`` announced the embedding's length."""
 
     peer: str
     message: Announce
 
 
-class AbortReceived(msgspec.Struct, frozen=True):
+class AbortReceived(msgspec.Struct, frozen=True, gc=False):
     """A peer aborted the room (``peer`` names it), for receiver incarnation ``nonce``."""
 
     peer: str
@@ -70,43 +72,43 @@ class AbortReceived(msgspec.Struct, frozen=True):
     nonce: int
 
 
-class AbortAckReceived(msgspec.Struct, frozen=True):
+class AbortAckReceived(msgspec.Struct, frozen=True, gc=False):
     """Receiver: ``peer`` confirmed no write for incarnation ``nonce`` is in flight."""
 
     peer: str
     nonce: int
 
 
-class AbortRequested(msgspec.Struct, frozen=True):
+class AbortRequested(msgspec.Struct, frozen=True, gc=False):
     """The local scheduler aborted the room."""
 
     reason: str = "requested"
 
 
-class PeerLost(msgspec.Struct, frozen=True):
+class PeerLost(msgspec.Struct, frozen=True, gc=False):
     """The runtime stopped hearing from ``peer`` (heartbeats or transport failure)."""
 
     peer: str
 
 
-class Released(msgspec.Struct, frozen=True):
+class Released(msgspec.Struct, frozen=True, gc=False):
     """The scheduler is done with the room: free what it still holds once safe."""
 
 
-class MemoryGranted(msgspec.Struct, frozen=True):
+class MemoryGranted(msgspec.Struct, frozen=True, gc=False):
     """Blocks taken for this room, which waited for them: its turn in the engine's queue
     came, or (receiver) the scheduler handed over the blocks of the first piece."""
 
     blocks: tuple[int, ...]
 
 
-class CallbackFailed(msgspec.Struct, frozen=True):
+class CallbackFailed(msgspec.Struct, frozen=True, gc=False):
     """A callback of this room raised on an earlier event (a bug): the room fails."""
 
     error: str
 
 
-class Tick(msgspec.Struct, frozen=True):
+class Tick(msgspec.Struct, frozen=True, gc=False):
     """Time passed: deadlines and quarantine ends."""
 
 

@@ -35,7 +35,9 @@ Text = Annotated[str, msgspec.Meta(max_length=MAX_STRING_CHARS)]
 """A short string."""
 
 
-class BufferRegion(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+# gc=False: these hold plain values only, so they can never be in a reference cycle and
+# the cyclic collector need not track them (a room makes dozens: fewer collections).
+class BufferRegion(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True):
     """One registered buffer kind on a receiver: where block 0 starts and how big a block is."""
 
     kind: Text
@@ -43,7 +45,7 @@ class BufferRegion(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     block_bytes: Count
 
 
-class Register(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="register"):
+class Register(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True, tag="register"):
     """Receiver -> sender, once per peer: the receiver's buffer geometry for one-sided writes."""
 
     session_id: Text
@@ -52,14 +54,18 @@ class Register(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="reg
     regions: tuple[BufferRegion, ...]
 
 
-class RegisterAck(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="register_ack"):
+class RegisterAck(
+    msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True, tag="register_ack"
+):
     """Sender -> receiver: the geometry was accepted (or not, with a reason)."""
 
     accepted: bool
     reason: Text = ""
 
 
-class PieceRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="piece_request"):
+class PieceRequest(
+    msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True, tag="piece_request"
+):
     """Receiver -> sender: write tokens from ``sent_tokens`` on into ``blocks``.
 
     ``sent_tokens == 0`` is the initial request (the seeds' "init"); larger values are
@@ -78,7 +84,9 @@ class PieceRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag=
     required_receivers: Positive
 
 
-class PieceWritten(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="piece_written"):
+class PieceWritten(
+    msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True, tag="piece_written"
+):
     """Sender -> receiver: tokens ``[sent_tokens, sent_tokens + tokens)`` have landed,
     answering the request numbered ``seq``.
 
@@ -95,7 +103,7 @@ class PieceWritten(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag=
     mrope_position_delta: Signed
 
 
-class Announce(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="announce"):
+class Announce(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True, tag="announce"):
     """Sender -> receiver: the embedding will have ``total_tokens`` tokens. Sent once the
     sender knows both the length (its scheduler's ``announce`` or ``send``) and the
     receiver (its first request), unless the receiver's first piece is being written."""
@@ -105,7 +113,7 @@ class Announce(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="ann
     total_tokens: Positive
 
 
-class Abort(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="abort"):
+class Abort(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True, tag="abort"):
     """Either direction: the room is over. A sender sends it only with no write in flight."""
 
     room: Count
@@ -113,14 +121,14 @@ class Abort(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="abort"
     reason: Text
 
 
-class AbortAck(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="abort_ack"):
+class AbortAck(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True, tag="abort_ack"):
     """Sender -> receiver: no write for this room is in flight or will be started."""
 
     room: Count
     nonce: Count
 
 
-class Heartbeat(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="heartbeat"):
+class Heartbeat(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True, tag="heartbeat"):
     """Either direction: the peer is alive."""
 
 

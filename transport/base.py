@@ -10,7 +10,9 @@ import msgspec
 from embxfer.fsm.messages import Message
 
 
-class Segment(msgspec.Struct, frozen=True):
+# gc=False: these hold plain values only, so they can never be in a reference cycle and
+# the cyclic collector need not track them (a room makes dozens: fewer collections).
+class Segment(msgspec.Struct, frozen=True, gc=False):
     """One contiguous one-sided write: ``length`` bytes from local ``src_address``
     to the peer's ``dst_address``."""
 
@@ -19,14 +21,14 @@ class Segment(msgspec.Struct, frozen=True):
     length: int
 
 
-class WriteResult(msgspec.Struct, frozen=True):
+class WriteResult(msgspec.Struct, frozen=True, gc=False):
     """Outcome of a write; transports report failures here and never raise."""
 
     ok: bool
     reason: str = ""
 
 
-class Inbound(msgspec.Struct, frozen=True):
+class Inbound(msgspec.Struct, frozen=True, gc=False):
     """A validated control message and the address of the peer that sent it."""
 
     peer: str

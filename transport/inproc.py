@@ -22,7 +22,9 @@ from embxfer.transport.base import Inbound, Segment, WriteResult
 from embxfer.transport.wire import decode_inbound, encode, reject_tally
 
 
-class Delivery(msgspec.Struct, frozen=True):
+# gc=False: these hold plain values only, so they can never be in a reference cycle and
+# the cyclic collector need not track them (a room makes dozens: fewer collections).
+class Delivery(msgspec.Struct, frozen=True, gc=False):
     """One encoded control message on its way from ``sender`` to ``peer``."""
 
     sender: str
