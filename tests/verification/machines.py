@@ -380,8 +380,12 @@ class PressureMachine(WorldMachine):
     blocks (smaller than one room), a network that loses nothing, no other users of
     memory, and a sender whose memory holds every open room's payload (the spec's
     progress rule). Every room whose smallest piece fits must reach Success without
-    time passing: the world reports a deadlock as soon as rooms wait for memory that
-    nothing can free, and ``teardown`` first lets the healthy system finish."""
+    time passing, while the spec promises it: the world reports a deadlock as soon as
+    rooms wait for memory that nothing can free, and ``teardown`` first lets the
+    healthy system finish. (A refused room's receiver that joins after the sender let
+    the room go keeps its blocks until its deadline: section 2.1 leaves that to time,
+    and ``teardown``'s wind-down then checks that every room ends and every block
+    comes back.)"""
 
     FAULT_KINDS = ("reorder", "dup")
     HOSTILE = False
@@ -400,6 +404,8 @@ class PressureMachine(WorldMachine):
             if not moves:
                 break
             self._apply(moves[0])
+        if not world.progress_promised():
+            return  # blocks held until a deadline: time, not the system, frees them
         for room_id, members in world.members.items():
             if room_id in world.tainted:
                 continue  # refused: a piece that can never fit its receiver

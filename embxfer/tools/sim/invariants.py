@@ -111,7 +111,7 @@ def _check_outcomes(world: World) -> None:
         ]
         if not waiting:
             raise Violation(f"room {room_id} is stuck, nothing in flight: {states}")
-        if _settled(world) and _progress_promised(world):
+        if _settled(world) and progress_promised(world):
             raise Violation(
                 f"deadlock: room {room_id} waits for memory on {', '.join(waiting)} and "
                 f"nothing can free any: {states}; queues {_queues_text(world)}"
@@ -123,7 +123,7 @@ def _settled(world: World) -> bool:
     return not owed(world) and not any(releasable(room) for _, room in world.live_rooms())
 
 
-def _progress_promised(world: World) -> bool:
+def progress_promised(world: World) -> bool:
     """Whether the spec promises that rooms waiting for memory get it without time
     passing (its progress rule): no engine's memory is held by others (hogs) or by
     rooms a fault touched (their deadlines free it), ``NEVER_SPILL`` rooms do not

@@ -446,6 +446,11 @@ class World:
     def final_check(self) -> None:
         invariants.final_check(self)
 
+    def progress_promised(self) -> bool:
+        """Whether the spec promises that rooms waiting for memory get it without time
+        passing (section 2.1's progress rule and the case it leaves to time)."""
+        return invariants.progress_promised(self)
+
     def wind_down(self, max_rounds: int = 10_000) -> None:
         """Cut the network and let time pass: writes end, deadlines fire, finished rooms
         are released; then every room must have finished and every block come back."""
