@@ -94,8 +94,9 @@ class ReceiverEngine(Engine[ReceiverTracked]):
             nonce=self._nonces.getrandbits(NONCE_BITS),
         )
         tracked = ReceiverTracked(room, ReceiverStatus())
+        handle = self._handle(tracked, ReceiverHandle(self, tracked))  # before the pump has it
         self.submit(lambda: self._adopt(tracked))
-        return self._handle(tracked, ReceiverHandle(self, tracked))
+        return handle
 
     def watch_ended(self) -> EndedRooms[ReceiverHandle]:
         """Put the handle of every room created from now on in the returned queue as

@@ -56,8 +56,9 @@ class SenderEngine(Engine[SenderTracked]):
         """A room for one request; receivers join it by asking for pieces."""
         room = SenderRoom(room_id, self.memory, self.config.timeouts, self.clock())
         tracked = SenderTracked(room, SenderStatus(), token_bytes=self.bytes_per_token)
+        handle = self._handle(tracked, SenderHandle(self, tracked))  # before the pump has it
         self.submit(lambda: self._adopt(tracked))
-        return self._handle(tracked, SenderHandle(self, tracked))
+        return handle
 
     def watch_ended(self) -> EndedRooms[SenderHandle]:
         """Put the handle of every room created from now on in the returned queue as

@@ -151,7 +151,8 @@ class Engine(Generic[TrackedT]):
 
     def _handle(self, tracked: TrackedT, handle: HandleT) -> HandleT:
         """``handle``, for the scheduler: put in the ended queue when its room ends, if
-        the scheduler watches."""
+        the scheduler watches. Called before the room is submitted to the pump, which
+        may end it at once (its id is taken)."""
         if self._ended_rooms is not None:
             tracked.on_end = functools.partial(self._ended_rooms.put, handle)
         return handle

@@ -84,3 +84,22 @@ def test_take_waits_for_an_end_instead_of_polling() -> None:
         aborter.cancel()
         receiver.close()
         sender.close()
+
+
+def test_a_room_a_running_pump_ends_at_once_is_still_told() -> None:
+    """The pump may end a room (its id is taken) before ``create_room`` returns."""
+    sender, [receiver], _ = inproc_engines(CONFIG, CONFIG)
+    ended = sender.watch_ended()
+    sender.start()
+    try:
+        held = sender.create_room(7)
+        duplicates = [sender.create_room(7) for _ in range(20)]
+        told: list[object] = []
+        while len(told) < len(duplicates):
+            taken = ended.take(timeout_s=5.0)
+            assert taken, "a refused room was never told"
+            told += taken
+        assert told == duplicates and held not in told
+    finally:
+        sender.close()
+        receiver.close()
