@@ -1,9 +1,10 @@
 """A worker process: one engine and the scheduler loop the parent drives over a pipe.
 
 The loop is what a serving scheduler does with embxfer: create a room per request,
-poll it without blocking, take the result (language ranks check every byte of it),
-release it. Everything the parent needs to know comes back as messages: ``Ready``,
-one ``RoomOutcome`` per room, and a ``WorkerReport`` at the end.
+be told when it ended (``watch_ended``: no pass over every open room), take the result
+(language ranks check every byte of it), release it. Everything the parent needs to
+know comes back as messages: ``Ready``, one ``RoomOutcome`` per room, and a
+``WorkerReport`` at the end.
 """
 
 from __future__ import annotations
@@ -22,10 +23,9 @@ from embxfer.fsm.poll import KVPoll
 from embxfer.handles import ReceiverHandle, SenderHandle
 from embxfer.receiver import ReceiverEngine
 from embxfer.remote import remote_receiver, remote_sender
-from embxfer.runtime import Engine
+from embxfer.runtime import EndedRooms, Engine
 from embxfer.sender import SenderEngine
 from embxfer.tools.demo import (
-    TERMINAL,
     RoomOutcome,
     leaked_blocks,
     receiver_outcome,
@@ -50,8 +50,8 @@ from .messages import (
 
 LOG = logging.getLogger("embxfer.tools.cluster.worker")
 
-_BUSY_POLL_S = 0.001  # how often open rooms are polled
-_IDLE_POLL_S = 0.05
+_BUSY_WAIT_S = 0.001  # the longest commands wait while rooms are open (for one to end)
+_IDLE_WAIT_S = 0.05
 
 
 def worker_main(spec: WorkerSpec, conn: Connection) -> None:
@@ -125,12 +125,13 @@ class _Loop(Generic[EngineT, HandleT]):
         self.spec = spec
         self.engine = engine
         self.conn = conn
-        self.open: dict[int, tuple[HandleT, int]] = {}  # request -> (handle, tokens)
+        self.ended = self.watch()
+        self.open: dict[HandleT, tuple[int, int]] = {}  # handle -> (request, tokens)
 
     def run(self) -> None:
         commands = _Commands(self.conn)
         while True:
-            for command in commands.take(_BUSY_POLL_S if self.open else _IDLE_POLL_S):
+            for command in commands.take(0.0 if self.open else _IDLE_WAIT_S):
                 if isinstance(command, Finish):
                     self.finish(command.wait_s)
                     return
@@ -140,26 +141,25 @@ class _Loop(Generic[EngineT, HandleT]):
                 handle = self.start(command)
                 if command.aborted_by == self.spec.side:
                     handle.abort("the demo aborts")
-                self.open[command.request] = (handle, command.tokens)
-            self.collect()
+                self.open[handle] = (command.request, command.tokens)
+            if self.open:
+                self.collect(_BUSY_WAIT_S)
 
-    def collect(self) -> None:
-        """Report and release every room that ended."""
-        for request, (handle, tokens) in list(self.open.items()):
-            if handle.poll() in TERMINAL:
-                self.conn.send(self.outcome(handle, tokens, request))
-                handle.release()
-                del self.open[request]
+    def collect(self, wait_s: float) -> None:
+        """Report and release every room that ended, waiting up to ``wait_s`` for one."""
+        for handle in self.ended.take(wait_s):
+            request, tokens = self.open.pop(handle)
+            self.conn.send(self.outcome(handle, tokens, request))
+            handle.release()
 
     def finish(self, wait_s: float) -> None:
         """End the rooms still open (there are none unless the run was cut short), wait
         for the engine to forget every room, then report what it still holds."""
-        for handle, _ in self.open.values():
+        for handle in self.open:
             handle.abort("the run ended first")
         deadline = time.monotonic() + wait_s
         while self.open and time.monotonic() < deadline:
-            self.collect()
-            time.sleep(0.01)
+            self.collect(0.01)
         leaked = leaked_blocks(self.engine, max(0.0, deadline - time.monotonic()))
         self.conn.send(WorkerReport(leaked, self.rejected()))
 
@@ -173,6 +173,10 @@ class _Loop(Generic[EngineT, HandleT]):
 
         self.engine.submit(read)
         return counts.result(timeout=5.0)
+
+    def watch(self) -> EndedRooms[HandleT]:
+        """The engine's queue of rooms that ended (``watch_ended``)."""
+        raise NotImplementedError
 
     def start(self, command: OpenRoom) -> HandleT:
         raise NotImplementedError
@@ -222,6 +226,9 @@ class _Commands:
 
 
 class _EncoderLoop(_Loop[SenderEngine, SenderHandle]):
+    def watch(self) -> EndedRooms[SenderHandle]:
+        return self.engine.watch_ended()
+
     def start(self, command: OpenRoom) -> SenderHandle:
         handle = self.engine.create_room(command.room_id)
         if command.announce:
@@ -235,6 +242,9 @@ class _EncoderLoop(_Loop[SenderEngine, SenderHandle]):
 
 
 class _LanguageLoop(_Loop[ReceiverEngine, ReceiverHandle]):
+    def watch(self) -> EndedRooms[ReceiverHandle]:
+        return self.engine.watch_ended()
+
     def start(self, command: OpenRoom) -> ReceiverHandle:
         return self.engine.create_room(
             command.room_id, command.sender, required_receivers=command.receivers
