@@ -67,7 +67,7 @@ class ReceiverStatus(RoomStatus):
 class RoomHandle:
     """What both sides' handles do: poll, explain a failure, abort, release."""
 
-    def __init__(self, engine: Engine[Any], tracked: Tracked[Any]) -> None:
+    def __init__(self, engine: Engine[Any, Any], tracked: Tracked[Any]) -> None:
         self._engine = engine
         self._tracked = tracked
         self.room_id: int = tracked.room_id

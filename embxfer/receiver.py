@@ -17,7 +17,6 @@ from embxfer.fsm.policy import AdaptiveSizer
 from embxfer.fsm.receiver import ReceiverRoom
 from embxfer.handles import PendingResult, ReceiverHandle, ReceiverStatus
 from embxfer.routes import ReceiverRoutes
-from embxfer.runtime.ended import EndedRooms
 from embxfer.runtime.engine import Engine
 from embxfer.runtime.rooms import Tracked
 
@@ -42,7 +41,7 @@ class ReceiverTracked(Tracked[ReceiverRoom]):
         return frozenset({self.room.nonce})
 
 
-class ReceiverEngine(Engine[ReceiverTracked]):
+class ReceiverEngine(Engine[ReceiverTracked, ReceiverHandle]):
     """Owns the language side's buffers and rooms; asks senders for pieces."""
 
     role = "receiver"
@@ -97,12 +96,6 @@ class ReceiverEngine(Engine[ReceiverTracked]):
         handle = self._handle(tracked, ReceiverHandle(self, tracked))  # before the pump has it
         self.submit(lambda: self._adopt(tracked))
         return handle
-
-    def watch_ended(self) -> EndedRooms[ReceiverHandle]:
-        """Put the handle of every room created from now on in the returned queue as
-        its room ends (its result ready): a scheduler takes the ended ones from it
-        instead of polling every open room."""
-        return self._watch_ended()
 
     def _adopt(self, tracked: ReceiverTracked) -> None:
         if self.adopt(tracked):

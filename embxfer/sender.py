@@ -14,7 +14,6 @@ from embxfer.fsm.messages import BufferRegion
 from embxfer.fsm.sender import SenderRoom
 from embxfer.handles import SenderHandle, SenderStatus
 from embxfer.routes import SenderRoutes
-from embxfer.runtime.ended import EndedRooms
 from embxfer.runtime.engine import Engine
 from embxfer.runtime.rooms import Tracked
 from embxfer.transport.base import WriteResult
@@ -40,7 +39,7 @@ class SenderTracked(Tracked[SenderRoom]):
         return frozenset(self.room.heard.items())
 
 
-class SenderEngine(Engine[SenderTracked]):
+class SenderEngine(Engine[SenderTracked, SenderHandle]):
     """Owns the encoder's buffers and rooms; writes pieces to receivers that ask."""
 
     role = "sender"
@@ -59,12 +58,6 @@ class SenderEngine(Engine[SenderTracked]):
         handle = self._handle(tracked, SenderHandle(self, tracked))  # before the pump has it
         self.submit(lambda: self._adopt(tracked))
         return handle
-
-    def watch_ended(self) -> EndedRooms[SenderHandle]:
-        """Put the handle of every room created from now on in the returned queue as
-        its room ends: a scheduler takes the ended ones from it instead of polling every
-        open room."""
-        return self._watch_ended()
 
     def _adopt(self, tracked: SenderTracked) -> None:
         if self.adopt(tracked):

@@ -67,7 +67,7 @@ class Engines:
     threaded: bool
 
     @property
-    def all(self) -> list[Engine[Any]]:
+    def all(self) -> list[Engine[Any, Any]]:
         return [self.sender, *self.receivers]
 
     @property

@@ -35,7 +35,7 @@ from embxfer.transport.tally import Tally
 LOG = logging.getLogger("embxfer.runtime")
 
 TrackedT = TypeVar("TrackedT", bound="Tracked[Any]")
-HandleT = TypeVar("HandleT")
+HandleT = TypeVar("HandleT")  # the role's room handle
 
 
 class Router(Protocol):
@@ -58,9 +58,9 @@ class Router(Protocol):
         ...
 
 
-class Engine(Generic[TrackedT]):
+class Engine(Generic[TrackedT, HandleT]):
     """What both roles' engines are; a role adds its ``Router`` (in ``_init_role``),
-    ``carry_out`` and ``room_ended``.
+    ``carry_out`` and ``room_ended``, and makes its rooms' handles.
 
     A scheduler that owns the memory passes its own ``allocator`` (any
     ``BlockAllocator`` over the layout's blocks) and ``buffers``; by default the engine
@@ -109,7 +109,7 @@ class Engine(Generic[TrackedT]):
         self.stats = EngineStats(Tally(LOG, f"{self.role} rejected a message from"), sink=sink)
         sink.watch_allocator(self.allocator)
         self._channel_rejects: dict[str, int] = {}  # control.rejected already counted
-        self._ended_rooms: EndedRooms[Any] | None = None  # once a scheduler watches
+        self._ended_rooms: EndedRooms[HandleT] | None = None  # once a scheduler watches
         self._init_role()
 
     def _init_role(self) -> None:
@@ -143,8 +143,10 @@ class Engine(Generic[TrackedT]):
         """Run ``command`` on the pump thread (thread-safe)."""
         self.pump.submit(command)
 
-    def _watch_ended(self) -> EndedRooms[Any]:
-        """The queue the handles of rooms created from now on are put in as they end."""
+    def watch_ended(self) -> EndedRooms[HandleT]:
+        """Put the handle of every room created from now on in the returned queue as
+        its room ends (with a receiver's, its result ready): a scheduler takes the
+        ended ones from it instead of polling every open room."""
         if self._ended_rooms is None:
             self._ended_rooms = EndedRooms()
         return self._ended_rooms

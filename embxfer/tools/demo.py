@@ -420,7 +420,7 @@ def _percentile(ordered: list[float], q: float) -> float:
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
-def leaked_blocks(engine: Engine[Any], wait_s: float = 5.0) -> int:
+def leaked_blocks(engine: Engine[Any, Any], wait_s: float = 5.0) -> int:
     """Blocks still allocated once the engine has forgotten its rooms (or ``wait_s``):
     failed rooms may hold blocks until their write grace ends."""
     deadline = time.monotonic() + wait_s
@@ -436,7 +436,7 @@ def run_inproc(settings: DemoSettings, progress: bool = True) -> Summary:
         settings.receiver_config().replace(write_threads=False),
         settings.receivers,
     )
-    engines: list[Engine[Any]] = [sender, *receivers]
+    engines: list[Engine[Any, Any]] = [sender, *receivers]
     for engine in engines:
         engine.start()
     summary = Summary("inproc", settings.requests)

@@ -58,7 +58,7 @@ def drain(engines: list[Any]) -> None:
     pump(engines, lambda: not any(e.rooms for e in engines))
 
 
-def check_result(handle: ReceiverHandle, tokens: int, layout_engine: Engine[Any]) -> None:
+def check_result(handle: ReceiverHandle, tokens: int, layout_engine: Engine[Any, Any]) -> None:
     assert handle.poll() is KVPoll.Success, handle.reason
     result = handle.result()
     assert result.num_tokens == tokens

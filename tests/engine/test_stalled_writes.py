@@ -65,7 +65,7 @@ class Rig:
             )
             for rank in range(2)
         ]
-        self.engines: list[Engine[Any]] = [self.sender, *self.receivers]
+        self.engines: list[Engine[Any, Any]] = [self.sender, *self.receivers]
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ class Rig:
             self.clock,
             metrics,
         )
-        self.engines: list[Engine[Any]] = [self.sender, self.receiver]
+        self.engines: list[Engine[Any, Any]] = [self.sender, self.receiver]
 
     def clock(self) -> float:
         return self.now

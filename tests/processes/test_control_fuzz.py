@@ -67,7 +67,7 @@ HOST = "127.0.0.1"
 T = TypeVar("T")
 
 
-def on_pump(engine: Engine[Any], read: Callable[[], T]) -> T:
+def on_pump(engine: Engine[Any, Any], read: Callable[[], T]) -> T:
     """``read()`` on the engine's pump thread, which owns everything ``read`` may touch."""
     result: Future[T] = Future()
     engine.submit(lambda: result.set_result(read()))

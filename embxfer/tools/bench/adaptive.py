@@ -101,7 +101,7 @@ class _Simulation:
             write_threads=False,
         )
         self.sender, (self.receiver,), _ = inproc_engines(config, config, clock=lambda: self.now)
-        self.engines: tuple[Engine[Any], ...] = (self.sender, self.receiver)
+        self.engines: tuple[Engine[Any, Any], ...] = (self.sender, self.receiver)
         self.embeddings = torch.zeros(longest, HIDDEN, dtype=torch.bfloat16)
         self.rng = random.Random(seed)
         self.open: dict[int, tuple[SenderHandle, ReceiverHandle]] = {}

@@ -75,7 +75,7 @@ def _settle(receiver: ReceiverEngine, rooms: int) -> None:
         time.sleep(0.01)
 
 
-def _pump_thread(engine: Engine[Any]) -> threading.Thread:
+def _pump_thread(engine: Engine[Any, Any]) -> threading.Thread:
     """The thread ``engine.start`` made (named after the engine's role)."""
     name = f"embxfer-{engine.role}"
     for thread in threading.enumerate():

@@ -74,7 +74,7 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
     except Exception:
         conn.send(StartFailed(traceback.format_exc()))
         return
-    engine: Engine[Any] = loop.engine
+    engine: Engine[Any, Any] = loop.engine
     if spec.network.curve is not None:
         _reload_allow_list_on_sighup(engine)
     try:
@@ -88,7 +88,7 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
         engine.close()
 
 
-def _reload_allow_list_on_sighup(engine: Engine[Any]) -> None:
+def _reload_allow_list_on_sighup(engine: Engine[Any, Any]) -> None:
     """``kill -HUP`` a worker to have it read its allow-list again (revoking a key)."""
     control = engine.control
     assert isinstance(control, ZmqControlChannel)
@@ -115,7 +115,7 @@ class _Handle(Protocol):
 
 
 HandleT = TypeVar("HandleT", bound=_Handle)
-EngineT = TypeVar("EngineT", bound=Engine[Any])
+EngineT = TypeVar("EngineT", bound=Engine[Any, Any])
 
 
 class _Loop(Generic[EngineT, HandleT]):
@@ -125,7 +125,7 @@ class _Loop(Generic[EngineT, HandleT]):
         self.spec = spec
         self.engine = engine
         self.conn = conn
-        self.ended = self.watch()
+        self.ended: EndedRooms[HandleT] = engine.watch_ended()
         self.open: dict[HandleT, tuple[int, int]] = {}  # handle -> (request, tokens)
 
     def run(self) -> None:
@@ -173,10 +173,6 @@ class _Loop(Generic[EngineT, HandleT]):
 
         self.engine.submit(read)
         return counts.result(timeout=5.0)
-
-    def watch(self) -> EndedRooms[HandleT]:
-        """The engine's queue of rooms that ended (``watch_ended``)."""
-        raise NotImplementedError
 
     def start(self, command: OpenRoom) -> HandleT:
         raise NotImplementedError
@@ -226,9 +222,6 @@ class _Commands:
 
 
 class _EncoderLoop(_Loop[SenderEngine, SenderHandle]):
-    def watch(self) -> EndedRooms[SenderHandle]:
-        return self.engine.watch_ended()
-
     def start(self, command: OpenRoom) -> SenderHandle:
         handle = self.engine.create_room(command.room_id)
         if command.announce:
@@ -242,9 +235,6 @@ class _EncoderLoop(_Loop[SenderEngine, SenderHandle]):
 
 
 class _LanguageLoop(_Loop[ReceiverEngine, ReceiverHandle]):
-    def watch(self) -> EndedRooms[ReceiverHandle]:
-        return self.engine.watch_ended()
-
     def start(self, command: OpenRoom) -> ReceiverHandle:
         return self.engine.create_room(
             command.room_id, command.sender, required_receivers=command.receivers
