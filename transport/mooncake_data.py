@@ -117,13 +117,12 @@ class MooncakeDataTransport:
     ``write`` submits each segment asynchronously and waits on the calling thread,
     without spinning, until ``Completions`` sees them all finish (Mooncake's
     synchronous write busy-waits a core meanwhile). It may be called from several
-    threads at once. It
-    reports failures as results, never raises; Mooncake says only ``-1`` (a wrong or
-    dead session, a destination outside the peer's registered memory) and logs the
-    reason itself. A batch that fails may still have written some of its segments.
-    A peer that accepts the connection but never answers holds ``write`` for about
-    60 s (Mooncake's timeout variables do not shorten it): the caller must run writes
-    off its pump thread and enforce its own deadline.
+    threads at once. It reports failures as results, never raises; Mooncake says only
+    ``-1`` (a wrong or dead session, a destination outside the peer's registered
+    memory) and logs the reason itself. A batch that fails may still have written
+    some of its segments. A peer that accepts the connection but never answers holds
+    ``write`` for about 60 s (Mooncake's timeout variables do not shorten it): the
+    caller must run writes off its pump thread and enforce its own deadline.
 
     ``host`` must be an address peers reach: the session id is ``host:rpc_port``.
     """

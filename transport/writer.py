@@ -53,9 +53,10 @@ class PeerWriter:
 
     A Mooncake write costs a fixed round trip and the wait for its completion on top
     of its segments; rooms of a few tokens each pay it in full, so writing one room at
-    a time caps a receiver at a few hundred rooms a second when cores are contended. Joined writes
-    are the same writes in the same order; if a joined call fails, each is tried again
-    on its own (a one-sided write may be repeated) so every room learns its own outcome.
+    a time caps a receiver at a few hundred rooms a second when cores are contended.
+    Joined writes are the same writes in the same order; if a joined call fails, each
+    is tried again on its own (a one-sided write may be repeated) so every room learns
+    its own outcome.
     """
 
     MAX_SEGMENTS = 1024  # per joined call: bounds the bytes a failed call makes us retry
