@@ -2,8 +2,8 @@
 engine on ZeroMQ and Mooncake (``embxfer.remote``) and a scheduler loop as lean as a
 serving scheduler's (create; release each room as it is told the room ended; no
 per-room orchestration), started as ``multiprocessing`` spawn children like the
-cross-process demo's workers. The same loop
-drives engines in one process (``scheduler_loop``), so both measure alike."""
+cross-process demo's workers. The same loop drives engines in one process
+(``scheduler_loop``), so both measure alike."""
 
 from __future__ import annotations
 

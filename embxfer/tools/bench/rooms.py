@@ -32,8 +32,8 @@ CONCURRENCY = 256
 def rooms_per_s_inproc(settings: BenchSettings) -> list[Metric]:
     """Tiny rooms through a sender and a receiver engine, ``CONCURRENCY`` open at once,
     each created, sent, its end told (``watch_ended``), its result taken and released as
-    a scheduler would; against
-    the floor loop (``_floor``), in interleaved batches of the same thread.
+    a scheduler would; against the floor loop (``_floor``), in interleaved batches of the
+    same thread.
 
     The encoder side takes the zero-copy path README shows: its output lands in the
     room's ``buffer()`` (the encoder's own work, not timed here, as the floor too starts
@@ -179,10 +179,10 @@ def rooms_per_s_processes(settings: BenchSettings) -> list[Metric]:
         f"{TOKENS}-token rooms per second between an encoder process and a language "
         f"process (ZeroMQ control, Mooncake TCP writes on 127.0.0.1), {CONCURRENCY} open "
         "at once, each process a scheduler loop that creates rooms and releases each as it "
-        "is told the room ended (watch_ended) "
-        "(the encoder writes each embedding into its room's buffer and sends it without "
-        "a copy; every room's result taken, every 64th room's bytes checked); wall clock "
-        "of the language process; no goal: rooms_per_s_mooncake_vs_floor is the goal"
+        "is told the room ended (watch_ended; the encoder writes each embedding into its "
+        "room's buffer and sends it without a copy; every room's result taken, every 64th "
+        "room's bytes checked); wall clock of the language process; no goal: "
+        "rooms_per_s_mooncake_vs_floor is the goal"
     )
     floor = (
         "rooms_per_s_mooncake / the floor between the same two processes, measured right "
