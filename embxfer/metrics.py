@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_BUCKET_BOUNDS = (*(str(float(bound)) for bound in LATENCY_BUCKETS), "+Inf")  # exported ``le``
 
 
 class Occupancy(Protocol):
@@ -213,9 +214,9 @@ class _Collector:
             if allocator is not None:
                 used.add_metric(labels, allocator.total_blocks - allocator.free_blocks)
                 total.add_metric(labels, allocator.total_blocks)
-            counts = list(itertools.accumulate(sink.latency_buckets))
-            bounds = [*(str(float(bound)) for bound in LATENCY_BUCKETS), "+Inf"]
-            latency.add_metric(labels, list(zip(bounds, counts, strict=True)), sink.latency_sum)
+            counts = itertools.accumulate(sink.latency_buckets)
+            buckets = list(zip(_BUCKET_BOUNDS, counts, strict=True))
+            latency.add_metric(labels, buckets, sink.latency_sum)
         return [rooms, resumes, payload, rejected, used, total, latency]
 
 
